@@ -1,0 +1,1 @@
+"""llmcompressor adapter (filled in by the recipe-modifier work)."""

@@ -1,0 +1,3 @@
+from owl_plugin.cli import main
+
+raise SystemExit(main())

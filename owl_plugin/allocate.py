@@ -1,0 +1,162 @@
+"""From a model to a SparsityProfile: gather each method's statistic, apply its formula.
+
+    uniform: nothing to measure
+    owl:     Wanda scores from layer-at-a-time activation statistics → outlier ratio per unit
+    alpha:   eigenvalue spectrum of every linear (no data) → Hill α per unit (block mean by default)
+
+A *unit* is a decoder block (default, as in both papers) or a single linear
+(``granularity="linear"``). Ratios are computed per unit and given to every linear in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from owl_plugin.allocators import alpha_ratios, outlier_ratio, owl_ratios, uniform_ratios, wanda_scores
+from owl_plugin.bounds import Bounded
+from owl_plugin.config import AllocationConfig, AlphaConfig, OWLConfig, UniformConfig, config_params
+from owl_plugin.layers import prunable_linears
+from owl_plugin.profile import ModuleSparsity, SparsityProfile
+from owl_plugin.spectra import hill_alpha
+from owl_plugin.statistics import collect_input_sq_means
+
+logger = logging.getLogger(__name__)
+
+
+def check_target(target: float) -> float:
+    """Validate a target sparsity S ∈ [0, 1)."""
+    if not isinstance(target, (int, float)) or not (0.0 <= float(target) < 1.0):
+        raise ValueError(f"target sparsity {target!r} is invalid: must be a number in [0, 1), e.g. 0.7")
+    return float(target)
+
+
+def _units(blocks: Mapping[str, Mapping[str, nn.Linear]], granularity: str) -> dict[str, list[str]]:
+    if granularity == "block":
+        return {block: list(linears) for block, linears in blocks.items()}
+    return {name: [name] for linears in blocks.values() for name in linears}
+
+
+def _check_weights(blocks: Mapping[str, Mapping[str, nn.Linear]]) -> None:
+    for linears in blocks.values():
+        for name, linear in linears.items():
+            if not torch.isfinite(linear.weight).all():
+                raise ValueError(f"weight of {name!r} contains NaN or inf; cannot allocate sparsity")
+
+
+def allocate(
+    model: nn.Module,
+    target: float,
+    config: AllocationConfig | None = None,
+    *,
+    calibration: Sequence[torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> SparsityProfile:
+    """Compute a per-linear sparsity profile for ``model``.
+
+    Args:
+        model: a causal LM whose decoder blocks sit in an ``nn.ModuleList``.
+        target: S ∈ [0, 1), the parameter-weighted mean sparsity over all block linears.
+        config: ``UniformConfig``, ``OWLConfig`` (default) or ``AlphaConfig``.
+        calibration: token-id batches (batch, seq_len); required by OWL only.
+        device: run OWL's statistics block by block on this device.
+        progress: show progress bars.
+        provenance: extra facts recorded in ``profile.params`` (e.g. the calibration source).
+
+    Returns:
+        A ``SparsityProfile`` over every linear inside the decoder blocks.
+
+    Example:
+        >>> profile = allocate(model, 0.7, OWLConfig(m=5, lam=0.08), calibration=batches)
+        >>> profile.save("out/")
+    """
+    config = config or OWLConfig()
+    check_target(target)
+    input_sq_means = None
+    if isinstance(config, OWLConfig):
+        if not calibration:
+            raise ValueError("OWL needs calibration data (token batches) to measure activation outliers; got none")
+        input_sq_means = collect_input_sq_means(model, calibration, device=device, progress=progress)
+    return allocate_linears(
+        prunable_linears(model), target, config,
+        input_sq_means=input_sq_means, progress=progress, provenance=provenance,
+    )
+
+
+def allocate_linears(
+    blocks: Mapping[str, Mapping[str, nn.Linear]],
+    target: float,
+    config: AllocationConfig,
+    *,
+    input_sq_means: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> SparsityProfile:
+    """The allocation itself, given the linears grouped by decoder block and (for OWL) statistics.
+
+    Integrations that gather activation statistics their own way (e.g. inside
+    llmcompressor's calibration pipeline) call this directly.
+
+    Args:
+        blocks: decoder block name → {full linear name → nn.Linear}, in model order.
+        target: S ∈ [0, 1).
+        config: the method and its hyperparameters.
+        input_sq_means: for OWL, full linear name → mean of x_j² over calibration tokens.
+    """
+    target = check_target(target)
+    _check_weights(blocks)
+    linears = {name: linear for group in blocks.values() for name, linear in group.items()}
+    block_of = {name: block for block, group in blocks.items() for name in group}
+    units = _units(blocks, getattr(config, "granularity", "block"))
+    unit_params = np.array([sum(linears[n].weight.numel() for n in members) for members in units.values()])
+
+    scores: dict[str, float] = {}
+    if isinstance(config, UniformConfig):
+        bounded = uniform_ratios(unit_params, target, bounds=config.bounds)
+    elif isinstance(config, OWLConfig):
+        missing = [n for n in linears if input_sq_means is None or n not in input_sq_means]
+        if missing:
+            raise ValueError(f"OWL needs activation statistics for every linear; missing for {missing[:3]} ...")
+        for unit, members in units.items():
+            scores[unit] = outlier_ratio(
+                (wanda_scores(linears[n].weight, input_sq_means[n]) for n in members), config.m
+            )
+        bounded = owl_ratios(np.array(list(scores.values())), unit_params, target, lam=config.lam, bounds=config.bounds)
+    elif isinstance(config, AlphaConfig):
+        alphas = {
+            name: hill_alpha(linear.weight, xmin=config.xmin)
+            for name, linear in tqdm(linears.items(), desc="eigenvalue spectra", unit="linear", disable=not progress)
+        }
+        for unit, members in units.items():
+            scores[unit] = float(np.mean([alphas[n] for n in members]))
+        bounded = alpha_ratios(
+            np.array(list(scores.values())), unit_params, target, epsilon=config.epsilon, bounds=config.bounds
+        )
+    else:
+        raise TypeError(f"config must be UniformConfig, OWLConfig or AlphaConfig, got {type(config).__name__}")
+
+    return _to_profile(config, target, units, bounded, linears, block_of, scores, provenance)
+
+
+def _to_profile(config, target, units, bounded: Bounded, linears, block_of, scores, provenance) -> SparsityProfile:
+    ratio_of = {name: float(r) for members, r in zip(units.values(), bounded.ratios) for name in members}
+    modules = {
+        name: ModuleSparsity(ratio_of[name], int(linear.weight.numel()), block_of[name])
+        for name, linear in linears.items()
+    }
+    params = config_params(config)
+    params.update(provenance or {})
+    profile = SparsityProfile(
+        method=config.method, target=target, modules=modules, params=params, scores=scores,
+        bounds=config.bounds, projected=bounded.projected,
+    )
+    logger.info("%s", profile.summary())
+    return profile

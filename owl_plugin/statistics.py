@@ -1,0 +1,130 @@
+"""Layer-at-a-time activation statistics for OWL (and any Wanda-score based allocator).
+
+The inputs of decoder block 0 are captured once; then each block runs on the previous
+block's outputs (the dense model, as in OWL's reference), with hooks that accumulate
+Σ_t x_tj² for every linear's input feature j. Peak memory is one block plus the cached
+hidden states: the model's full set of activations never exists at once, and with
+``device=`` only the block being measured is moved to that device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from owl_plugin.layers import find_decoder_blocks, find_linears
+
+logger = logging.getLogger(__name__)
+
+
+class _BlockInputsCaptured(Exception):
+    """Raised by the hook on block 0 to stop the forward pass once its inputs are seen."""
+
+
+class _SquareMeter:
+    """Accumulates Σ x² per input feature and the token count for one linear."""
+
+    def __init__(self, name: str, in_features: int) -> None:
+        self.name = name
+        self.sum_sq = torch.zeros(in_features, dtype=torch.float64)
+        self.tokens = 0
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1])
+        if not torch.isfinite(x).all():
+            raise ValueError(f"activations entering {self.name!r} contain NaN or inf")
+        self.sum_sq += x.double().square().sum(dim=0).cpu()
+        self.tokens += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return (self.sum_sq / max(self.tokens, 1)).float()
+
+
+def _to(value, device):
+    """Move tensors (also inside tuples, lists and dicts) to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def _capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[torch.Tensor]):
+    cached: list[tuple[torch.Tensor, dict]] = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        cached.append((hidden.detach(), dict(kwargs)))
+        raise _BlockInputsCaptured
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _BlockInputsCaptured:
+                pass
+    finally:
+        handle.remove()
+    return cached
+
+
+@torch.no_grad()
+def collect_input_sq_means(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Mean over calibration tokens of x_j² at the input of every linear in every decoder block.
+
+    Args:
+        model: a causal LM (``model(input_ids=...)``) with decoder blocks in an ``nn.ModuleList``.
+        batches: token-id tensors of shape (batch, seq_len).
+        device: where to run each block (moved there and back one at a time); default: where it is.
+        progress: show a tqdm bar over blocks.
+
+    Returns:
+        Full linear name → float32 tensor of shape (in_features,).
+    """
+    if len(batches) == 0:
+        raise ValueError("calibration data is empty: need at least one batch of token ids")
+    prefix, blocks = find_decoder_blocks(model)
+    cached = _capture_block_inputs(model, blocks[0], batches)
+    if len(cached) != len(batches):
+        raise RuntimeError(f"captured inputs for {len(cached)} of {len(batches)} batches at {prefix}.0")
+    means: dict[str, torch.Tensor] = {}
+    for index in tqdm(range(len(blocks)), desc="activation statistics", unit="block", disable=not progress):
+        block, name = blocks[index], f"{prefix}.{index}"
+        home = next(block.parameters()).device
+        if device is not None:
+            block.to(device)
+        meters = {n: _SquareMeter(n, m.in_features) for n, m in find_linears(block, name).items()}
+        handles = [m.register_forward_hook(meters[n]) for n, m in find_linears(block, name).items()]
+        try:
+            for i, (hidden, kwargs) in enumerate(cached):
+                if device is None:
+                    out = block(hidden, **kwargs)
+                else:
+                    out = block(hidden.to(device), **_to(kwargs, device))
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                if not torch.isfinite(out).all():
+                    raise ValueError(f"decoder block {name!r} produced NaN or inf activations")
+                cached[i] = (out.to(hidden.device), kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            if device is not None:
+                block.to(home)
+        for n, meter in meters.items():
+            means[n] = meter.mean()
+        logger.debug("collected statistics for %s (%d linears)", name, len(meters))
+    return means
