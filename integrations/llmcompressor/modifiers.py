@@ -1,0 +1,19 @@
+"""Register the allocation modifiers with llmcompressor's ``ModifierFactory`` (on import).
+
+YAML recipes resolve modifiers by bare class name; llmcompressor discovers only its own
+package, so outside classes must be registered explicitly.
+"""
+
+from llmcompressor.modifiers import ModifierFactory
+
+from owl_plugin.integrations.llmcompressor.alpha import AlphaAllocationModifier
+from owl_plugin.integrations.llmcompressor.base import APPLIED_PROFILES, AllocationModifier
+from owl_plugin.integrations.llmcompressor.owl import OWLAllocationModifier
+
+ALLOCATION_MODIFIERS = (OWLAllocationModifier, AlphaAllocationModifier)
+
+for _cls in ALLOCATION_MODIFIERS:
+    ModifierFactory.register(_cls.__name__, _cls)
+
+__all__ = ["ALLOCATION_MODIFIERS", "APPLIED_PROFILES", "AllocationModifier", "AlphaAllocationModifier",
+           "OWLAllocationModifier"]

@@ -1,0 +1,151 @@
+"""``owl prune``: load a model and calibration text, run ``llmcompressor.oneshot`` with a recipe,
+check the result against the allocation, and save the checkpoint with its profile, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from owl_plugin.models import load_model
+from owl_plugin.plot import plot_profiles
+from owl_plugin.profile import ModuleSparsity, SparsityProfile
+from owl_plugin.text import calibration_batches, load_text, tokenize
+from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches
+
+from owl_plugin.integrations.llmcompressor.base import APPLIED_PROFILES
+from owl_plugin.integrations.llmcompressor.recipe import read_recipe
+
+logger = logging.getLogger(__name__)
+
+#: overall measured sparsity must match the target this closely (absolute), or within one
+#: weight per row where rows are so short that one weight is more than that
+OVERALL_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    output: Path
+    profile: SparsityProfile
+    measured_sparsity: float
+
+
+def calibration_dataset(tokenizer, source: str, *, num_samples: int, seq_len: int, seed: int):
+    """A ``datasets.Dataset`` of ``num_samples`` token windows (input_ids, attention_mask)."""
+    from datasets import Dataset
+
+    batches = calibration_batches(tokenize(tokenizer, load_text(source)), num_samples=num_samples,
+                                  seq_len=seq_len, seed=seed)
+    ids = [b[0].tolist() for b in batches]
+    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+
+
+def measured_profile(model) -> SparsityProfile:
+    """A profile describing what a pruner without an allocation modifier actually did."""
+    from owl_plugin.layers import prunable_linears
+    from owl_plugin.verify import measure
+
+    modules = {
+        name: ModuleSparsity(measure(linear.weight).sparsity, linear.weight.numel(), block)
+        for block, linears in prunable_linears(model).items() for name, linear in linears.items()
+    }
+    pruned = {n: m for n, m in modules.items() if m.sparsity > 0} or modules
+    total = sum(m.num_params for m in pruned.values())
+    mean = sum(m.sparsity * m.num_params for m in pruned.values()) / total
+    return SparsityProfile(method="measured", target=mean, modules=pruned, params={"note": "no allocation modifier"})
+
+
+def prune(
+    model: str,
+    recipe: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    dataset: str = "pydoc",
+    num_samples: int = 128,
+    seq_len: int = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> PruneResult:
+    """Prune ``model`` with ``recipe`` through ``llmcompressor.oneshot`` and save it to ``output``.
+
+    The output folder holds the transformers checkpoint (dense tensors with zeros),
+    ``sparsity_profile.json``, ``sparsity_profile.png`` and ``recipe.yaml``. It is written to
+    a temporary folder beside ``output`` and renamed into place only after the measured
+    per-module sparsity has been checked against the profile.
+    """
+    from owl_plugin.integrations.llmcompressor import register_modifiers
+    from llmcompressor import oneshot
+
+    register_modifiers()
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output folder {str(output)!r} exists; pass --overwrite to replace it")
+    recipe_text, _ = read_recipe(recipe)
+    pretrained, tokenizer = load_model(model)
+    data = calibration_dataset(tokenizer, dataset, num_samples=num_samples, seq_len=seq_len, seed=seed)
+
+    APPLIED_PROFILES.clear()
+    pruned = oneshot(
+        model=pretrained, processor=tokenizer, dataset=data, recipe=str(recipe),
+        num_calibration_samples=num_samples, max_seq_length=seq_len, shuffle_calibration_samples=False,
+    )
+    if len(APPLIED_PROFILES) > 1:
+        raise ValueError(f"the recipe allocated {len(APPLIED_PROFILES)} times; use one allocation modifier")
+    profile = APPLIED_PROFILES[0] if APPLIED_PROFILES else measured_profile(pruned)
+    profile = SparsityProfile(**{**profile.__dict__, "params": {**profile.params, "calibration": {
+        "source": dataset, "num_samples": num_samples, "seq_len": seq_len, "seed": seed}}})
+
+    measured = measured_sparsities(pruned, profile)
+    mismatches = profile_mismatches(profile, measured)
+    if mismatches:
+        raise RuntimeError(f"pruned sparsity differs from the allocation: {mismatches[:5]}")
+    achieved = overall_sparsity(measured, profile)
+    tolerance = max(OVERALL_TOLERANCE, max(1.0 / m.row_length for m in measured.values()))
+    if abs(achieved - profile.target) > tolerance:
+        raise RuntimeError(
+            f"overall sparsity {achieved:.4f} is off the target {profile.target:.4f} by more than {tolerance:.4f}"
+        )
+    logger.info("applied %s; measured overall sparsity %.4f", profile.summary(), achieved)
+
+    _save(pruned, tokenizer, profile, recipe_text, output, overwrite=overwrite)
+    return PruneResult(output=output, profile=profile, measured_sparsity=achieved)
+
+
+def _save(model, tokenizer, profile: SparsityProfile, recipe_text: str, output: Path, *, overwrite: bool) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _strip_sparsity_config(staging / "config.json")
+        profile.save(staging)
+        plot_profiles(profile, staging / "sparsity_profile.png")
+        (staging / "recipe.yaml").write_text(recipe_text)
+        if not any(staging.glob("*.safetensors")):
+            raise RuntimeError(f"{staging}: no safetensors weights were written")
+        if output.exists():  # overwrite: move the old folder away only once the new one is complete
+            old = output.with_name(f".{output.name}.old-{os.getpid()}")
+            output.rename(old)
+            staging.rename(output)
+            shutil.rmtree(old)
+        else:
+            staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _strip_sparsity_config(config_path: Path) -> None:
+    """vLLM rejects checkpoints with a sparsity_config; pruned weights are plain dense tensors."""
+    config = json.loads(config_path.read_text())
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict) and "sparsity_config" in quant:
+        quant.pop("sparsity_config")
+        if set(quant) <= {"quant_method", "format", "version", "config_groups"} and not quant.get("config_groups"):
+            config.pop("quantization_config")
+        config_path.write_text(json.dumps(config, indent=2))

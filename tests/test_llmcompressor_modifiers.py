@@ -1,0 +1,211 @@
+"""The allocation modifiers through the real llmcompressor ``oneshot``.
+
+Small random Llama models check the mechanics and every error case quickly; the real default
+model (SmolLM2-135M) checks the YAML path end to end with Wanda and SparseGPT.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llmcompressor")
+
+from llmcompressor import oneshot  # noqa: E402
+from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
+from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from owl_plugin.integrations.llmcompressor import AlphaAllocationModifier, OWLAllocationModifier  # noqa: E402
+from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, prune  # noqa: E402
+from owl_plugin.integrations.llmcompressor.recipe import check_recipe_nesting  # noqa: E402
+from owl_plugin.models import default_model_path  # noqa: E402
+from owl_plugin.profile import SparsityProfile  # noqa: E402
+from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches  # noqa: E402
+
+LAYERS = r"re:model\.layers\.\d+$"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path, tokenizer) -> Path:
+    """A 4-block random Llama sharing the default model's tokenizer, saved like a real checkpoint."""
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _run(model_dir: Path, tokenizer, recipe, *, samples: int = 4, seq_len: int = 64):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    data = calibration_dataset(tokenizer, "pydoc", num_samples=samples, seq_len=seq_len, seed=0)
+    oneshot(model=model, processor=tokenizer, dataset=data, recipe=recipe, num_calibration_samples=samples,
+            max_seq_length=seq_len, shuffle_calibration_samples=False)
+    return model
+
+
+def _assert_applied(model, profile: SparsityProfile) -> None:
+    measured = measured_sparsities(model, profile)
+    assert profile_mismatches(profile, measured) == []
+    assert abs(overall_sparsity(measured, profile) - profile.target) <= 1 / 64 + 1e-9
+
+
+@pytest.mark.llmcompressor
+@pytest.mark.parametrize("pruner_cls", [WandaPruningModifier, SparseGPTModifier])
+def test_python_objects_owl_prunes_each_block_to_its_ratio(tiny_dir, tokenizer, pruner_cls):
+    allocation = OWLAllocationModifier(owl_m=5, owl_lambda=0.08)
+    model = _run(tiny_dir, tokenizer, [allocation, pruner_cls(sparsity=0.6, mask_structure="0:0", targets=[LAYERS])])
+    profile = allocation.profile
+    assert profile is not None and profile.method == "owl"
+    assert len(profile.block_sparsities()) == 4
+    assert max(profile.block_sparsities().values()) - min(profile.block_sparsities().values()) == pytest.approx(0.16)
+    assert abs(profile.mean_sparsity() - 0.6) < 1e-6
+    _assert_applied(model, profile)
+
+
+@pytest.mark.llmcompressor
+def test_alpha_per_linear_granularity_rewrites_targets_and_respects_ignore(tiny_dir, tokenizer):
+    allocation = AlphaAllocationModifier(epsilon=0.2, granularity="linear")
+    pruner = WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[LAYERS], ignore=["re:.*down_proj$"])
+    model = _run(tiny_dir, tokenizer, [allocation, pruner])
+    profile = allocation.profile
+    assert len(profile.modules) == 4 * 6  # seven linears per block, down_proj ignored
+    assert not any(name.endswith("down_proj") for name in profile.modules)
+    assert len(set(profile.sparsities.values())) > 4  # per-linear ratios, not per-block
+    _assert_applied(model, profile)
+    assert float((model.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == 0.0
+
+
+def _weights(model_dir):
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()}
+
+
+@pytest.mark.llmcompressor
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ([OWLAllocationModifier()], "must be followed"),
+        ([OWLAllocationModifier(), AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, targets=[LAYERS])],
+         "followed by another allocation modifier"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, targets=[r"re:nothing\.here$"])],
+         "match no prunable module"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, targets=["Linear"])], "lm_head"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, mask_structure="2:4", targets=[LAYERS])],
+         "'2:4'"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=[0.5] * 4, targets=[LAYERS])], "one target"),
+    ],
+    ids=["no-pruner", "two-allocators", "no-match", "lm-head", "n-m", "list-sparsity"],
+)
+def test_bad_recipes_fail_before_any_weight_changes(tiny_dir, tokenizer, recipe, message):
+    before = _weights(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    data = calibration_dataset(tokenizer, "pydoc", num_samples=2, seq_len=32, seed=0)
+    with pytest.raises(ValueError, match=message):
+        oneshot(model=model, processor=tokenizer, dataset=data, recipe=recipe, num_calibration_samples=2,
+                max_seq_length=32)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"{name} changed although the recipe was rejected"
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [({"owl_lambda": -0.1}, "-0.1"), ({"owl_lambda": 0.6}, "0.6"), ({"owl_m": 0}, "m=0"),
+     ({"sparsity": 1.2}, "1.2"), ({"granularity": "row"}, "row"), ({"bogus": 1}, "bogus")],
+)
+def test_owl_modifier_validates_its_fields(kwargs, bad):
+    with pytest.raises((ValidationError, ValueError), match=bad):
+        OWLAllocationModifier(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, bad", [({"epsilon": 1.0}, "1.0"), ({"epsilon": -0.2}, "-0.2"), ({"xmin": "max"}, "max")])
+def test_alpha_modifier_validates_its_fields(kwargs, bad):
+    with pytest.raises((ValidationError, ValueError), match=bad):
+        AlphaAllocationModifier(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"OWLAllocationModifier": {}, "WandaPruningModifier": {"sparsity": 0.5}}, "top level"),
+        ({"sparsity_stage": {"WandaPruningModifier": {"sparsity": 0.5}}}, "directly under"),
+        ({"sparsity_stage": {"sparsity_modifiers": {"OWLAllocationModifier": None}}}, "needs a mapping"),
+        ({"sparsity_stage": {}}, "no modifiers"),
+    ],
+)
+def test_flat_or_empty_recipes_are_refused(recipe, message):
+    with pytest.raises(ValueError, match=message):
+        check_recipe_nesting(recipe)
+
+
+@pytest.mark.llmcompressor
+def test_prune_refuses_flat_recipe_file_and_existing_output(tmp_path, tiny_dir):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("WandaPruningModifier: {sparsity: 0.5}\n")
+    with pytest.raises(ValueError, match="top level"):
+        prune(str(tiny_dir), flat, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "existing").mkdir()
+    good = tmp_path / "good.yaml"
+    good.write_text(f"s_stage:\n  s_modifiers:\n    WandaPruningModifier: {{sparsity: 0.5, targets: ['{LAYERS}']}}\n")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prune(str(tiny_dir), good, tmp_path / "existing")
+
+
+RECIPE = """\
+sparsity_stage:
+  sparsity_modifiers:
+    {allocation}
+    {pruner}: {{sparsity: {sparsity}, mask_structure: "0:0", targets: ["re:model\\\\.layers\\\\.\\\\d+$"]}}
+"""
+
+
+@pytest.mark.llmcompressor
+@pytest.mark.real_model
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "allocation, pruner",
+    [
+        ("OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08}", "WandaPruningModifier"),
+        ("OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08}", "SparseGPTModifier"),
+        ("AlphaAllocationModifier: {epsilon: 0.2}", "WandaPruningModifier"),
+        ("AlphaAllocationModifier: {epsilon: 0.2}", "SparseGPTModifier"),
+    ],
+    ids=["owl-wanda", "owl-sparsegpt", "alpha-wanda", "alpha-sparsegpt"],
+)
+def test_yaml_recipe_on_real_model_saves_checkpoint_matching_profile(tmp_path, allocation, pruner):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(allocation=allocation, pruner=pruner, sparsity=0.7))
+    output = tmp_path / "pruned"
+    proc = subprocess.run(
+        [sys.executable, "-m", "owl_plugin", "prune", "--recipe", str(recipe), "--model", "default",
+         "--dataset", "pydoc", "--num-samples", "4", "--seq-len", "128", "--output", str(output)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    profile = SparsityProfile.load(output)
+    assert profile.method == ("owl" if "OWL" in allocation else "alpha")
+    assert len(profile.block_sparsities()) == 30 and len(profile.modules) == 210
+    assert abs(profile.mean_sparsity() - 0.7) < 1e-6
+    assert max(profile.sparsities.values()) - min(profile.sparsities.values()) > 0.05
+    config = json.loads((output / "config.json").read_text())
+    assert "sparsity_config" not in json.dumps(config)
+    assert (output / "recipe.yaml").read_text() == recipe.read_text()
+    assert (output / "sparsity_profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reloaded = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32)
+    measured = measured_sparsities(reloaded, profile)
+    assert profile_mismatches(profile, measured) == []
+    assert abs(overall_sparsity(measured, profile) - 0.7) < 0.005
