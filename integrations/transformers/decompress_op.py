@@ -1,0 +1,55 @@
+"""The weight-conversion op that turns ``weight_values`` + ``weight_bitmask`` + ``weight_shape`` into ``weight``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.core_model_loading import ConversionOps
+
+from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
+
+PARTS = (VALUES_SUFFIX, BITMASK_SUFFIX, SHAPE_SUFFIX)
+
+
+def _part(input_dict: dict[str, Any], suffix: str) -> torch.Tensor | None:
+    """The tensor collected under the source pattern ``<suffix>$`` (transformers passes lists)."""
+    for pattern, tensors in input_dict.items():
+        if pattern.rstrip("$") == suffix:
+            return tensors[0] if isinstance(tensors, list) else tensors
+    return None
+
+
+class OwlSparseDecompress(ConversionOps):
+    """Decompress one owl_sparse weight into the dtype of the model's parameter."""
+
+    def convert(
+        self,
+        input_dict: dict[str, Any],
+        source_patterns: list[str] | None = None,
+        target_patterns: list[str] | None = None,
+        *,
+        full_layer_name: str,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Args:
+            input_dict: source pattern → [tensor] for the three parts of one weight.
+            full_layer_name: the target parameter, e.g. ``model.layers.0.mlp.up_proj.weight``.
+            model: the (meta) model, for the parameter's shape and dtype.
+
+        Returns:
+            ``{full_layer_name: dense weight}``, cast to the parameter's dtype.
+        """
+        parts = {suffix: _part(input_dict, suffix) for suffix in PARTS}
+        missing = [suffix for suffix, tensor in parts.items() if tensor is None]
+        if missing:
+            module = full_layer_name.rsplit(".", 1)[0]
+            raise CompactFormatError(f"{full_layer_name}: the checkpoint lacks {[f'{module}.{m}' for m in missing]}; "
+                                     "the compact checkpoint is incomplete, export it again")
+        target = model.get_parameter(full_layer_name) if model is not None else None
+        dense = decompress(parts[VALUES_SUFFIX], parts[BITMASK_SUFFIX], parts[SHAPE_SUFFIX], name=full_layer_name,
+                           expected_shape=None if target is None else tuple(target.shape))
+        if target is not None and dense.dtype != target.dtype:
+            dense = dense.to(target.dtype)  # e.g. float32 values into a bfloat16 model
+        return {full_layer_name: dense}

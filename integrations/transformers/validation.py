@@ -1,0 +1,64 @@
+"""Check a compact checkpoint's compressed tensors before transformers loads any weight.
+
+transformers catches errors raised inside weight conversions, lists them in its load report
+and then raises a generic "issues during automatic conversion" RuntimeError. Checking up
+front makes the error itself name the broken tensor. Only the small tensors are read (the
+bitmask and the shape); the values are checked through their header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from owl_plugin.formats.compact import CompactFormatError, check_compressed, compressed_keys
+
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+           "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+           "BOOL": torch.bool}
+
+
+def _parameter_shape(model: torch.nn.Module, name: str) -> tuple[int, ...] | None:
+    """Shape of ``name`` in ``model``, also when the checkpoint and the model differ by the base-model prefix."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    for candidate in (name, name.removeprefix(prefix), prefix + name):
+        try:
+            return tuple(model.get_parameter(candidate).shape)
+        except AttributeError:
+            continue
+    return None
+
+
+def validate_checkpoint(files: Sequence[str], modules: Sequence[str], model: torch.nn.Module) -> None:
+    """Raise on the first compressed module whose tensors break SPEC.md or do not fit ``model``.
+
+    Args:
+        files: the checkpoint's safetensors files.
+        modules: ``quantization_config.compressed_modules``.
+        model: the (meta) model about to be loaded.
+
+    Raises:
+        CompactFormatError: naming the module's tensor and what is wrong with it.
+    """
+    handles = [safe_open(path, framework="pt") for path in files if str(path).endswith(".safetensors")]
+    where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    for module in tqdm(modules, desc="check owl_sparse tensors", unit="weight", disable=None):
+        name = f"{module}.weight"
+        keys = compressed_keys(module)
+        missing = [key for key in keys.values() if key not in where]
+        if missing:
+            raise CompactFormatError(f"{name}: the checkpoint lacks {missing}; the compact checkpoint is incomplete, "
+                                     "export it again with `owl export MODEL --format compact`")
+        expected = _parameter_shape(model, name)
+        if expected is None:
+            raise CompactFormatError(f"{name}: listed in quantization_config.compressed_modules, but "
+                                     f"{type(model).__name__} has no such parameter; the checkpoint belongs to "
+                                     "another architecture")
+        values = where[keys["values"]].get_slice(keys["values"])
+        dtype = values.get_dtype()
+        check_compressed(_DTYPES.get(dtype, dtype), tuple(values.get_shape()),
+                         where[keys["bitmask"]].get_tensor(keys["bitmask"]),
+                         where[keys["shape"]].get_tensor(keys["shape"]), name=name, expected_shape=expected)

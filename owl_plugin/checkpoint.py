@@ -1,0 +1,156 @@
+"""Read a transformers safetensors checkpoint folder one tensor at a time.
+
+``CheckpointFolder`` opens every shard lazily (safetensors ``safe_open``, memory-mapped) and
+never materialises more than the tensor asked for. A compact (owl_sparse) folder is read
+through the same interface: ``dense_names()`` / ``read_dense()`` show the ordinary
+``<module>.weight`` tensors and decompress on the fly, ``raw_names()`` / ``read_raw()`` show
+what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from owl_plugin.formats.compact import WEIGHT_SUFFIX, compressed_keys, decompress
+from owl_plugin.formats.compact_config import GUARD_KEY, compressed_modules, has_guard, is_compact
+
+CONFIG_NAME = "config.json"
+_DIGITS = re.compile(r"(\d+)")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``layers.2`` before ``layers.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name)]
+
+
+def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
+    """Tensor name → shard path, from the sharded index or the single file (or the config's explicit file)."""
+    explicit = None if has_guard(config) else config.get(GUARD_KEY)
+    candidates = [folder / explicit] if explicit else [folder / INDEX_FILE, folder / SINGLE_FILE]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        if path.name.endswith(".index.json"):
+            weight_map = json.loads(path.read_text()).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{path} has no weight_map; the checkpoint index is corrupt")
+            files = {name: folder / file for name, file in weight_map.items()}
+        else:
+            with safe_open(path, framework="pt") as handle:
+                files = dict.fromkeys(handle.keys(), path)
+        return {name: files[name] for name in sorted(files, key=natural_key)}
+    raise FileNotFoundError(
+        f"no safetensors weights in {folder} (looked for {', '.join(p.name for p in candidates)}); "
+        "save the model with save_pretrained() (safetensors is the default) or convert its .bin files"
+    )
+
+
+class CheckpointFolder:
+    """A safetensors checkpoint folder, read tensor by tensor.
+
+    Args:
+        folder: a folder with ``config.json`` and ``model.safetensors`` or a sharded index.
+
+    Attributes:
+        folder: the folder.
+        config: the parsed ``config.json``.
+        compressed: full names of the modules stored compressed (empty for a dense folder).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        config_path = self.folder / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found; {self.folder} is not a transformers checkpoint folder")
+        self.config: dict[str, Any] = json.loads(config_path.read_text())
+        self._files = _weight_files(self.folder, self.config)
+        self._handles: dict[Path, Any] = {}
+        self.compressed: list[str] = (
+            compressed_modules(self.config["quantization_config"]) if is_compact(self.config) else []
+        )
+        stored = set(self._files)
+        self._parts: dict[str, dict[str, str]] = {}
+        for module in self.compressed:
+            keys = compressed_keys(module)
+            missing = [key for key in keys.values() if key not in stored]
+            if missing:
+                raise ValueError(f"{self.folder}: compressed module {module!r} lacks {missing}; the compact "
+                                 "checkpoint is incomplete, export it again")
+            self._parts[f"{module}.{WEIGHT_SUFFIX}"] = keys
+
+    # -- stored tensors --------------------------------------------------------------------
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, framework="pt")
+        return self._handles[path]
+
+    def files(self) -> list[Path]:
+        """The shard files, in order."""
+        return sorted(set(self._files.values()))
+
+    def raw_names(self) -> list[str]:
+        """Stored tensor names in natural order (``layers.2`` before ``layers.10``)."""
+        return list(self._files)
+
+    def read_raw(self, name: str) -> torch.Tensor:
+        """One stored tensor, as saved."""
+        if name not in self._files:
+            raise KeyError(f"{name!r} is not stored in {self.folder}")
+        return self._handle(self._files[name]).get_tensor(name)
+
+    def raw_info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype string, shape) of a stored tensor, read from the header only."""
+        view = self._handle(self._files[name]).get_slice(name)
+        return view.get_dtype(), tuple(view.get_shape())
+
+    # -- logical (dense) tensors -----------------------------------------------------------
+    def dense_names(self) -> list[str]:
+        """Tensor names of the equivalent dense checkpoint, in stored order."""
+        hidden = {key for parts in self._parts.values() for key in parts.values()}
+        values_to_weight = {parts["values"]: weight for weight, parts in self._parts.items()}
+        names = []
+        for name in self._files:
+            if name in values_to_weight:
+                names.append(values_to_weight[name])
+            elif name not in hidden:
+                names.append(name)
+        return names
+
+    def read_dense(self, name: str) -> torch.Tensor:
+        """One tensor of the equivalent dense checkpoint (decompressed when stored compressed)."""
+        parts = self._parts.get(name)
+        if parts is None:
+            return self.read_raw(name)
+        return decompress(self.read_raw(parts["values"]), self.read_raw(parts["bitmask"]),
+                          self.read_raw(parts["shape"]), name=name)
+
+    def dense_info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype string, shape) of a dense tensor without reading its data."""
+        parts = self._parts.get(name)
+        if parts is None:
+            return self.raw_info(name)
+        dtype, _ = self.raw_info(parts["values"])
+        return dtype, tuple(int(d) for d in self.read_raw(parts["shape"]).tolist())
+
+    def weights_nbytes(self) -> int:
+        """Total size of the shard files on disk."""
+        return sum(path.stat().st_size for path in self.files())
+
+    def close(self) -> None:
+        """Drop the open shard handles."""
+        self._handles.clear()
+
+    def __enter__(self) -> CheckpointFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Checkpoint formats: the compact sparse format's codec and config (see SPEC.md)."""

@@ -1,0 +1,146 @@
+"""Build a folder beside its target and publish it in one rename, so readers never see half of it.
+
+``staged_folder(target)`` yields an empty hidden folder ``.<name>.tmp-<pid>-XXXX`` next to
+``target`` and deletes it if the block fails. ``publish()`` moves it into place: a no-replace
+rename when ``target`` is new, an atomic exchange of the two folders (Linux ``renameat2``)
+when replacing, and on systems without ``renameat2`` rename-old-away / rename-new-in / delete
+old. A process killed at any point leaves ``target`` either absent, as it was, or complete;
+its hidden leftovers are removed by the next ``staged_folder()`` for the same target.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(source: Path, destination: Path, flags: int) -> bool:
+    """``renameat2(2)``; False when the system or file system does not offer it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(destination))
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale(target: Path) -> None:
+    """Delete hidden staging folders of ``target`` left by processes that no longer run."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _pid_alive(int(match[2])):
+            logger.info("removing %s, left by an interrupted export", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """An empty hidden folder beside ``target``, removed unless it was published.
+
+    Args:
+        target: the folder that will eventually be published.
+
+    Returns:
+        A context manager yielding the staging folder's path.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Move a complete staging folder to ``target`` atomically.
+
+    Args:
+        staging: the folder from ``staged_folder()``, fully written.
+        target: destination path.
+        overwrite: replace an existing ``target``; without it an existing target is an error.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False.
+        NotADirectoryError: ``target`` exists and is not a folder.
+    """
+    target = Path(target).absolute()
+    mask = _umask()  # temporary files are private (0600/0700); the published folder gets the usual modes
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            path.chmod(0o777 & ~mask)
+    staging.chmod(0o777 & ~mask)
+    _fsync_dir(staging)
+    exists_message = f"{target} already exists; pass overwrite=True (owl export --overwrite) to replace it"
+    if not target.exists() and not target.is_symlink():
+        try:
+            renamed = _renameat2(staging, target, _RENAME_NOREPLACE)
+        except FileExistsError:  # created by someone else meanwhile
+            raise FileExistsError(exists_message) from None
+        if not renamed:
+            if target.exists():
+                raise FileExistsError(exists_message)
+            os.rename(staging, target)
+    elif not overwrite:
+        raise FileExistsError(exists_message)
+    elif not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder; remove it or choose another output")
+    elif _renameat2(staging, target, _RENAME_EXCHANGE):
+        shutil.rmtree(staging)  # now holds the previous target
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(staging, target)
+        shutil.rmtree(old)
+    _fsync_dir(target.parent)

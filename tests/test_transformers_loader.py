@@ -1,0 +1,204 @@
+"""transformers reads compact checkpoints through the plugin, registered without ``import owl_plugin``.
+
+Also pins down what plain transformers 5 does with a compact checkpoint: with the load guard
+it stops with a file-not-found error; without the guard it would only warn and random-initialise
+every pruned weight (the reason the guard exists).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from compact_helpers import assert_state_equal, load_state, run_python, same_bits, stored_tensors, tiny_llama
+from safetensors.torch import load_file, save_file
+
+from owl_plugin.export import export_checkpoint
+from owl_plugin.formats.compact import CompactFormatError
+from owl_plugin.formats.compact_config import GUARD_FILE, GUARD_KEY
+
+FIX = "the compact checkpoint is corrupt; export it again with `owl export MODEL --format compact`"
+MODULE = "model.layers.1.mlp.up_proj"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loader")
+    result = {}
+    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        source = tiny_llama(root / f"{dtype}-source", dtype=torch_dtype)
+        result[f"{dtype}-source"] = source
+        result[f"{dtype}-compact"] = root / f"{dtype}-compact"
+        export_checkpoint(source, result[f"{dtype}-compact"], format="compact")
+    return result
+
+
+# -- auto-registration ---------------------------------------------------------------------------
+LOAD_IN_FRESH_PROCESS = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[2])
+print("registered:", "owl_plugin.integrations.transformers" in sys.modules)
+"""
+
+
+def test_fresh_process_loads_compact_without_importing_owl_plugin(checkpoints, tmp_path) -> None:
+    args = [str(checkpoints["bf16-compact"]), str(tmp_path / "state.pt")]
+    result = run_python(LOAD_IN_FRESH_PROCESS, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered: True" in result.stdout
+    loaded = torch.load(tmp_path / "state.pt")
+    assert_state_equal(loaded, stored_tensors(checkpoints["bf16-source"]))
+
+
+PLAIN_TRANSFORMERS = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+guarded, unguarded, state = sys.argv[1:]
+try:
+    AutoModelForCausalLM.from_pretrained(guarded)
+except FileNotFoundError as error:
+    print("refused:", error)
+model = AutoModelForCausalLM.from_pretrained(unguarded)
+torch.save({k: v.clone() for k, v in model.state_dict().items()}, state)
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_transformers(checkpoints, tmp_path_factory):
+    """One interpreter without the plugin: load the compact checkpoint as is, then without its guard."""
+    root = tmp_path_factory.mktemp("plain")
+    unguarded = root / "unguarded"
+    shutil.copytree(checkpoints["fp32-compact"], unguarded)
+    config = json.loads((unguarded / "config.json").read_text())
+    del config[GUARD_KEY]
+    (unguarded / "config.json").write_text(json.dumps(config))
+    args = [str(checkpoints["fp32-compact"]), str(unguarded), str(root / "state.pt")]
+    result = run_python(PLAIN_TRANSFORMERS, *args, env={"OWL_PLUGIN_NO_AUTOLOAD": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, torch.load(root / "state.pt")
+
+
+def test_plain_transformers_refuses_a_compact_checkpoint_loudly(checkpoints, plain_transformers) -> None:
+    result, _ = plain_transformers
+    assert "Unknown quantization type, got owl_sparse" in result.stderr  # transformers only warns about this ...
+    assert f"refused: No such file or directory: {checkpoints['fp32-compact']}/{GUARD_FILE}" in result.stdout
+
+
+def test_without_the_guard_plain_transformers_would_silently_random_initialise(checkpoints, plain_transformers):
+    _, loaded = plain_transformers  # ... and loaded without an error
+    source = stored_tensors(checkpoints["fp32-source"])
+    assert not same_bits(loaded[f"{MODULE}.weight"], source[f"{MODULE}.weight"])  # random, not the checkpoint
+    assert int((loaded[f"{MODULE}.weight"] == 0).sum()) == 0  # nothing of the pruning survived
+    assert same_bits(loaded["model.norm.weight"], source["model.norm.weight"])  # unpruned tensors did load
+
+
+# -- loading -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("stored", "requested"), [("fp32", torch.bfloat16), ("bf16", torch.float32)])
+def test_decompressed_weights_take_the_model_dtype(checkpoints, stored, requested) -> None:
+    compact = load_state(checkpoints[f"{stored}-compact"], dtype=requested)
+    dense = load_state(checkpoints[f"{stored}-source"], dtype=requested)
+    assert compact[f"{MODULE}.weight"].dtype == requested
+    assert_state_equal(compact, dense)
+
+
+def test_loaded_model_saves_as_a_dense_checkpoint(checkpoints, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["fp32-compact"])
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "quantization_config" not in config and GUARD_KEY not in config
+    assert_state_equal(stored_tensors(tmp_path / "saved"), stored_tensors(checkpoints["fp32-source"]))
+
+
+# -- corrupted checkpoints ---------------------------------------------------------------------
+def _corrupt(folder: Path, tmp_path: Path, edit) -> Path:
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    tensors = load_file(broken / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    return broken
+
+
+def _load_error(folder: Path) -> str:
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(CompactFormatError) as error:
+        AutoModelForCausalLM.from_pretrained(folder)
+    return str(error.value)
+
+
+def test_dropped_value_is_reported_with_the_tensor_name(checkpoints, tmp_path) -> None:
+    key = f"{MODULE}.weight_values"
+    count = load_file(checkpoints["bf16-compact"] / "model.safetensors")[key].numel()
+    broken = _corrupt(checkpoints["bf16-compact"], tmp_path, lambda t: t.update({key: t[key][:-1].clone()}))
+    assert _load_error(broken) == (f"{MODULE}.weight: weight_bitmask marks {count} non-zero elements but "
+                                   f"weight_values holds {count - 1}; {FIX}")
+
+
+def test_truncated_bitmask_is_reported_with_the_tensor_name(checkpoints, tmp_path) -> None:
+    key = f"{MODULE}.weight_bitmask"
+    broken = _corrupt(checkpoints["bf16-compact"], tmp_path, lambda t: t.update({key: t[key][:-3].clone()}))
+    assert _load_error(broken) == (f"{MODULE}.weight: weight_bitmask is truncated: 1021 bytes, expected 1024 for "
+                                   f"shape [128, 64]; {FIX}")
+
+
+def test_wrong_shape_is_reported_with_the_tensor_name(checkpoints, tmp_path) -> None:
+    key = f"{MODULE}.weight_shape"
+    broken = _corrupt(checkpoints["fp32-compact"], tmp_path, lambda t: t.update({key: torch.tensor([64, 128])}))
+    assert _load_error(broken) == (f"{MODULE}.weight: weight_shape is [64, 128] but the model expects [128, 64]; "
+                                   "the checkpoint does not belong to this model config")
+
+
+def test_missing_part_is_reported_with_the_tensor_name(checkpoints, tmp_path) -> None:
+    broken = _corrupt(checkpoints["fp32-compact"], tmp_path, lambda t: t.pop(f"{MODULE}.weight_values"))
+    assert _load_error(broken).startswith(f"{MODULE}.weight: the checkpoint lacks ['{MODULE}.weight_values']")
+
+
+def test_conversion_op_checks_on_its_own(checkpoints) -> None:
+    """The op re-checks (another caller may skip the up-front validation): errors name the tensor."""
+    from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
+
+    tensors = load_file(checkpoints["fp32-compact"] / "model.safetensors")
+    parts = {"weight_values$": [tensors[f"{MODULE}.weight_values"][:-1]],
+             "weight_bitmask$": [tensors[f"{MODULE}.weight_bitmask"]],
+             "weight_shape$": [tensors[f"{MODULE}.weight_shape"]]}
+    with pytest.raises(CompactFormatError, match=rf"^{MODULE}\.weight: weight_bitmask marks"):
+        OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight")
+    del parts["weight_shape$"]
+    with pytest.raises(CompactFormatError, match=rf"^{MODULE}\.weight: the checkpoint lacks \['{MODULE}.weight_shape'\]"):
+        OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight")
+
+
+# -- the default real model ------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_real_model_round_trip(tmp_path) -> None:
+    from compact_helpers import magnitude_prune_
+    from transformers import AutoModelForCausalLM
+
+    from owl_plugin.models import default_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(default_model_path(), dtype=torch.float32)
+    magnitude_prune_(model, 0.5)
+    ratios = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        source = tmp_path / f"pruned-{label}"
+        model.to(dtype).save_pretrained(source)
+        result = export_checkpoint(source, tmp_path / f"compact-{label}", format="compact")
+        ratios[label] = result
+        print(f"\nSmolLM2-135M 50% magnitude, {label}: {result.summary()}")
+        if label == "fp32":  # bf16 is checked bit for bit by the export's own verification (same reader)
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / f"compact-{label}").state_dict()
+            assert_state_equal(reloaded, stored_tensors(source))
+            del reloaded
+        shutil.rmtree(source)
+    assert len(ratios["fp32"].pruned_modules) == 30 * 7
+    assert ratios["fp32"].pruned_ratio == pytest.approx(0.5 + 1 / 32, abs=0.005)   # values + 1 bit / 32 bits
+    assert ratios["bf16"].pruned_ratio == pytest.approx(0.5 + 1 / 16, abs=0.005)   # values + 1 bit / 16 bits
