@@ -1,0 +1,216 @@
+"""Load checkpoints with vLLM, generate greedily and report tokens and log-probabilities as JSON.
+
+    python -m owl_plugin.integrations.vllm.check --model DIR [--compare DIR] [--expect-failure DIR ...]
+        --prompts "text" ["text" ...] [--max-tokens 16] [--json out.json]
+
+Runs inside the vLLM venv; the validation suite calls it as a subprocess. Each model folder is
+loaded with ``vllm.LLM`` (dtype float32 by default, eager mode), in turn, in this one process:
+first every ``--expect-failure`` folder (a load that must fail, e.g. a corrupted compact
+checkpoint: its error text is recorded), then ``--model``, then ``--compare``. For each prompt the
+JSON holds the greedy text and token ids, the log-probability of each generated token, and
+``prompt_logprobs``: the log-probability of every prompt token given the ones before it (``null``
+for the first). With ``--compare`` it also holds the comparison (``identical`` = same token ids
+and log-probabilities within ``--atol``, default 0: exact).
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set), so a failed load
+raises its own error here rather than "engine core initialization failed".
+
+Exit status: 0 when every load behaved as expected and the outputs match (or nothing was
+compared), 1 when the compared outputs differ, 2 when a load failed or an expected failure
+loaded fine.
+
+JSON layout::
+
+    {"vllm_version": ..., "prompts": [...], "settings": {...},
+     "runs": [{"model": DIR, "quantization": "owl_sparse" | null, "load_seconds": s,
+               "generate_seconds": s, "outputs": [{"prompt", "text", "token_ids", "logprobs",
+               "prompt_token_ids", "prompt_logprobs", "finish_reason"}, ...]}, ...],
+     "failures": [{"model": DIR, "expected": bool, "error_type": ..., "error": text}, ...],
+     "comparison": {"identical": bool, "token_ids_equal": bool, "max_prompt_logprob_diff": x,
+                    "max_logprob_diff": x, "differing_prompts": [...]}}       # with --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("owl_plugin.integrations.vllm.check")
+
+DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Sparse neural networks are")
+EXIT_OK, EXIT_MISMATCH, EXIT_LOAD = 0, 1, 2
+
+
+def _token_logprob(entry: dict[int, Any] | None, token: int) -> float | None:
+    """The log-probability vLLM reports for ``token`` at one position (None when absent)."""
+    if entry is None or token not in entry:
+        return None
+    return float(entry[token].logprob)
+
+
+def _cleanup() -> None:
+    """Free one in-process engine before the next one starts."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
+def _engine(model: str, args: argparse.Namespace):
+    from vllm import LLM
+
+    return LLM(model=model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len,
+               seed=args.seed, max_num_seqs=max(1, len(args.prompts)))
+
+
+def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Load ``model`` with vLLM, generate greedily for ``args.prompts`` and return the report entry."""
+    from vllm import SamplingParams
+
+    started = time.perf_counter()
+    llm = _engine(model, args)
+    loaded = time.perf_counter()
+    try:
+        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, prompt_logprobs=0, logprobs=0, seed=0)
+        results = llm.generate(list(args.prompts), params, use_tqdm=False)
+        outputs = []
+        for prompt, result in zip(args.prompts, results, strict=True):
+            completion = result.outputs[0]
+            prompt_ids = list(result.prompt_token_ids)
+            outputs.append({
+                "prompt": prompt,
+                "text": completion.text,
+                "token_ids": list(completion.token_ids),
+                "logprobs": [_token_logprob(entry, token)
+                             for entry, token in zip(completion.logprobs or [], completion.token_ids, strict=False)],
+                "prompt_token_ids": prompt_ids,
+                "prompt_logprobs": [_token_logprob(entry, token)
+                                    for entry, token in zip(result.prompt_logprobs or [], prompt_ids, strict=False)],
+                "finish_reason": completion.finish_reason,
+            })
+        quantization = llm.model_config.quantization
+    finally:
+        del llm
+        _cleanup()
+    return {"model": model, "quantization": quantization, "load_seconds": round(loaded - started, 2),
+            "generate_seconds": round(time.perf_counter() - loaded, 2), "outputs": outputs}
+
+
+def load_failure(model: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Try to load and run ``model``; ``None`` if that works, else the failure record.
+
+    The record's ``error`` is the text of the first ``CompactFormatError`` in the error's chain
+    (the one naming the tensor), else of the innermost error; ``outer_error`` is what vLLM raised.
+    """
+    from owl_plugin.formats.compact import CompactFormatError
+
+    try:
+        run_model(model, args)
+    except Exception as error:  # noqa: BLE001 - the load error is what is being reported
+        _cleanup()
+        chain = [error]
+        while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 50:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        root = next((e for e in chain if isinstance(e, CompactFormatError)), chain[-1])
+        logger.info("loading %s failed as expected: %s: %s", model, type(root).__name__, root)
+        return {"model": model, "expected": True, "error_type": type(root).__name__, "error": str(root),
+                "outer_error": f"{type(error).__name__}: {error}",
+                "traceback": "".join(traceback.format_exception(error))[-4000:]}
+    return None
+
+
+def _max_diff(a: Sequence[float | None], b: Sequence[float | None]) -> float:
+    """Largest |a - b| over positions where both are numbers (inf when lengths or presence differ)."""
+    if len(a) != len(b) or any((x is None) != (y is None) for x, y in zip(a, b, strict=True)):
+        return math.inf
+    return max((abs(x - y) for x, y in zip(a, b, strict=True) if x is not None), default=0.0)
+
+
+def compare(reference: dict[str, Any], candidate: dict[str, Any], *, atol: float) -> dict[str, Any]:
+    """Compare two runs prompt by prompt."""
+    differing, prompt_diff, token_diff, same_tokens = [], 0.0, 0.0, True
+    for ref, cand in zip(reference["outputs"], candidate["outputs"], strict=True):
+        tokens_equal = ref["token_ids"] == cand["token_ids"] and ref["prompt_token_ids"] == cand["prompt_token_ids"]
+        p_diff = _max_diff(ref["prompt_logprobs"], cand["prompt_logprobs"])
+        t_diff = _max_diff(ref["logprobs"], cand["logprobs"]) if tokens_equal else math.inf
+        same_tokens &= tokens_equal
+        prompt_diff, token_diff = max(prompt_diff, p_diff), max(token_diff, t_diff)
+        if not tokens_equal or p_diff > atol or t_diff > atol:
+            differing.append(ref["prompt"])
+    return {"identical": not differing, "token_ids_equal": same_tokens, "atol": atol,
+            "max_prompt_logprob_diff": prompt_diff, "max_logprob_diff": token_diff, "differing_prompts": differing}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m owl_plugin.integrations.vllm.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder (dense or compact)")
+    parser.add_argument("--compare", default=None, metavar="DIR", help="second checkpoint to compare with --model")
+    parser.add_argument("--expect-failure", action="append", default=[], metavar="DIR",
+                        help="checkpoint whose load must fail (its error is recorded); repeatable")
+    parser.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS), help="prompts (default: three)")
+    parser.add_argument("--max-tokens", type=int, default=16, help="greedy tokens per prompt (default 16)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the report here (default: stdout)")
+    parser.add_argument("--dtype", default="float32", help="vLLM dtype (default float32, for exact comparison)")
+    parser.add_argument("--atol", type=float, default=0.0, help="log-probability tolerance of --compare (default 0)")
+    parser.add_argument("--max-model-len", type=int, default=512, help="context length (default 512)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="let vLLM compile (slower start-up; default: enforce_eager)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import vllm
+
+    report: dict[str, Any] = {
+        "vllm_version": vllm.__version__, "prompts": list(args.prompts),
+        "settings": {"dtype": args.dtype, "max_tokens": args.max_tokens, "enforce_eager": not args.compile,
+                     "max_model_len": args.max_model_len, "seed": args.seed},
+        "runs": [], "failures": [],
+    }
+    status = EXIT_OK
+    for model in args.expect_failure:
+        failure = load_failure(model, args)
+        if failure is None:
+            logger.error("%s loaded although it should have failed", model)
+            report["failures"].append({"model": model, "expected": True, "error_type": None, "error": None})
+            status = EXIT_LOAD
+        else:
+            report["failures"].append(failure)
+    for model in filter(None, (args.model, args.compare)):
+        try:
+            report["runs"].append(run_model(model, args))
+        except Exception:
+            logger.exception("loading %s failed", model)
+            report["failures"].append({"model": model, "expected": False, "error_type": None,
+                                       "error": traceback.format_exc()[-4000:]})
+            status = EXIT_LOAD
+    if args.compare and len(report["runs"]) == 2:
+        report["comparison"] = compare(*report["runs"], atol=args.atol)
+        if not report["comparison"]["identical"] and status == EXIT_OK:
+            status = EXIT_MISMATCH
+        logger.info("comparison: %s", {k: v for k, v in report["comparison"].items() if k != "differing_prompts"})
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The linear method of ``owl_sparse``: decompress compact weights while vLLM loads them.
+
+:class:`OwlSparseLinearMethod` *is* vLLM's ``UnquantizedLinearMethod`` (same dense ``weight``,
+same kernels) plus three zero-size placeholder parameters, ``weight_values``, ``weight_bitmask``
+and ``weight_shape``, created in their checkpoint dtypes, that receive the compressed pieces.
+Once the three pieces of one shard have arrived it decompresses them with every check of
+``owl_plugin/formats/SPEC.md`` and hands the dense tensor to the layer's own ``weight_loader``
+(with the shard id vLLM gave, or the one its name mapper set on the tensor), so vLLM's fused
+q/k/v and gate/up placement and tensor-parallel slicing apply exactly as for a dense checkpoint.
+After loading it checks that every listed shard arrived (vLLM does not check completeness for
+quantized checkpoints) and drops the placeholders.
+
+The weights in memory are dense: the format saves disk and download, not RAM or compute.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+from vllm.model_executor.layers.linear import UnquantizedLinearMethod, register_weight_loader_v2_supported_method
+from vllm.model_executor.utils import set_weight_attrs
+
+from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
+
+PIECES = {"values": VALUES_SUFFIX, "bitmask": BITMASK_SUFFIX, "shape": SHAPE_SUFFIX}  # piece → parameter name
+_FIX = "export the checkpoint again with `owl export MODEL --format compact`"
+
+
+@register_weight_loader_v2_supported_method  # the dense weight then takes the same loader as unquantized
+class OwlSparseLinearMethod(UnquantizedLinearMethod):
+    """Unquantized linear method whose compressed shards are decompressed while the weights load.
+
+    Args:
+        prefix: the vLLM layer's name, e.g. ``model.layers.0.self_attn.qkv_proj``.
+        shards: checkpoint module names fused into the layer, in shard order (or ``[prefix]``).
+        compressed: which of ``shards`` (or ``prefix`` itself) the checkpoint stores compressed.
+        values_dtype: dtype of ``weight_values`` in the checkpoint (default: the model's dtype).
+    """
+
+    def __init__(self, prefix: str, shards: Sequence[str], compressed: Sequence[str],
+                 values_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.shards = list(shards)
+        self.compressed = list(compressed)
+        self.values_dtype = values_dtype
+        self._pending: dict[Hashable, dict[str, torch.Tensor]] = {}  # shard id → pieces received so far
+        self._loaded: set[str] = set()
+
+    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
+                       output_partition_sizes: list[int], input_size: int, output_size: int,
+                       params_dtype: torch.dtype, **extra_weight_attrs: Any) -> None:
+        super().create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                               params_dtype, **extra_weight_attrs)
+        dtypes = {"values": self.values_dtype or params_dtype, "bitmask": torch.uint8, "shape": torch.int64}
+        for piece, name in PIECES.items():
+            placeholder = torch.nn.Parameter(torch.empty(0, dtype=dtypes[piece]), requires_grad=False)
+            set_weight_attrs(placeholder, {"weight_loader": functools.partial(self._load_piece, layer, piece)})
+            layer.register_parameter(name, placeholder)
+
+    def _shard_name(self, shard_id: Hashable | None) -> str:
+        """Checkpoint module name of a shard id (``"q"`` → ``...q_proj``, ``0`` → ``...gate_proj``)."""
+        if shard_id is None:
+            return self.prefix if len(self.shards) > 1 else self.shards[0]
+        if isinstance(shard_id, int) and 0 <= shard_id < len(self.shards):
+            return self.shards[shard_id]
+        if isinstance(shard_id, str):
+            for name in self.shards:
+                leaf = name.rpartition(".")[2]
+                if leaf == shard_id or leaf.startswith(f"{shard_id}_"):
+                    return name
+        return f"{self.prefix}[shard {shard_id!r}]"
+
+    def _load_piece(self, layer: torch.nn.Module, piece: str, param: torch.nn.Parameter,
+                    loaded_weight: torch.Tensor, shard_id: Hashable | None = None) -> None:
+        """Weight loader of the placeholders: buffer one piece; load the shard once it is complete."""
+        if shard_id is None:
+            shard_id = getattr(loaded_weight, "shard_id", None)  # set by vLLM's stacked-name mapper
+        name = self._shard_name(shard_id)
+        if name not in self.compressed:
+            raise CompactFormatError(
+                f"{name}.{PIECES[piece]} is in the checkpoint, but {name} is not in config.json's "
+                f"quantization_config.compressed_modules; the checkpoint is inconsistent, {_FIX}")
+        pieces = self._pending.setdefault(shard_id, {})
+        if piece in pieces:
+            raise CompactFormatError(f"{name}.{PIECES[piece]} appears twice in the checkpoint; {_FIX}")
+        pieces[piece] = loaded_weight
+        if len(pieces) == len(PIECES):
+            del self._pending[shard_id]
+            self._load_dense(layer, name, shard_id, pieces)
+
+    def _load_dense(self, layer: torch.nn.Module, name: str, shard_id: Hashable | None,
+                    pieces: dict[str, torch.Tensor]) -> None:
+        """Decompress one shard and pass it to the layer's own weight loader."""
+        unfused = len(self.shards) == 1 and shard_id is None
+        expected = (layer.output_size, layer.input_size) if unfused else None
+        dense = decompress(pieces["values"], pieces["bitmask"], pieces["shape"], name=f"{name}.weight",
+                           expected_shape=expected)
+        loader = layer.weight.weight_loader
+        try:
+            if shard_id is None:
+                loader(layer.weight, dense)
+            else:
+                loader(layer.weight, dense, shard_id)
+        except (AssertionError, ValueError, RuntimeError) as error:
+            raise CompactFormatError(
+                f"{name}.weight: the decompressed {list(dense.shape)} weight does not fit vLLM's layer "
+                f"{self.prefix} ({error or type(error).__name__}); the checkpoint does not belong to this "
+                f"config.json, {_FIX}") from error
+        self._loaded.add(name)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Check every compressed shard was loaded, drop the placeholders, then prepare as unquantized."""
+        if self._pending:
+            incomplete = "; ".join(
+                f"{self._shard_name(shard)}.weight has {sorted(PIECES[p] for p in pieces)} but lacks "
+                f"{sorted(PIECES[p] for p in PIECES.keys() - pieces.keys())}"
+                for shard, pieces in self._pending.items())
+            raise CompactFormatError(f"incomplete compressed weights in the checkpoint: {incomplete}; {_FIX}")
+        missing = [name for name in self.compressed if name not in self._loaded]
+        if missing:
+            raise CompactFormatError(
+                f"{', '.join(missing)}: listed in config.json's quantization_config.compressed_modules, but "
+                f"{'/'.join(PIECES.values())} are not in the checkpoint; {_FIX}")
+        for name in PIECES.values():
+            delattr(layer, name)
+        super().process_weights_after_loading(layer)

@@ -1,0 +1,205 @@
+"""vLLM loads a compact (owl_sparse) checkpoint exactly like the dense one it came from.
+
+The default real model (SmolLM2-135M) is pruned by magnitude to 50% per row (real zeros), saved
+dense, and exported compact with owl_plugin.export. One subprocess in the vLLM venv
+(``python -m owl_plugin.integrations.vllm.check``) then tries two corrupted copies of the compact
+checkpoint (each must fail, naming the tensor), loads the dense and the compact one, and reports
+greedy tokens and prompt log-probabilities. Measured: ~45 s of checkpoint writing plus ~2-3 min
+for the vLLM process (each engine start is ~15-30 s in eager mode; more when the CPUs are busy).
+
+vLLM lives in its own venv (``/work/main/.venv-vllm``, see ``integrations/vllm/__init__.py``);
+these tests run from the main venv and skip when that venv is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from owl_plugin.formats.compact_config import compressed_modules
+from owl_plugin.profile import ModuleSparsity, SparsityProfile
+
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = Path(os.environ.get("OWL_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python"
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Sparse neural networks are",
+]
+MAX_TOKENS = 16
+SPARSITY = 0.5
+# left unpruned, so stored dense beside compressed siblings: half-compressed fused qkv_proj and gate_up_proj
+# layers, and a plain unquantized o_proj
+KEEP_DENSE = frozenset({"model.layers.1.self_attn.v_proj", "model.layers.2.mlp.up_proj",
+                        "model.layers.4.self_attn.o_proj"})
+# corrupted copies of the compact checkpoint: name → (tensor, edit or None to delete it, words the error must hold)
+CORRUPTIONS = {
+    "count": ("model.layers.3.self_attn.k_proj.weight_values", lambda values: values[:-1].clone(),  # fused qkv shard
+              ("model.layers.3.self_attn.k_proj.weight", "marks 55296 non-zero", "holds 55295", "owl export")),
+    "missing": ("model.layers.5.self_attn.o_proj.weight_bitmask", None,  # vLLM itself would load garbage silently
+                ("model.layers.5.self_attn.o_proj.weight", "lacks ['weight_bitmask']", "owl export")),
+}
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "chat_template.jinja", "special_tokens_map.json")
+TIMEOUT = 900  # seconds for the one vLLM subprocess (measured: well under half)
+
+pytestmark = [
+    pytest.mark.real_model,
+    pytest.mark.slow,
+    # skipped only outside CI: `make test` builds the venv, so in CI a missing venv is a failure
+    pytest.mark.skipif(not VLLM_PYTHON.exists() and not os.environ.get("CI"), reason=(
+        f"the vLLM venv is missing ({VLLM_PYTHON}); build it with `make setup-vllm`")),
+]
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def prune_rows(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero the ``floor(sparsity * in)`` smallest-magnitude entries of every row (a new tensor)."""
+    pruned = weight.clone()
+    count = math.floor(sparsity * weight.shape[1])
+    smallest = weight.abs().argsort(dim=1, stable=True)[:, :count]
+    return pruned.scatter_(1, smallest, 0.0)
+
+
+def write_pruned_dense(source: Path, target: Path, *, sparsity: float = SPARSITY,
+                       keep_dense: frozenset[str] = KEEP_DENSE) -> dict[str, int]:
+    """Copy ``source`` with every 2-D weight in the decoder blocks magnitude-pruned per row.
+
+    Args:
+        keep_dense: modules left unpruned (and so stored dense in the compact export).
+
+    Returns:
+        Pruned module name → parameter count, in checkpoint order.
+    """
+    target.mkdir(parents=True)
+    tensors, pruned = {}, {}
+    with safe_open(source / "model.safetensors", framework="pt") as weights:
+        for name in weights.keys():
+            tensor = weights.get_tensor(name)
+            module = name.removesuffix(".weight")
+            if name.startswith("model.layers.") and name.endswith(".weight") and tensor.dim() == 2 \
+                    and module not in keep_dense:
+                tensor = prune_rows(tensor, sparsity)
+                pruned[module] = tensor.numel()
+            tensors[name] = tensor
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    for side in SIDE_FILES:
+        if (source / side).is_file():
+            shutil.copy2(source / side, target / side)
+    return pruned
+
+
+def write_compact(dense: Path, target: Path, pruned: dict[str, int], *, sparsity: float = SPARSITY) -> None:
+    """Export ``dense`` compact with the project's exporter; exactly the ``pruned`` modules are compressed.
+
+    The profile names them: the source model (de-quantized Q4_1) holds a few exact zeros in every
+    weight, so without it the exporter would compress the unpruned ones too.
+    """
+    from owl_plugin.export import export_checkpoint
+
+    modules = {module: ModuleSparsity(sparsity, numel, module.rsplit(".", 2)[0]) for module, numel in pruned.items()}
+    profile = SparsityProfile(method="magnitude", target=sparsity, modules=modules)
+    export_checkpoint(dense, target, format="compact", profile=profile)
+
+
+def write_corrupted(compact: Path, target: Path, key: str, edit: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    """Copy ``compact`` with the tensor ``key`` replaced by ``edit(tensor)``, or removed when ``edit`` is None."""
+    shutil.copytree(compact, target)
+    for path in sorted(target.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as weights:
+            if key not in weights.keys():
+                continue
+            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
+        if edit is None:
+            del tensors[key]
+        else:
+            tensors[key] = edit(tensors[key])
+        save_file(tensors, path, metadata={"format": "pt"})
+        return
+    raise AssertionError(f"{key} not found in {compact}")
+
+
+# -- the vLLM run --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, default_model_path: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("vllm")
+    dense, compact = root / "dense", root / "compact"
+    pruned = write_pruned_dense(default_model_path, dense)
+    write_compact(dense, compact, pruned)
+    corrupted = {}
+    for name, (key, edit, _) in CORRUPTIONS.items():
+        corrupted[name] = root / f"corrupted-{name}"
+        write_corrupted(compact, corrupted[name], key, edit)
+    return {"root": root, "dense": dense, "compact": compact, "corrupted": corrupted, "pruned": pruned}
+
+
+@pytest.fixture(scope="module")
+def vllm_report(checkpoints: dict) -> dict:
+    """Run check.py once: the corrupted copies (must fail), then dense and compact, in one process."""
+    out = checkpoints["root"] / "report.json"
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's CPU default is far larger
+    env.setdefault("VLLM_CACHE_ROOT", str(checkpoints["root"] / "vllm-cache"))
+    command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check",
+               "--model", str(checkpoints["dense"]), "--compare", str(checkpoints["compact"]),
+               *(arg for path in checkpoints["corrupted"].values() for arg in ("--expect-failure", str(path))),
+               "--max-tokens", str(MAX_TOKENS), "--json", str(out), "--prompts", *PROMPTS]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    if result.returncode != 0:  # 1: outputs differ, 2: a load misbehaved; the tests below say which
+        sys.stderr.write(result.stderr[-20000:])
+    if not out.is_file():
+        pytest.fail(f"check.py exited with {result.returncode} and wrote no report; its stderr is above")
+    return json.loads(out.read_text())
+
+
+def test_compact_checkpoint_is_compact(checkpoints: dict) -> None:
+    config = json.loads((checkpoints["compact"] / "config.json").read_text())
+    assert sorted(compressed_modules(config["quantization_config"])) == sorted(checkpoints["pruned"])
+    names = set()
+    for path in checkpoints["compact"].glob("*.safetensors"):
+        with safe_open(path, framework="pt") as weights:
+            names.update(weights.keys())
+    assert all(f"{module}.weight" in names and f"{module}.weight_values" not in names for module in KEEP_DENSE)
+    dense_bytes = sum(p.stat().st_size for p in checkpoints["dense"].glob("*.safetensors"))
+    compact_bytes = sum(p.stat().st_size for p in checkpoints["compact"].glob("*.safetensors"))
+    assert compact_bytes < dense_bytes
+
+
+def test_vllm_greedy_tokens_match_dense(vllm_report: dict) -> None:
+    dense, compact = vllm_report["runs"]
+    assert compact["quantization"] == "owl_sparse" and dense["quantization"] is None
+    for ours, theirs in zip(compact["outputs"], dense["outputs"], strict=True):
+        assert len(ours["token_ids"]) == MAX_TOKENS or ours["finish_reason"] == "stop"
+        assert ours["token_ids"] == theirs["token_ids"], f"greedy tokens differ for {ours['prompt']!r}"
+        assert ours["text"] == theirs["text"]
+
+
+def test_vllm_prompt_logprobs_match_dense(vllm_report: dict) -> None:
+    dense, compact = vllm_report["runs"]
+    for ours, theirs in zip(compact["outputs"], dense["outputs"], strict=True):
+        assert ours["prompt_token_ids"] == theirs["prompt_token_ids"]
+        assert ours["prompt_logprobs"][1:] == theirs["prompt_logprobs"][1:], ours["prompt"]  # fp32: exact
+        assert all(isinstance(x, float) and math.isfinite(x) for x in ours["prompt_logprobs"][1:])
+    assert vllm_report["comparison"]["identical"] is True
+
+
+def test_vllm_refuses_corrupted_compact_naming_the_tensor(vllm_report: dict, checkpoints: dict) -> None:
+    failures = {failure["model"]: failure for failure in vllm_report["failures"]}
+    assert set(failures) == {str(path) for path in checkpoints["corrupted"].values()}
+    for name, (_, _, words) in CORRUPTIONS.items():
+        failure = failures[str(checkpoints["corrupted"][name])]
+        assert failure["error_type"] == "CompactFormatError", failure
+        for word in words:
+            assert word in failure["error"], (name, failure["error"])
