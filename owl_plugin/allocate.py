@@ -11,6 +11,7 @@ A *unit* is a decoder block (default, as in both papers) or a single linear
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def check_target(target: float) -> float:
     """Validate a target sparsity S ∈ [0, 1)."""
-    if not isinstance(target, (int, float)) or not (0.0 <= float(target) < 1.0):
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not (0.0 <= float(target) < 1.0):
         raise ValueError(f"target sparsity {target!r} is invalid: must be a number in [0, 1), e.g. 0.7")
     return float(target)
 
@@ -80,13 +81,15 @@ def allocate(
     """
     config = config or OWLConfig()
     check_target(target)
+    blocks = prunable_linears(model)
+    _check_weights(blocks)  # before any forward pass, so a bad weight is named, not its block's output
     input_sq_means = None
     if isinstance(config, OWLConfig):
         if not calibration:
             raise ValueError("OWL needs calibration data (token batches) to measure activation outliers; got none")
         input_sq_means = collect_input_sq_means(model, calibration, device=device, progress=progress)
     return allocate_linears(
-        prunable_linears(model), target, config,
+        blocks, target, config,
         input_sq_means=input_sq_means, progress=progress, provenance=provenance,
     )
 

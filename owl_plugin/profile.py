@@ -89,6 +89,8 @@ class SparsityProfile:
         """
         from owl_plugin.bounds import fit_to_bounds
 
+        if self.target == 0:
+            raise ValueError("cannot rescale a profile whose target is 0 (every ratio is 0); allocate anew instead")
         names = list(self.modules)
         ratios = [self.modules[n].sparsity * target / self.target for n in names]
         weights = [self.modules[n].num_params for n in names]
@@ -126,6 +128,9 @@ class SparsityProfile:
             raise ValueError(f"not a sparsity profile: format={data.get('format')!r}, expected {FORMAT!r}")
         if data.get("version") != VERSION:
             raise ValueError(f"sparsity profile version {data.get('version')!r} is not supported (expected {VERSION})")
+        if not isinstance(data.get("modules"), Mapping):
+            raise ValueError(f"malformed sparsity profile: 'modules' must map module names to entries, "
+                             f"got {type(data.get('modules')).__name__}")
         try:
             modules = {
                 name: ModuleSparsity(float(m["sparsity"]), int(m["num_params"]), str(m["block"]))
@@ -147,9 +152,11 @@ class SparsityProfile:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON to ``path`` (a file, or a folder that gets ``sparsity_profile.json``) atomically."""
+        """Write JSON atomically to ``path``: a ``.json`` file, or a folder (created if needed)
+        that gets ``sparsity_profile.json``."""
+        as_folder = str(path).endswith(("/", os.sep)) or Path(path).suffix != ".json"
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() or as_folder:
             path = path / PROFILE_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:

@@ -209,3 +209,20 @@ def test_yaml_recipe_on_real_model_saves_checkpoint_matching_profile(tmp_path, a
     measured = measured_sparsities(reloaded, profile)
     assert profile_mismatches(profile, measured) == []
     assert abs(overall_sparsity(measured, profile) - 0.7) < 0.005
+
+
+@pytest.mark.llmcompressor
+def test_yaml_recipe_resolves_modifiers_without_importing_owl_plugin(tmp_path):
+    """The start-up hook registers the modifiers as soon as llmcompressor is imported."""
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "owl_wanda.yaml"
+    code = (
+        "import sys\nfrom llmcompressor.recipe import Recipe\n"
+        f"names = [type(m).__name__ for m in Recipe.create_instance({str(recipe)!r}).modifiers]\n"
+        "assert 'owl_plugin' not in sys.argv\nprint(names)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "['OWLAllocationModifier', 'WandaPruningModifier']" in proc.stdout
+    disabled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300, env={**__import__("os").environ, "OWL_PLUGIN_NO_AUTOLOAD": "1"})
+    assert disabled.returncode != 0 and "OWLAllocationModifier" in disabled.stderr
