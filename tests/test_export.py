@@ -137,7 +137,9 @@ def test_overwrite_rules(sources, tmp_path) -> None:
 def test_cli_export(sources, tmp_path, capsys) -> None:
     output = tmp_path / "cli"
     assert main(["export", str(sources["bf16"]), "--format", "compact", "--output", str(output)]) == 0
-    assert capsys.readouterr().out.strip() == str(output)
+    printed = capsys.readouterr().out
+    assert f"compact export in {output}" in printed
+    assert "(ratio 0." in printed  # the pruned-weights and whole-checkpoint size ratios are printed
     assert main(["export", str(sources["bf16"]), "--format", "dense", "--output", str(output)]) == 2
     assert "already exists; pass overwrite=True (owl export --overwrite)" in capsys.readouterr().err
     assert main(["export", str(sources["bf16"]), "--format", "dense", "--output", str(output), "--overwrite"]) == 0
