@@ -38,7 +38,7 @@ $(VLLM_VENV)/.ready: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-main: setup
+main: setup setup-vllm
 	$(PY) examples/main_job.py --output runs/main
 
 test: setup setup-vllm
