@@ -1,0 +1,1 @@
+"""Held-out hyperparameter search over allocation methods (``owl tune``)."""
