@@ -3,6 +3,8 @@
     uniform: nothing to measure
     owl:     Wanda scores from layer-at-a-time activation statistics → outlier ratio per unit
     alpha:   eigenvalue spectrum of every linear (no data) → Hill α per unit (block mean by default)
+    dlp:     Wanda scores from the same statistics as OWL → median score per unit
+    atp:     nothing to measure: the ratio grows linearly with the unit's block index
 
 A *unit* is a decoder block (default, as in both papers) or a single linear
 (``granularity="linear"``). Ratios are computed per unit and given to every linear in it.
@@ -20,9 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from owl_plugin.allocators import alpha_ratios, outlier_ratio, owl_ratios, uniform_ratios, wanda_scores
+from owl_plugin.allocators import (
+    alpha_ratios, atp_ratios, dlp_ratios, median_score, outlier_ratio, owl_ratios, uniform_ratios, wanda_scores,
+)
 from owl_plugin.bounds import Bounded
-from owl_plugin.config import AllocationConfig, AlphaConfig, OWLConfig, UniformConfig, config_params
+from owl_plugin.config import (
+    AllocationConfig, AlphaConfig, ATPConfig, DLPConfig, OWLConfig, UniformConfig, config_params,
+)
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.spectra import hill_alpha
@@ -66,8 +72,8 @@ def allocate(
     Args:
         model: a causal LM whose decoder blocks sit in an ``nn.ModuleList``.
         target: S ∈ [0, 1), the parameter-weighted mean sparsity over all block linears.
-        config: ``UniformConfig``, ``OWLConfig`` (default) or ``AlphaConfig``.
-        calibration: token-id batches (batch, seq_len); required by OWL only.
+        config: ``UniformConfig``, ``OWLConfig`` (default), ``AlphaConfig``, ``DLPConfig`` or ``ATPConfig``.
+        calibration: token-id batches (batch, seq_len); required by OWL and DLP only.
         device: run OWL's statistics block by block on this device.
         progress: show progress bars.
         provenance: extra facts recorded in ``profile.params`` (e.g. the calibration source).
@@ -84,14 +90,21 @@ def allocate(
     blocks = prunable_linears(model)
     _check_weights(blocks)  # before any forward pass, so a bad weight is named, not its block's output
     input_sq_means = None
-    if isinstance(config, OWLConfig):
+    if needs_statistics(config):
         if not calibration:
-            raise ValueError("OWL needs calibration data (token batches) to measure activation outliers; got none")
+            raise ValueError(
+                f"{config.method.upper()} needs calibration data (token batches) to measure activations; got none"
+            )
         input_sq_means = collect_input_sq_means(model, calibration, device=device, progress=progress)
     return allocate_linears(
         blocks, target, config,
         input_sq_means=input_sq_means, progress=progress, provenance=provenance,
     )
+
+
+def needs_statistics(config: AllocationConfig) -> bool:
+    """True for the methods that read activation statistics (Wanda scores): OWL and DLP."""
+    return isinstance(config, (OWLConfig, DLPConfig))
 
 
 def allocate_linears(
@@ -100,10 +113,11 @@ def allocate_linears(
     config: AllocationConfig,
     *,
     input_sq_means: Mapping[str, torch.Tensor] | None = None,
+    alphas: Mapping[str, float] | None = None,
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
 ) -> SparsityProfile:
-    """The allocation itself, given the linears grouped by decoder block and (for OWL) statistics.
+    """The allocation itself, given the linears grouped by decoder block and (for OWL, DLP) statistics.
 
     Integrations that gather activation statistics their own way (e.g. inside
     llmcompressor's calibration pipeline) call this directly.
@@ -112,41 +126,90 @@ def allocate_linears(
         blocks: decoder block name → {full linear name → nn.Linear}, in model order.
         target: S ∈ [0, 1).
         config: the method and its hyperparameters.
-        input_sq_means: for OWL, full linear name → mean of x_j² over calibration tokens.
+        input_sq_means: for OWL and DLP, full linear name → mean of x_j² over calibration tokens.
+        alphas: for AlphaPruning, precomputed α per linear (computed here when None).
     """
     target = check_target(target)
     _check_weights(blocks)
     linears = {name: linear for group in blocks.values() for name, linear in group.items()}
     block_of = {name: block for block, group in blocks.items() for name in group}
     units = _units(blocks, getattr(config, "granularity", "block"))
-    unit_params = np.array([sum(linears[n].weight.numel() for n in members) for members in units.values()])
+    scores = unit_scores(blocks, config, input_sq_means=input_sq_means, alphas=alphas, progress=progress)
+    bounded = unit_ratios(blocks, config, target, scores)
+    return _to_profile(config, target, units, bounded, linears, block_of, scores, provenance)
 
+
+def unit_scores(
+    blocks: Mapping[str, Mapping[str, nn.Linear]],
+    config: AllocationConfig,
+    *,
+    input_sq_means: Mapping[str, torch.Tensor] | None = None,
+    alphas: Mapping[str, float] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The statistic each unit is ranked by: outlier ratio (OWL), mean α (alpha), median score (DLP).
+
+    Empty for uniform and ATP, which read nothing from the model. Depends only on the
+    config's statistic settings (OWL's M, AlphaPruning's xmin, the granularity), not on the
+    target or band, so a hyperparameter search can compute it once per setting.
+    """
+    linears = {name: linear for group in blocks.values() for name, linear in group.items()}
+    units = _units(blocks, getattr(config, "granularity", "block"))
     scores: dict[str, float] = {}
-    if isinstance(config, UniformConfig):
-        bounded = uniform_ratios(unit_params, target, bounds=config.bounds)
-    elif isinstance(config, OWLConfig):
+    if isinstance(config, (UniformConfig, ATPConfig)):
+        return scores
+    if isinstance(config, (OWLConfig, DLPConfig)):
         missing = [n for n in linears if input_sq_means is None or n not in input_sq_means]
         if missing:
-            raise ValueError(f"OWL needs activation statistics for every linear; missing for {missing[:3]} ...")
-        for unit, members in units.items():
-            scores[unit] = outlier_ratio(
-                (wanda_scores(linears[n].weight, input_sq_means[n]) for n in members), config.m
+            raise ValueError(
+                f"{config.method.upper()} needs activation statistics for every linear; missing for {missing[:3]} ..."
             )
-        bounded = owl_ratios(np.array(list(scores.values())), unit_params, target, lam=config.lam, bounds=config.bounds)
-    elif isinstance(config, AlphaConfig):
-        alphas = {
-            name: hill_alpha(linear.weight, xmin=config.xmin)
-            for name, linear in tqdm(linears.items(), desc="eigenvalue spectra", unit="linear", disable=not progress)
-        }
+        for unit, members in units.items():
+            wanda = (wanda_scores(linears[n].weight, input_sq_means[n]) for n in members)
+            scores[unit] = outlier_ratio(wanda, config.m) if isinstance(config, OWLConfig) else median_score(wanda)
+        return scores
+    if isinstance(config, AlphaConfig):
+        if alphas is None:
+            alphas = {
+                name: hill_alpha(linear.weight, xmin=config.xmin)
+                for name, linear in tqdm(linears.items(), desc="eigenvalue spectra", unit="linear",
+                                         disable=not progress)
+            }
         for unit, members in units.items():
             scores[unit] = float(np.mean([alphas[n] for n in members]))
-        bounded = alpha_ratios(
-            np.array(list(scores.values())), unit_params, target, epsilon=config.epsilon, bounds=config.bounds
-        )
-    else:
-        raise TypeError(f"config must be UniformConfig, OWLConfig or AlphaConfig, got {type(config).__name__}")
+        return scores
+    raise TypeError(
+        f"config must be UniformConfig, OWLConfig, AlphaConfig, DLPConfig or ATPConfig, got {type(config).__name__}"
+    )
 
-    return _to_profile(config, target, units, bounded, linears, block_of, scores, provenance)
+
+def unit_ratios(
+    blocks: Mapping[str, Mapping[str, nn.Linear]],
+    config: AllocationConfig,
+    target: float,
+    scores: Mapping[str, float],
+) -> Bounded:
+    """Apply the method's formula to per-unit ``scores`` (from ``unit_scores``), in unit order."""
+    units = _units(blocks, getattr(config, "granularity", "block"))
+    linears = {name: linear for group in blocks.values() for name, linear in group.items()}
+    unit_params = np.array([sum(linears[n].weight.numel() for n in members) for members in units.values()])
+    values = np.array([scores[u] for u in units]) if scores else None
+    if isinstance(config, UniformConfig):
+        return uniform_ratios(unit_params, target, bounds=config.bounds)
+    if isinstance(config, OWLConfig):
+        return owl_ratios(values, unit_params, target, lam=config.lam, bounds=config.bounds)
+    if isinstance(config, AlphaConfig):
+        return alpha_ratios(values, unit_params, target, epsilon=config.epsilon, bounds=config.bounds)
+    if isinstance(config, DLPConfig):
+        return dlp_ratios(values, unit_params, target, band=config.band, bounds=config.bounds)
+    if isinstance(config, ATPConfig):
+        depth_of = {block: i for i, block in enumerate(blocks)}
+        block_of = {name: block for block, group in blocks.items() for name in group}
+        depths = np.array([depth_of[block_of[members[0]]] for members in units.values()])
+        return atp_ratios(depths, unit_params, target, beta=config.beta, bounds=config.bounds)
+    raise TypeError(
+        f"config must be UniformConfig, OWLConfig, AlphaConfig, DLPConfig or ATPConfig, got {type(config).__name__}"
+    )
 
 
 def _to_profile(config, target, units, bounded: Bounded, linears, block_of, scores, provenance) -> SparsityProfile:

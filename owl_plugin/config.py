@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -70,8 +71,54 @@ class AlphaConfig:
         _check_granularity(self.granularity)
 
 
-AllocationConfig = UniformConfig | OWLConfig | AlphaConfig
-CONFIGS: dict[str, type] = {"uniform": UniformConfig, "owl": OWLConfig, "alpha": AlphaConfig}
+@dataclass(frozen=True, kw_only=True)
+class DLPConfig:
+    """DLP (ICML 2025, arXiv 2505.23807): the median Wanda score ranks units; ratios span [S − band, S + band]."""
+
+    method: Literal["dlp"] = "dlp"
+    band: float = 0.08
+    granularity: Granularity = "block"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        lo, hi = check_bounds(self.bounds)
+        object.__setattr__(self, "bounds", (lo, hi))
+        if not (0 <= self.band <= (hi - lo) / 2):
+            raise ValueError(
+                f"DLP band={self.band!r} is out of range: need 0 <= band <= {(hi - lo) / 2:g} "
+                "(half the width of the bounds; e.g. 0.08)"
+            )
+        _check_granularity(self.granularity)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ATPConfig:
+    """ATP (ICML 2025, arXiv 2502.14770): sparsity rises by beta per decoder block (falls when beta < 0).
+
+    A unit's depth is its decoder block's index, so ``granularity="linear"`` gives every linear
+    of a block the same ratio (kept for a uniform interface).
+    """
+
+    method: Literal["atp"] = "atp"
+    beta: float = 0.005
+    granularity: Granularity = "block"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        lo, hi = check_bounds(self.bounds)
+        object.__setattr__(self, "bounds", (lo, hi))
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and abs(self.beta) < hi - lo):
+            raise ValueError(
+                f"ATP beta={self.beta!r} is out of range: need a finite step with |beta| < {hi - lo:g} "
+                "(the width of the bounds; typical 0.001-0.02 per block)"
+            )
+        _check_granularity(self.granularity)
+
+
+AllocationConfig = UniformConfig | OWLConfig | AlphaConfig | DLPConfig | ATPConfig
+CONFIGS: dict[str, type] = {
+    "uniform": UniformConfig, "owl": OWLConfig, "alpha": AlphaConfig, "dlp": DLPConfig, "atp": ATPConfig,
+}
 
 
 def make_config(method: str, **params: Any) -> AllocationConfig:

@@ -47,7 +47,8 @@ def plot_profiles(
         if all(b in profile.scores for b in blocks):
             twin = ax.twinx()
             twin.bar(range(len(blocks)), [profile.scores[b] for b in blocks], color="tab:orange", alpha=0.25, zorder=1)
-            name = {"owl": "outlier ratio (%)", "alpha": "mean α"}.get(profile.method, "score")
+            name = {"owl": "outlier ratio (%)", "alpha": "mean α", "dlp": "median Wanda score"}.get(
+                profile.method, "score")
             twin.set_ylabel(name, color="tab:orange")
             ax.set_zorder(twin.get_zorder() + 1)
             ax.patch.set_visible(False)
