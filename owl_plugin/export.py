@@ -5,7 +5,10 @@ written into new shards (at most one shard in memory), never as a second copy of
 Everything is built in a hidden staging folder beside the output, verified (every written
 tensor is reopened, decompressed if compact, and compared bit for bit with the source; the
 shards get SHA-256 checksums), and only then published with an atomic rename. An existing
-output is replaced only with ``overwrite=True``.
+output is replaced only with ``overwrite=True``. Every export is Hub-ready: it carries
+``sparsity_profile.json`` (measured from the zeros when the source has none), its plot, the
+source's recipe and a model card (README.md, ``owl_plugin.model_card``), written in the staging
+folder like everything else.
 
 Example:
     >>> result = export_checkpoint("pruned/", "pruned-compact/", format="compact")
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 from owl_plugin.checkpoint import CONFIG_NAME, CheckpointFolder
 from owl_plugin.export_config import FORMATS, check_source_config, output_config
 from owl_plugin.formats.compact import compress, compressed_keys
+from owl_plugin.model_card import Results, check_license, check_repo_id, write_model_card
 from owl_plugin.profile import PROFILE_FILENAME, ModuleSparsity, SparsityProfile
 from owl_plugin.pruned_modules import block_of, candidate_modules, decoder_prefix
 from owl_plugin.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
@@ -241,6 +245,10 @@ def export_checkpoint(
     overwrite: bool = False,
     profile: SparsityProfile | str | os.PathLike | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    results: Results | Mapping | list | None = None,
 ) -> ExportResult:
     """Write ``model_dir`` (dense or compact) to ``output_dir`` as a dense or compact checkpoint.
 
@@ -254,6 +262,12 @@ def export_checkpoint(
             holding zeros). Default: the source's ``sparsity_profile.json``, else every 2-D weight in
             the decoder blocks that holds zeros.
         max_shard_bytes: safetensors shard size limit.
+        repo_id: the Hub id the export will be published under (the model card's load snippets use it).
+        base_model: the base model's Hub id for the model card (default: found in the source, see
+            ``owl_plugin.model_card``).
+        license: license identifier for the model card (default: inherited from the source's card).
+        results: perplexity / speed rows for the model card (``model_card.Results``); default: the
+            source's ``results.json``.
 
     Returns:
         An ``ExportResult`` with the size ratios and checksums.
@@ -265,6 +279,14 @@ def export_checkpoint(
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not supported; choose one of {FORMATS}")
+    if repo_id is not None:  # the card's inputs are checked before any work
+        check_repo_id(repo_id, what="repo_id")
+    if base_model is not None:
+        check_repo_id(base_model)
+    if license is not None:
+        check_license(license)
+    if results is not None:
+        results = Results.from_data(results)
     started = time.perf_counter()
     target = Path(output_dir).absolute()
     pause = float(os.environ.get(PAUSE_ENV) or 0)
@@ -291,10 +313,13 @@ def export_checkpoint(
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             explicit = profile is not None
             _copy_side_files(folder, staging, skip={PROFILE_FILENAME} if explicit else set())
+            measured = chosen is None and bool(written.pruned)
             if explicit:
                 chosen.save(staging / PROFILE_FILENAME)
-            elif chosen is None and format == "compact":
+            elif measured:  # SPEC.md wants one in a compact folder; the model card shows it for both formats
                 _measured_profile(written.pruned, names, source.config).save(staging / PROFILE_FILENAME)
+            write_model_card(staging, name=target.name, repo_id=repo_id, base_model=base_model, license=license,
+                             results=results, source=folder, replot=explicit or measured)
             checksums = _verify(source, staging, written, format=format, pause=pause)
             output_bytes = sum((staging / name).stat().st_size for name in checksums)
             publish(staging, target, overwrite=overwrite)
