@@ -32,6 +32,65 @@ def natural_key(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name)]
 
 
+class CorruptCheckpointError(ValueError):
+    """A weights file is truncated, missing or has an unreadable header."""
+
+
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_FILE_FIX = "the file is incomplete (an interrupted copy, download or write?); copy it again or export it again"
+
+
+def check_safetensors_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that a safetensors file holds every byte its header promises, naming what is cut off.
+
+    safetensors itself only says "incomplete metadata, file not fully covered", without the
+    file or the tensors; this reads the header (8-byte little-endian length + JSON) and compares
+    each tensor's ``data_offsets`` with the file size.
+
+    Args:
+        path: a ``.safetensors`` file.
+
+    Returns:
+        The header's tensor entries (name → {dtype, shape, data_offsets}).
+
+    Raises:
+        CorruptCheckpointError: naming the file and the first tensors that are cut off.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise CorruptCheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header; "
+                                     f"{_FILE_FIX}")
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > _MAX_HEADER_BYTES or 8 + length > size:
+            raise CorruptCheckpointError(f"{path} is truncated: {size} bytes, but its header alone needs "
+                                         f"{8 + length}; {_FILE_FIX}")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptCheckpointError(f"{path} has an unreadable safetensors header ({error}); {_FILE_FIX}") \
+                from error
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path} has a safetensors header that is not a JSON object; {_FILE_FIX}")
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    ends = {}
+    for name, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise CorruptCheckpointError(f"{path}: tensor {name!r} has bad data_offsets {offsets!r} in the "
+                                         f"safetensors header; {_FILE_FIX}")
+        ends[name] = 8 + length + offsets[1]
+    cut = sorted((name for name, end in ends.items() if end > size), key=lambda name: ends[name])
+    if cut:
+        raise CorruptCheckpointError(
+            f"{path} is truncated: {size} bytes, but its header needs {max(ends.values())}; tensor {cut[0]!r} is cut "
+            f"off ({len(cut)} of {len(tensors)} tensors: {cut[:5]}); {_FILE_FIX}"
+        )
+    return tensors
+
+
 def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
     """Tensor name → shard path, from the sharded index or the single file (or the config's explicit file)."""
     explicit = None if has_guard(config) else config.get(GUARD_KEY)
@@ -44,7 +103,14 @@ def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{path} has no weight_map; the checkpoint index is corrupt")
             files = {name: folder / file for name, file in weight_map.items()}
+            for shard in sorted(set(files.values())):
+                if not shard.is_file():
+                    listed = [name for name, file in files.items() if file == shard]
+                    raise CorruptCheckpointError(f"{shard} is missing; {path.name} lists it for {len(listed)} "
+                                                 f"tensors, e.g. {listed[:3]}; {_FILE_FIX}")
+                check_safetensors_file(shard)
         else:
+            check_safetensors_file(path)
             with safe_open(path, framework="pt") as handle:
                 files = dict.fromkeys(handle.keys(), path)
         return {name: files[name] for name in sorted(files, key=natural_key)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -193,3 +195,47 @@ def test_sigkill_never_leaves_a_partial_or_damaged_output(sources, tmp_path) -> 
     export_checkpoint(source, output, format="compact", overwrite=True)
     assert "quantization_config" in _config(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- corrupted sources ---------------------------------------------------------------------------
+def test_corrupted_compact_sources_give_errors_naming_the_tensor(sources, tmp_path) -> None:
+    """The core decoder (CheckpointFolder, what export reads with) names the broken tensor or file."""
+    from safetensors.torch import load_file, save_file
+
+    from owl_plugin.checkpoint import CorruptCheckpointError, check_safetensors_file
+    from owl_plugin.formats.compact import CompactFormatError
+
+    compact = tmp_path / "compact"
+    export_checkpoint(sources["fp32"], compact, format="compact")
+    module = "model.layers.2.mlp.down_proj"
+
+    dropped = tmp_path / "dropped"  # one value fewer than the bitmask marks
+    shutil.copytree(compact, dropped)
+    tensors = load_file(dropped / "model.safetensors")
+    count = tensors[f"{module}.weight_values"].numel()
+    tensors[f"{module}.weight_values"] = tensors[f"{module}.weight_values"][:-1].clone()
+    save_file(tensors, dropped / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CompactFormatError, match=re.escape(
+            f"{module}.weight: weight_bitmask marks {count} non-zero elements but weight_values holds {count - 1}")):
+        export_checkpoint(dropped, tmp_path / "out", format="dense")
+
+    truncated = tmp_path / "truncated"  # the last bytes of the file are gone
+    shutil.copytree(compact, truncated)
+    path = truncated / "model.safetensors"
+    header = check_safetensors_file(path)  # the intact file passes; its last tensor is the one cut off below
+    last = max(header, key=lambda name: header[name]["data_offsets"][1])
+    size = path.stat().st_size
+    os.truncate(path, size - 10)
+    with pytest.raises(CorruptCheckpointError) as error:
+        export_checkpoint(truncated, tmp_path / "out", format="dense")
+    assert str(error.value).startswith(f"{path} is truncated: {size - 10} bytes, but its header needs {size}; "
+                                       f"tensor '{last}' is cut off (1 of {len(header)} tensors")
+
+    sharded = tmp_path / "sharded"  # an index that lists a shard which is not there
+    export_checkpoint(sources["fp32"], sharded, format="compact", max_shard_bytes=150_000)
+    shard = sorted(sharded.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(CorruptCheckpointError, match=rf"{re.escape(str(shard))} is missing; "
+                                                     r"model.safetensors.index.json lists it for \d+ tensors"):
+        export_checkpoint(sharded, tmp_path / "out", format="dense")
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

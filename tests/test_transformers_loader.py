@@ -202,3 +202,25 @@ def test_real_model_round_trip(tmp_path) -> None:
     assert len(ratios["fp32"].pruned_modules) == 30 * 7
     assert ratios["fp32"].pruned_ratio == pytest.approx(0.5 + 1 / 32, abs=0.005)   # values + 1 bit / 32 bits
     assert ratios["bf16"].pruned_ratio == pytest.approx(0.5 + 1 / 16, abs=0.005)   # values + 1 bit / 16 bits
+
+
+def test_truncated_file_is_reported_with_the_file_and_tensor_name(checkpoints, tmp_path) -> None:
+    import os
+
+    from owl_plugin.checkpoint import CorruptCheckpointError, check_safetensors_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["bf16-compact"], broken)
+    path = broken / "model.safetensors"
+    header = check_safetensors_file(path)
+    size = path.stat().st_size
+    data_start = size - max(entry["data_offsets"][1] for entry in header.values())
+    os.truncate(path, size - 3000)
+    cut = sorted((n for n, e in header.items() if data_start + e["data_offsets"][1] > size - 3000),
+                 key=lambda n: header[n]["data_offsets"][1])
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(CorruptCheckpointError) as error:  # safetensors alone says only "file not fully covered"
+        AutoModelForCausalLM.from_pretrained(broken)
+    assert str(error.value).startswith(f"{path} is truncated: {size - 3000} bytes, but its header needs {size}; "
+                                       f"tensor '{cut[0]}' is cut off ({len(cut)} of {len(header)} tensors")

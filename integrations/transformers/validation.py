@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from owl_plugin.checkpoint import check_safetensors_file
 from owl_plugin.formats.compact import CompactFormatError, check_compressed, compressed_keys
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
@@ -42,8 +43,12 @@ def validate_checkpoint(files: Sequence[str], modules: Sequence[str], model: tor
 
     Raises:
         CompactFormatError: naming the module's tensor and what is wrong with it.
+        CorruptCheckpointError: a truncated file, naming it and the tensors cut off.
     """
-    handles = [safe_open(path, framework="pt") for path in files if str(path).endswith(".safetensors")]
+    files = [path for path in files if str(path).endswith(".safetensors")]
+    for path in files:
+        check_safetensors_file(path)
+    handles = [safe_open(path, framework="pt") for path in files]
     where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
     for module in tqdm(modules, desc="check owl_sparse tensors", unit="weight", disable=None):
         name = f"{module}.weight"
