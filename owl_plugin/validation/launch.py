@@ -1,0 +1,82 @@
+"""Run one engine runner as a subprocess with a time limit; keep its stderr; never leave a process behind.
+
+The runner gets its own session (process group), so a timeout ends it *and* everything it
+started (vLLM engine cores, ``api_server`` processes): SIGTERM to the group, then SIGKILL after
+a grace period. After a normal exit the group is killed too, so no straggler outlives the run.
+stdout and stderr go to ``runner.log`` in the engine's work folder (no pipe to fill up); its
+tail is what a crash or timeout is reported with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the runner process ended."""
+
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    log: Path
+
+    def tail(self, lines: int = 40, chars: int = 4000) -> str:
+        """The last lines of the runner's output (its own error, usually)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])[-chars:]
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_with_limit(command: Sequence[str], *, timeout: float, log: Path, env: Mapping[str, str] | None = None,
+                   cwd: str | os.PathLike | None = None) -> Outcome:
+    """Run ``command`` in its own process group for at most ``timeout`` seconds.
+
+    Returns:
+        The exit code (None when it had to be killed), whether it timed out, wall time and log path.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT, env=dict(env or os.environ),
+                                   cwd=cwd, start_new_session=True)
+        pgid = process.pid  # start_new_session: the child leads its own group
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            logger.error("%s exceeded its time limit of %.0f s; stopping it and its children", command[-3:], timeout)
+            _kill_group(pgid, signal.SIGTERM)
+            try:
+                process.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _kill_group(pgid, signal.SIGKILL)
+                process.wait()
+        except BaseException:  # Ctrl-C in the orchestrator: take the runner down with it
+            _kill_group(pgid, signal.SIGKILL)
+            process.wait()
+            raise
+        finally:
+            _kill_group(pgid, signal.SIGKILL)  # stragglers of a finished runner (servers, engine cores)
+    return Outcome(None if timed_out else process.returncode, timed_out, time.perf_counter() - started, log)
