@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep a repo this push created even if the commit fails (to push into it again)")
     push.set_defaults(func=cmd_push)
 
+    from owl_plugin.validation.cli import register as register_validate
+
+    register_validate(sub)
     for register in _plugin_commands():
         register(sub)
     return parser
