@@ -132,6 +132,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from owl_plugin.export import export_checkpoint
     from owl_plugin.models import resolve_model
 
+    if args.push_to_hub and args.format not in ("dense", "compact"):
+        print(f"owl export: error: --push-to-hub works with --format dense|compact; export first, then publish "
+              f"the folder with `owl push {args.output} {args.push_to_hub}`", file=sys.stderr)
+        return 2
     if args.push_to_hub:  # what can fail without the network fails before the export, not after it
         from owl_plugin.hub import HubError, check_can_push
 
