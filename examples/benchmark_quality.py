@@ -1,4 +1,4 @@
-"""Quality benchmark: uniform vs OWL vs AlphaPruning allocation for Wanda and SparseGPT.
+"""Quality benchmark: uniform vs OWL vs AlphaPruning vs DLP vs ATP vs tuned allocation for Wanda and SparseGPT.
 
 Prunes the default model (SmolLM2-135M) through llmcompressor recipes at each sparsity,
 evaluates WikiText-2 validation perplexity (first 40 windows of 512 tokens) and prints a
@@ -10,6 +10,14 @@ second half of the same WikiText-2 file, disjoint from the evaluation windows (o
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda
 
 Each configuration runs in its own process (clean llmcompressor session, honest peak memory).
+
+The ``tuned`` row first runs ``owl tune default --method all`` on the *calibration* text only
+(held-out windows from its tail; the evaluation file is hidden from it via OWL_EVAL_TEXT), then
+prunes with the best profile through ``ProfileAllocationModifier``. A second table compares
+tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
+
+    python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
+        --allocations uniform owl alpha dlp atp tuned
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ ALLOCATIONS = {
     "uniform": None,
     "owl": "OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08}",
     "alpha": "AlphaAllocationModifier: {epsilon: 0.2}",
+    "dlp": "DLPAllocationModifier: {dlp_band: 0.08}",
+    "atp": "ATPAllocationModifier: {atp_beta: 0.005}",
+    "tuned": "ProfileAllocationModifier: {{profile_file: '{profile}'}}",  # filled with `owl tune`'s best profile
 }
 
 RUN_ONE = textwrap.dedent(
@@ -39,22 +50,26 @@ RUN_ONE = textwrap.dedent(
     from owl_plugin.models import load_model
     from owl_plugin.text import load_text, tokenize
     recipe, output, dataset, samples, seq_len, eval_text = sys.argv[1:7]
+    eval_windows, eval_seq_len = (int(v) for v in (sys.argv[7:9] or (40, 512)))
     start = time.perf_counter()
     result = prune("default", recipe, output, dataset=dataset, num_samples=int(samples), seq_len=int(seq_len),
                    overwrite=True)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, tokenizer = load_model(output)
-    ppl = perplexity(model, tokenize(tokenizer, load_text(eval_text)), seq_len=512, max_windows=40, progress=False)
+    ppl = perplexity(model, tokenize(tokenizer, load_text(eval_text)), seq_len=eval_seq_len, max_windows=eval_windows,
+                     progress=False)
     print("RESULT " + json.dumps({"ppl": ppl, "seconds": seconds, "peak_mib": peak_mib,
                                   "measured": result.measured_sparsity}))
     """
 )
 
 
-def recipe_text(pruner: str, allocation: str, sparsity: float) -> str:
+def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None) -> str:
     lines = ["sparsity_stage:", "  sparsity_modifiers:"]
-    if ALLOCATIONS[allocation]:
+    if allocation == "tuned":
+        lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
+    elif ALLOCATIONS[allocation]:
         lines.append(f"    {ALLOCATIONS[allocation]}")
     lines.append(
         f'    {PRUNERS[pruner]}: {{sparsity: {sparsity}, mask_structure: "0:0", '
@@ -63,13 +78,34 @@ def recipe_text(pruner: str, allocation: str, sparsity: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(pruner: str, allocation: str, sparsity: float, args, work: Path) -> dict:
+def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
+    """``owl tune`` on the calibration text only; returns (best profile, seconds)."""
+    import os
+    import time
+
+    output = work / f"tuned-{sparsity}"
+    env = dict(os.environ, OWL_EVAL_TEXT=str(work / "evaluation-text-is-not-for-tuning.txt"))
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", "all", "--sparsity", str(sparsity),
+         "--budget", str(args.tune_budget), "--calibration", args.dataset, "--num-samples", str(args.tune_samples),
+         "--seq-len", str(args.tune_seq_len), "--heldout-windows", str(args.tune_heldout_windows),
+         "--heldout-seq-len", str(args.tune_heldout_seq_len), "--output", str(output)],
+        capture_output=True, text=True, env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"owl tune at {sparsity} failed:\n{proc.stderr[-3000:]}")
+    print(proc.stdout, file=sys.stderr)
+    return output / "sparsity_profile.json", time.perf_counter() - start
+
+
+def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile: Path | None = None) -> dict:
     recipe = work / f"{pruner}-{allocation}-{sparsity}.yaml"
-    recipe.write_text(recipe_text(pruner, allocation, sparsity))
+    recipe.write_text(recipe_text(pruner, allocation, sparsity, profile))
     output = work / recipe.stem
     proc = subprocess.run(
         [sys.executable, "-c", RUN_ONE, str(recipe), str(output), args.dataset, str(args.num_samples),
-         str(args.seq_len), args.text],
+         str(args.seq_len), args.text, str(args.eval_windows), str(args.eval_seq_len)],
         capture_output=True, text=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -90,6 +126,14 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (default 40)")
+    parser.add_argument("--eval-seq-len", type=int, default=512, help="evaluation window length (default 512)")
+    parser.add_argument("--tune-budget", type=int, default=6, help="owl tune candidates per method (default 6)")
+    parser.add_argument("--tune-samples", type=int, default=32, help="owl tune statistics windows (default 32)")
+    parser.add_argument("--tune-seq-len", type=int, default=512, help="owl tune statistics window length (default 512)")
+    parser.add_argument("--tune-heldout-windows", type=int, default=8, help="owl tune held-out windows (default 8)")
+    parser.add_argument("--tune-heldout-seq-len", type=int, default=512,
+                        help="owl tune held-out window length (default 512)")
     args = parser.parse_args()
     args.text = str(args.text or default_eval_text())
 
@@ -100,12 +144,19 @@ def main() -> None:
             args.dataset = str(work / "calibration.txt")
             Path(args.dataset).write_text(full[len(full) // 2:])  # disjoint from the evaluation windows
         jobs = [(p, a, s) for s in args.sparsities for p in args.pruners for a in args.allocations]
-        rows = []
+        rows, tuned = [], {}
         for pruner, allocation, sparsity in tqdm(jobs, desc="prune + evaluate", unit="run"):
+            if allocation == "tuned" and sparsity not in tuned:
+                tuned[sparsity] = tune(sparsity, args, work)
+            profile = tuned[sparsity][0] if allocation == "tuned" else None
             rows.append({"pruner": pruner, "allocation": allocation, "sparsity": sparsity,
-                         **run(pruner, allocation, sparsity, args, work)})
+                         **run(pruner, allocation, sparsity, args, work, profile)})
+            if allocation == "tuned":
+                rows[-1]["tune_seconds"] = tuned[sparsity][1]
+                rows[-1]["tuned_as"] = json.loads(profile.read_text())["method"]
 
-    print(f"\nSmolLM2-135M, WikiText-2 validation perplexity (40×512 tokens); calibration {args.num_samples}×{args.seq_len}"
+    print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
+          f"calibration {args.num_samples}×{args.seq_len}"
           " tokens from the second half of the file\n")
     print("| sparsity | pruner | allocation | perplexity | vs uniform | measured sparsity | prune time (s) | time vs uniform | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -116,6 +167,17 @@ def main() -> None:
         tv = f"{r['seconds'] / ref['seconds']:.2f}×" if ref else "–"
         print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['allocation']} | {r['ppl']:.2f} | {vs} | "
               f"{r['measured']:.4f} | {r['seconds']:.0f} | {tv} | {r['peak_mib']:.0f} |")
+    defaults = [r for r in rows if r["allocation"] in ("owl", "alpha")]
+    if any(r["allocation"] == "tuned" for r in rows) and defaults:
+        print("\nTuned (owl tune on held-out calibration windows, best of all methods) vs the better paper default\n")
+        print("| sparsity | pruner | tuned as | tuned ppl | better default | its ppl | tuned vs it | tune time (s) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in (r for r in rows if r["allocation"] == "tuned"):
+            same = [d for d in defaults if (d["pruner"], d["sparsity"]) == (r["pruner"], r["sparsity"])]
+            if same:
+                ref = min(same, key=lambda d: d["ppl"])
+                print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['tuned_as']} | {r['ppl']:.2f} | {ref['allocation']} "
+                      f"| {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} | {r['tune_seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

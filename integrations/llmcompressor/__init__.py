@@ -1,7 +1,9 @@
 """llmcompressor adapter: allocation modifiers that give Wanda / SparseGPT per-layer ratios.
 
-Accessing any name below (or importing ``.modifiers``) registers ``OWLAllocationModifier`` and
-``AlphaAllocationModifier`` with llmcompressor's ``ModifierFactory``, so YAML recipes can name them:
+Accessing any name below (or importing ``.modifiers``) registers ``OWLAllocationModifier``,
+``AlphaAllocationModifier``, ``DLPAllocationModifier``, ``ATPAllocationModifier`` and
+``ProfileAllocationModifier`` (a saved profile, e.g. from ``owl tune``) with llmcompressor's
+``ModifierFactory``, so YAML recipes can name them:
 
     sparsity_stage:
       sparsity_modifiers:
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["APPLIED_PROFILES", "AllocationModifier", "AlphaAllocationModifier", "OWLAllocationModifier",
-           "register_modifiers"]
+__all__ = ["APPLIED_PROFILES", "ATPAllocationModifier", "AllocationModifier", "AlphaAllocationModifier",
+           "DLPAllocationModifier", "OWLAllocationModifier", "ProfileAllocationModifier", "register_modifiers"]
 
 
 def register_modifiers() -> None:

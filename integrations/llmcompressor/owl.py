@@ -42,6 +42,6 @@ class OWLAllocationModifier(AllocationModifier):
 
     def statistics(self, state: State) -> dict[str, torch.Tensor]:
         if state.data is None or state.data.calib is None:
-            raise ValueError("OWLAllocationModifier needs calibration data: pass dataset=... to oneshot")
+            raise ValueError(f"{type(self).__name__} needs calibration data: pass dataset=... to oneshot")
         batches = [batch["input_ids"] for batch in state.data.calib]
         return collect_input_sq_means(state.model, batches)

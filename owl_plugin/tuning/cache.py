@@ -1,0 +1,98 @@
+"""On-disk cache of everything ``owl tune`` measures once per model and calibration data.
+
+Key = sha256 of (model weights, calibration token windows, held-out token windows, settings).
+Under ``<root>/tune/<key>/``:
+
+    input_sq_means.safetensors   mean x_j² at every block linear's input (OWL, DLP, Wanda masks)
+    alphas-<xmin>.json           Hill α of every block linear per xmin rule (AlphaPruning)
+    dense_topk.safetensors       the dense model's top-k log-probabilities on the held-out windows
+    candidates-<target>.jsonl    one line per evaluated candidate (the resumable log)
+
+Root: ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin`` (``owl_plugin.models.cache_dir``).
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written entry; a later run with the same key reuses what is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    digest = hashlib.sha256()
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def tokens_fingerprint(windows: Sequence[torch.Tensor]) -> str:
+    """sha256 of token-id windows (their values and shapes, in order)."""
+    digest = hashlib.sha256()
+    for window in windows:
+        ids = window.detach().cpu().to(torch.int64).contiguous()
+        digest.update(str(tuple(ids.shape)).encode())
+        digest.update(ids.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model_hash: str, calibration_hash: str, heldout_hash: str, settings: Mapping[str, Any]) -> str:
+    """One hex key from the three hashes and the JSON of ``settings``."""
+    text = json.dumps({"model": model_hash, "calibration": calibration_hash, "heldout": heldout_hash,
+                       "settings": dict(settings)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class StatisticsCache:
+    """The folder of one cache key; typed get/put for tensors and JSON, each write atomic."""
+
+    def __init__(self, root: str | os.PathLike, key: str) -> None:
+        self.folder = Path(root) / "tune" / key
+        self.key = key
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def _atomic(self, name: str, write) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.path(name)
+        handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+    def get_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
+        from safetensors.torch import load_file
+
+        path = self.path(name)
+        return load_file(path) if path.is_file() else None
+
+    def put_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> Path:
+        from safetensors.torch import save_file
+
+        data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return self._atomic(name, lambda tmp: save_file(data, tmp))
+
+    def get_json(self, name: str) -> Any | None:
+        path = self.path(name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put_json(self, name: str, value: Any) -> Path:
+        return self._atomic(name, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1)))

@@ -1,0 +1,139 @@
+"""The cheap, faithful score of a candidate allocation: prune with Wanda, compare with the dense model.
+
+For a profile (module → ratio s), every block linear is pruned as Wanda does (Sun et al.,
+arXiv 2306.11695, Eq. 1): per output row, the ⌊s · in_features⌋ weights with the lowest
+    A_ij = |W_ij| · sqrt(E[x_j²])
+are zeroed (stable sort, as llmcompressor's ``WandaPruningModifier``). E[x²] comes from the
+*dense* model's cached calibration statistics, so a candidate costs one mask and one forward
+pass over the held-out windows; the weights are restored afterwards. (llmcompressor's pruner
+measures E[x²] on the partly pruned model, block after block; this proxy skips that.)
+
+Score, per held-out token position t, with p the dense and q the pruned next-token distribution,
+both coarsened to the dense model's top-k tokens plus one "rest" class (a lower bound of the
+full KL that needs only k numbers per position on disk):
+
+    KL_t = Σ_{i ∈ top-k} p_i · (log p_i − log q_i) + p_rest · (log p_rest − log q_rest)
+    score = mean_t KL_t                  (lower is better; 0 for the dense model)
+
+and, for reference, the pruned model's perplexity on the same held-out tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from owl_plugin.profile import SparsityProfile
+
+#: how the score is described in every output
+PROXY_NAME = "KL(dense ‖ pruned) per token"
+
+
+class ProxyScore(NamedTuple):
+    kl: float
+    ppl: float
+
+
+def _log_rest(logp_top: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(logp_top)) over the last axis, clamped away from log 0."""
+    top = torch.logsumexp(logp_top, dim=-1).clamp(max=-1e-7)
+    return torch.log(-torch.expm1(top)).clamp(min=-80.0)
+
+
+@torch.no_grad()
+def dense_reference(model: nn.Module, windows: Sequence[torch.Tensor], *, topk: int = 128) -> dict[str, torch.Tensor]:
+    """The dense model's top-k next-token log-probabilities on every held-out position.
+
+    Returns ``indices`` (W, T, k) int64, ``logp`` (W, T, k) float32 and ``logp_rest`` (W, T).
+    """
+    indices, logps = [], []
+    device = next(model.parameters()).device
+    for window in windows:
+        logp = torch.log_softmax(model(input_ids=window.to(device), use_cache=False).logits.float(), dim=-1)[0]
+        top = logp.topk(min(topk, logp.shape[-1]), dim=-1)
+        indices.append(top.indices.cpu())
+        logps.append(top.values.cpu())
+    logp = torch.stack(logps)
+    return {"indices": torch.stack(indices), "logp": logp, "logp_rest": _log_rest(logp)}
+
+
+class WandaProxy:
+    """Prunes ``model`` in place per candidate profile, scores it against the dense reference, restores it.
+
+    Args:
+        model: the dense model (its block linears are modified during ``score`` and restored after).
+        linears: full name → ``nn.Linear`` of every linear a profile may prune.
+        input_sq_means: full name → mean x_j² over calibration tokens (dense model).
+        windows: held-out token windows, each (1, T).
+        reference: ``dense_reference(model, windows)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        linears: Mapping[str, nn.Linear],
+        input_sq_means: Mapping[str, torch.Tensor],
+        windows: Sequence[torch.Tensor],
+        reference: Mapping[str, torch.Tensor],
+    ) -> None:
+        self.model = model
+        self.linears = dict(linears)
+        self.windows = list(windows)
+        self.reference = reference
+        if reference["indices"].shape[0] != len(self.windows):
+            raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
+                             f"but {len(self.windows)} were given")
+        self.dense: dict[str, torch.Tensor] = {}
+        self.order: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, linear in self.linears.items():
+                weight = linear.weight.detach()
+                metric = weight.abs().float() * input_sq_means[name].float().sqrt().unsqueeze(0)
+                order = torch.sort(metric, dim=-1, stable=True).indices
+                # rank order fits in int16 for rows up to 32767 weights: a third of the memory of int64
+                self.order[name] = order.to(torch.int16 if weight.shape[1] <= 32767 else torch.int32)
+                self.dense[name] = weight.clone()
+
+    @torch.no_grad()
+    def _apply(self, ratios: Mapping[str, float]) -> None:
+        for name, linear in self.linears.items():
+            dense = self.dense[name]
+            k = int(dense.shape[1] * ratios.get(name, 0.0))
+            pruned = dense.clone()
+            if k > 0:
+                pruned.scatter_(1, self.order[name][:, :k].long(), 0.0)
+            linear.weight.copy_(pruned)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for name, linear in self.linears.items():
+            linear.weight.copy_(self.dense[name])
+
+    @torch.no_grad()
+    def score(self, profile: SparsityProfile) -> ProxyScore:
+        """Prune with ``profile``'s ratios, return (mean KL per position, held-out perplexity), restore."""
+        unknown = [n for n in profile.modules if n not in self.linears]
+        if unknown:
+            raise ValueError(f"the profile names {unknown[0]!r}, which is not a block linear of this model")
+        device = next(self.model.parameters()).device
+        total_kl, total_nll, positions, predicted = 0.0, 0.0, 0, 0
+        try:
+            self._apply(profile.sparsities)
+            for w, window in enumerate(self.windows):
+                logq = torch.log_softmax(self.model(input_ids=window.to(device), use_cache=False).logits.float(),
+                                         dim=-1)[0].cpu()
+                idx, logp, logp_rest = (self.reference[k][w] for k in ("indices", "logp", "logp_rest"))
+                logq_top = logq.gather(-1, idx)
+                kl = (logp.exp() * (logp - logq_top)).sum(-1) + logp_rest.exp() * (logp_rest - _log_rest(logq_top))
+                total_kl += float(kl.sum())
+                positions += kl.numel()
+                labels = window[0, 1:].cpu()
+                total_nll += float(-logq[:-1].gather(-1, labels.unsqueeze(-1)).sum())
+                predicted += labels.numel()
+        finally:
+            self._restore()
+        return ProxyScore(kl=total_kl / positions, ppl=math.exp(total_nll / predicted))

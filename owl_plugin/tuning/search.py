@@ -1,0 +1,250 @@
+"""``owl tune``: search each method's hyperparameters on held-out calibration data, never the evaluation text.
+
+1. Split the calibration token stream: the last ``heldout_fraction`` is held out; statistics
+   windows are sampled from the rest, held-out windows are consecutive windows of the tail.
+2. Measure once, cache on disk (``owl_plugin.tuning.cache``): activation statistics of the dense
+   model, Hill α per linear (if AlphaPruning is searched), the dense top-k log-probabilities.
+3. For the uniform reference and each candidate (``owl_plugin.tuning.space``): allocate from the
+   cached statistics, prune with Wanda masks, score by KL against the dense model on the held-out
+   windows (``owl_plugin.tuning.proxy``), append to the resumable log (``owl_plugin.tuning.log``).
+4. The best candidate is the one with the lowest KL.
+
+``budget`` is the number of candidates *per method* (the uniform reference is extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from owl_plugin.allocate import allocate_linears, check_target
+from owl_plugin.config import AlphaConfig, UniformConfig, config_params
+from owl_plugin.layers import prunable_linears
+from owl_plugin.profile import SparsityProfile
+from owl_plugin.spectra import XMIN_RULES, esd, fit_power_law
+from owl_plugin.statistics import collect_input_sq_means
+from owl_plugin.tuning.cache import StatisticsCache, cache_key, model_fingerprint, tokens_fingerprint
+from owl_plugin.tuning.log import CandidateLog, candidate_id
+from owl_plugin.tuning.proxy import PROXY_NAME, WandaProxy, dense_reference
+from owl_plugin.tuning.space import METHODS, candidates
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneSettings:
+    """Calibration split and proxy sizes (all recorded in the cache key and the outputs)."""
+
+    num_samples: int = 32
+    seq_len: int = 512
+    heldout_windows: int = 8
+    heldout_seq_len: int = 512
+    heldout_fraction: float = 0.1
+    seed: int = 0
+    topk: int = 128
+    granularity: str = "block"
+    bounds: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "heldout_windows", "topk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
+        for name in ("seq_len", "heldout_seq_len"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 2")
+        if not (0.0 < self.heldout_fraction < 1.0):
+            raise ValueError(f"heldout_fraction={self.heldout_fraction!r} must be in (0, 1), e.g. 0.1")
+        object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+
+
+@dataclass
+class TuneResult:
+    """All candidates (records), the best one and its profile, and what came from the cache."""
+
+    target: float
+    records: list[dict[str, Any]]
+    best: dict[str, Any]
+    profile: SparsityProfile
+    cache_folder: Path
+    cached: dict[str, bool] = field(default_factory=dict)
+    proxy: str = ""
+
+    @property
+    def statistics_cached(self) -> bool:
+        """True when the activation statistics were read from the cache instead of collected."""
+        return self.cached.get("input_sq_means", False)
+
+
+def split_calibration(
+    token_ids: torch.Tensor, settings: TuneSettings
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(statistics windows from the head, held-out windows from the tail) of one token stream.
+
+    The tail is the last ``heldout_fraction`` of the tokens, or more if the held-out windows
+    need it; the two parts never overlap.
+    """
+    from owl_plugin.text import calibration_batches
+
+    n = token_ids.numel()
+    tail = max(int(n * settings.heldout_fraction), settings.heldout_windows * settings.heldout_seq_len)
+    if n - tail <= settings.seq_len:
+        raise ValueError(
+            f"calibration text has {n} tokens: too short for {settings.heldout_windows} held-out windows of "
+            f"{settings.heldout_seq_len} tokens plus statistics windows of {settings.seq_len}; "
+            "use a longer text or fewer/shorter windows"
+        )
+    head, held = token_ids[: n - tail], token_ids[n - tail:]
+    heldout = [held[i * settings.heldout_seq_len:(i + 1) * settings.heldout_seq_len].unsqueeze(0).clone()
+               for i in range(settings.heldout_windows)]
+    batches = calibration_batches(head, num_samples=settings.num_samples, seq_len=settings.seq_len,
+                                  seed=settings.seed)
+    return batches, heldout
+
+
+def _alphas(linears: Mapping[str, nn.Linear], rules: Sequence[str], cache: StatisticsCache, progress: bool,
+            cached: dict[str, bool]) -> dict[str, dict[str, float]]:
+    """Hill α per linear for each xmin rule; one spectrum per linear serves every rule."""
+    result = {rule: cache.get_json(f"alphas-{rule}.json") for rule in rules}
+    todo = [rule for rule in rules if result[rule] is None]
+    cached["alphas"] = not todo
+    if todo:
+        fresh: dict[str, dict[str, float]] = {rule: {} for rule in todo}
+        for name, linear in tqdm(linears.items(), desc="eigenvalue spectra", unit="linear", disable=not progress):
+            eigs = esd(linear.weight)
+            for rule in todo:
+                fresh[rule][name] = fit_power_law(eigs, xmin=rule).alpha
+        for rule in todo:
+            cache.put_json(f"alphas-{rule}.json", fresh[rule])
+            result[rule] = fresh[rule]
+    return result
+
+
+def tune(
+    model: nn.Module,
+    token_ids: torch.Tensor,
+    *,
+    target: float,
+    methods: Sequence[str] = METHODS,
+    budget: int = 6,
+    settings: TuneSettings | None = None,
+    cache_root: str | Path | None = None,
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> TuneResult:
+    """Search the hyperparameters of ``methods`` for ``model`` at target sparsity ``target``.
+
+    Args:
+        model: the dense causal LM (restored to dense after every candidate).
+        token_ids: the tokenized *calibration* text (1-D); held-out windows come from its tail.
+        target: S ∈ [0, 1).
+        methods: any of ``owl``, ``alpha``, ``dlp``, ``atp``.
+        budget: candidates per method (the uniform reference is evaluated in addition).
+        settings: split and proxy sizes (``TuneSettings``).
+        cache_root: cache root (default ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin``).
+        provenance: extra facts recorded in the best profile's params (e.g. the calibration source).
+
+    Returns:
+        ``TuneResult`` with every candidate's record, the best one and its profile.
+    """
+    from owl_plugin.models import cache_dir
+
+    target = check_target(target)
+    settings = settings or TuneSettings()
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods={methods!r}: choose from {METHODS} (or 'all' on the command line)")
+    blocks = prunable_linears(model)
+    linears = {name: linear for group in blocks.values() for name, linear in group.items()}
+    configs = [UniformConfig(bounds=settings.bounds)]
+    for method in methods:
+        configs += candidates(method, budget, target=target, num_blocks=len(blocks), bounds=settings.bounds,
+                              granularity=settings.granularity)
+
+    batches, heldout = split_calibration(token_ids, settings)
+    key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds")}
+    key = cache_key(model_fingerprint(model), tokens_fingerprint(batches), tokens_fingerprint(heldout), key_settings)
+    cache = StatisticsCache(cache_root or cache_dir(), key)
+    cached: dict[str, bool] = {}
+
+    stats = cache.get_tensors("input_sq_means.safetensors")
+    cached["input_sq_means"] = stats is not None
+    if stats is None:
+        logger.info("collecting activation statistics (%d windows of %d tokens); cached in %s",
+                    len(batches), settings.seq_len, cache.folder)
+        stats = collect_input_sq_means(model, batches, progress=progress)
+        cache.put_tensors("input_sq_means.safetensors", stats)
+    else:
+        logger.info("activation statistics loaded from the cache %s", cache.folder)
+    reference = cache.get_tensors(f"dense_top{settings.topk}.safetensors")
+    cached["dense_reference"] = reference is not None
+    if reference is None:
+        reference = dense_reference(model, heldout, topk=settings.topk)
+        cache.put_tensors(f"dense_top{settings.topk}.safetensors", reference)
+    rules = sorted({c.xmin for c in configs if isinstance(c, AlphaConfig)}, key=XMIN_RULES.index)
+    alphas = _alphas(linears, rules, cache, progress, cached) if rules else {}
+
+    proxy = WandaProxy(model, linears, stats, heldout, reference)
+    log = CandidateLog(cache.path(f"candidates-{target:.6g}.jsonl"))
+    records = []
+    bar = tqdm(configs, desc=f"candidates @ {target:g}", unit="candidate", disable=not progress)
+    for config in bar:
+        params = config_params(config)
+        cid = candidate_id(config.method, {**params, "target": target})
+        record = log.get(cid)
+        if record is None:
+            start = time.perf_counter()
+            profile = _profile(blocks, target, config, stats, alphas)
+            score = proxy.score(profile)
+            record = {"id": cid, "method": config.method, "params": params, "target": target,
+                      "kl": score.kl, "ppl": score.ppl, "seconds": time.perf_counter() - start,
+                      "projected": profile.projected, "blocks": list(profile.block_sparsities().values())}
+            log.add(record)
+        records.append(record)
+        bar.set_postfix(best=f"{min(r['kl'] for r in records):.4f}")
+    best = min(records, key=lambda r: r["kl"])
+    best_config = next(c for c in configs if candidate_id(c.method, {**config_params(c), "target": target}) ==
+                       best["id"])
+    profile = _profile(blocks, target, best_config, stats, alphas, provenance={
+        **(provenance or {}),
+        "tuned": {"proxy": PROXY_NAME, "kl": best["kl"], "heldout_ppl": best["ppl"], "budget": budget,
+                  "methods": methods, "candidates": len(records), "settings": asdict(settings)},
+    })
+    return TuneResult(target=target, records=records, best=best, profile=profile, cache_folder=cache.folder,
+                      cached=cached, proxy=describe_proxy(settings))
+
+
+def _profile(blocks, target, config, stats, alphas, provenance=None) -> SparsityProfile:
+    alpha = alphas.get(config.xmin) if isinstance(config, AlphaConfig) else None
+    return allocate_linears(blocks, target, config, input_sq_means=stats, alphas=alpha, progress=False,
+                            provenance=provenance)
+
+
+def describe_proxy(settings: TuneSettings) -> str:
+    """One sentence naming the score, the data it is computed on and how masks are made."""
+    return (f"{PROXY_NAME} (dense top-{settings.topk} + rest) on {settings.heldout_windows} held-out calibration "
+            f"windows of {settings.heldout_seq_len} tokens (the last {settings.heldout_fraction:.0%}+ of the "
+            f"calibration text); Wanda masks from dense statistics of {settings.num_samples}x{settings.seq_len} "
+            "calibration tokens; lower is better")
+
+
+def ranked(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Records sorted by score, best first."""
+    return sorted(records, key=lambda r: (r["kl"], r["method"]))
+
+
+def uniform_record(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return next((r for r in records if r["method"] == "uniform"), None)
+
+
+def block_spread(record: Mapping[str, Any]) -> float:
+    return float(np.ptp(record["blocks"])) if record.get("blocks") else 0.0

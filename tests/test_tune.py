@@ -1,0 +1,222 @@
+"""``owl tune``: search space, cache, resumable log, proxy, outputs, the CLI, and a short real-model run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PNG_SIGNATURE, TINY_LAYERS, TINY_VOCAB
+from owl_plugin.config import ATPConfig, AlphaConfig, DLPConfig, OWLConfig, UniformConfig
+from owl_plugin.layers import prunable_linears
+from owl_plugin.profile import SparsityProfile
+from owl_plugin.tuning import search as search_module
+from owl_plugin.tuning.log import CandidateLog, candidate_id
+from owl_plugin.tuning.proxy import WandaProxy, dense_reference
+from owl_plugin.tuning.search import TuneSettings, split_calibration, tune
+from owl_plugin.tuning.space import atp_beta_max, candidates, nested_grid
+
+SMALL = TuneSettings(num_samples=3, seq_len=32, heldout_windows=2, heldout_seq_len=32)
+
+
+@pytest.fixture
+def stream() -> torch.Tensor:
+    """A calibration token stream for the tiny model (vocab 512)."""
+    return torch.randint(0, TINY_VOCAB, (4000,), generator=torch.Generator().manual_seed(7))
+
+
+# --------------------------------------------------------------------------- search space
+def test_nested_grid_grows_by_levels():
+    grid = nested_grid({"a": (1, 2, 3), "b": ("x", "y")})
+    # level 0: (1, x); level 1 adds every point using the second value of some axis; level 2 the rest
+    assert grid[0] == {"a": 1, "b": "x"}
+    assert grid[:4] == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert grid[4:] == [{"a": 3, "b": "x"}, {"a": 3, "b": "y"}]
+
+
+def test_candidates_start_with_paper_defaults_and_respect_budget():
+    owl = candidates("owl", 3, target=0.7, num_blocks=30)
+    assert owl[0] == OWLConfig(m=5.0, lam=0.08) and len(owl) == 3
+    assert candidates("alpha", 1, target=0.7, num_blocks=30) == [AlphaConfig(epsilon=0.2, xmin="peak")]
+    assert candidates("dlp", 2, target=0.5, num_blocks=4)[1] == DLPConfig(band=0.2)
+    # ATP: beta_max = 2 * min(0.7, 0.29) / 29 = 0.02; fractions 0.5, 1.0 of it first
+    assert atp_beta_max(0.7, 30, (0.0, 0.99)) == pytest.approx(0.02)
+    assert [c.beta for c in candidates("atp", 2, target=0.7, num_blocks=30)] == [0.01, 0.02]
+    # band-like values are capped by the bounds: half of (0.5, 0.8) is 0.15
+    assert max(c.band for c in candidates("dlp", 7, target=0.6, num_blocks=4, bounds=(0.5, 0.8))) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("method, budget, message", [
+    ("magic", 2, "unknown tuning method 'magic'"), ("owl", 0, "budget=0"), ("owl", 2.5, "budget=2.5"),
+])
+def test_candidates_reject_bad_input(method, budget, message):
+    with pytest.raises(ValueError, match=message):
+        candidates(method, budget, target=0.5, num_blocks=4)
+
+
+# --------------------------------------------------------------------------- calibration split
+def test_split_keeps_heldout_tail_disjoint_from_statistics(stream):
+    batches, heldout = split_calibration(stream, SMALL)
+    tail_start = stream.numel() - max(int(stream.numel() * 0.1), 2 * 32)  # 400 tokens held out
+    assert [w.shape for w in heldout] == [(1, 32), (1, 32)]
+    torch.testing.assert_close(heldout[0][0], stream[tail_start:tail_start + 32])
+    head = stream[:tail_start]
+    for batch in batches:  # every statistics window lies inside the head
+        starts = [i for i in range(head.numel() - 31) if torch.equal(head[i:i + 32], batch[0])]
+        assert starts
+    with pytest.raises(ValueError, match="too short"):
+        split_calibration(stream[:80], SMALL)
+
+
+# --------------------------------------------------------------------------- candidate log
+def test_candidate_log_survives_a_torn_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = CandidateLog(path)
+    log.add({"id": candidate_id("atp", {"beta": 0.01}), "kl": 0.5})
+    with path.open("a") as handle:
+        handle.write('{"id": "half a rec')  # the process died mid-write
+    again = CandidateLog(path)
+    assert list(again.records) == [candidate_id("atp", {"beta": 0.01})]
+    again.add({"id": "second", "kl": 0.25})
+    assert set(CandidateLog(path).records) == {candidate_id("atp", {"beta": 0.01}), "second"}
+
+
+# --------------------------------------------------------------------------- proxy
+def test_proxy_masks_like_wanda_and_restores_the_dense_weights(tiny_model, tiny_batches):
+    from owl_plugin.statistics import collect_input_sq_means
+
+    stats = collect_input_sq_means(tiny_model, tiny_batches, progress=False)
+    linears = {n: m for group in prunable_linears(tiny_model).values() for n, m in group.items()}
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    windows = [torch.randint(0, TINY_VOCAB, (1, 16), generator=torch.Generator().manual_seed(3))]
+    proxy = WandaProxy(tiny_model, linears, stats, windows, dense_reference(tiny_model, windows, topk=8))
+    name = "model.layers.1.mlp.down_proj"  # 64 x 128: 0.25 -> 32 weights pruned per row
+    proxy._apply({name: 0.25})
+    pruned = linears[name].weight.detach()
+    metric = before[name].abs() * stats[name].sqrt().unsqueeze(0)
+    for row in range(pruned.shape[0]):
+        zeros = set(torch.nonzero(pruned[row] == 0).flatten().tolist())
+        assert zeros == set(torch.argsort(metric[row], stable=True)[:32].tolist())
+    proxy._restore()
+    for n, m in linears.items():
+        torch.testing.assert_close(m.weight.detach(), before[n], rtol=0, atol=0)
+
+
+def test_proxy_kl_is_zero_dense_and_grows_with_sparsity(tiny_model, tiny_batches):
+    from owl_plugin.allocate import allocate
+
+    stats_model = tiny_model
+    from owl_plugin.statistics import collect_input_sq_means
+
+    stats = collect_input_sq_means(stats_model, tiny_batches, progress=False)
+    linears = {n: m for group in prunable_linears(tiny_model).values() for n, m in group.items()}
+    windows = [torch.randint(0, TINY_VOCAB, (1, 24), generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
+    proxy = WandaProxy(tiny_model, linears, stats, windows, dense_reference(tiny_model, windows, topk=16))
+    scores = [proxy.score(allocate(tiny_model, s, UniformConfig(), progress=False)) for s in (0.0, 0.3, 0.8)]
+    assert scores[0].kl == pytest.approx(0.0, abs=1e-6)
+    assert 0 < scores[1].kl < scores[2].kl
+
+
+# --------------------------------------------------------------------------- tune on a tiny model
+def test_tune_caches_statistics_and_resumes(tiny_model, stream, tmp_path, monkeypatch):
+    first = tune(tiny_model, stream, target=0.6, methods=["owl", "dlp", "atp"], budget=2, settings=SMALL,
+                 cache_root=tmp_path / "cache", progress=False)
+    assert first.cached == {"input_sq_means": False, "dense_reference": False}
+    assert len(first.records) == 1 + 3 * 2  # uniform reference + budget per method
+    assert {r["method"] for r in first.records} == {"uniform", "owl", "dlp", "atp"}
+    assert (first.cache_folder / "input_sq_means.safetensors").is_file()
+    assert first.best["kl"] == min(r["kl"] for r in first.records)
+    assert first.profile.mean_sparsity() == pytest.approx(0.6, abs=1e-9)
+    assert first.profile.params["tuned"]["kl"] == first.best["kl"]
+    log = first.cache_folder / "candidates-0.6.jsonl"
+    assert len(log.read_text().splitlines()) == 7
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("statistics were collected again instead of read from the cache")
+
+    monkeypatch.setattr(search_module, "collect_input_sq_means", must_not_run)
+    monkeypatch.setattr(search_module, "dense_reference", must_not_run)
+    # a larger budget: the 7 logged candidates are reused, only the 3 new ones are evaluated
+    second = tune(tiny_model, stream, target=0.6, methods=["owl", "dlp", "atp"], budget=3, settings=SMALL,
+                  cache_root=tmp_path / "cache", progress=False)
+    assert second.statistics_cached and second.cached["dense_reference"]
+    assert second.cache_folder == first.cache_folder
+    assert len(second.records) == 10 and len(log.read_text().splitlines()) == 10
+    assert second.records[:3] == first.records[:3]  # uniform and the owl candidates, read back from the log
+
+    # another calibration stream is another key: statistics would be collected (and must_not_run says so)
+    with pytest.raises(AssertionError, match="collected again"):
+        tune(tiny_model, stream.flip(0), target=0.6, methods=["atp"], budget=1, settings=SMALL,
+             cache_root=tmp_path / "cache", progress=False)
+
+
+def test_tune_rejects_bad_input(tiny_model, stream, tmp_path):
+    with pytest.raises(ValueError, match="target sparsity 1.2"):
+        tune(tiny_model, stream, target=1.2, settings=SMALL, cache_root=tmp_path)
+    with pytest.raises(ValueError, match="methods=\\['owl', 'magic'\\]"):
+        tune(tiny_model, stream, target=0.5, methods=["owl", "magic"], settings=SMALL, cache_root=tmp_path)
+    with pytest.raises(ValueError, match="heldout_fraction=1.5"):
+        TuneSettings(heldout_fraction=1.5)
+    assert not (tmp_path / "tune").exists()  # nothing cached for rejected input
+
+
+def test_cli_tune_writes_outputs_and_never_reads_the_evaluation_file(tiny_checkpoint, eval_text_path, tmp_path,
+                                                                     monkeypatch, capsys):
+    """In-process CLI run under an audit hook that records every file opened."""
+    from owl_plugin.cli import main
+
+    secret = tmp_path / "evaluation.txt"
+    secret.write_text(eval_text_path.read_text()[:20000])
+    monkeypatch.setenv("OWL_EVAL_TEXT", str(secret))
+    opened: list[str] = []
+
+    def hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed; it only appends paths
+    output = tmp_path / "tuned"
+    argv = ["tune", str(tiny_checkpoint), "--method", "all", "--sparsity", "0.5", "--budget", "2",
+            "--calibration", "pydoc", "--num-samples", "3", "--seq-len", "64", "--heldout-windows", "2",
+            "--heldout-seq-len", "64", "--cache", str(tmp_path / "cache"), "--output", str(output)]
+    assert main(argv) == 0
+    seen = list(opened)
+    opened.clear()
+    assert not [p for p in seen if "evaluation.txt" in p or "wikitext" in p.lower()], "tune opened the evaluation text"
+    printed = capsys.readouterr().out
+    assert "statistics: collected and cached" in printed and "KL(dense ‖ pruned)" in printed
+
+    best = SparsityProfile.load(output)
+    assert best.mean_sparsity() == pytest.approx(0.5, abs=1e-9)
+    assert best.params["tuned"]["proxy"].startswith("KL")
+    table = json.loads((output / "candidates.json").read_text())
+    assert len(table["candidates"]) == 1 + 4 * 2 and table["best"] == table["candidates"][0]["id"]
+    assert "| 1 |" in (output / "candidates.md").read_text()
+    for png in ("scores.png", "sparsity_profile.png"):
+        assert (output / png).read_bytes()[:8] == PNG_SIGNATURE
+    assert not [p for p in output.parent.iterdir() if p.name.startswith(".tuned")]  # no staging leftovers
+
+    assert main(argv) == 0  # the second run reads statistics from the cache
+    assert "statistics: loaded from the cache" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the real default model
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_short_tune_on_default_model_returns_profile_at_the_target(default_model_path, tmp_path):
+    from owl_plugin.models import load_model
+    from owl_plugin.text import load_text, tokenize
+
+    model, tokenizer = load_model(default_model_path)
+    ids = tokenize(tokenizer, load_text("pydoc"))
+    settings = TuneSettings(num_samples=2, seq_len=128, heldout_windows=1, heldout_seq_len=128)
+    result = tune(model, ids, target=0.7, methods=["dlp", "atp"], budget=1, settings=settings,
+                  cache_root=tmp_path, progress=False)
+    assert result.profile.mean_sparsity() == pytest.approx(0.7, abs=1e-9)
+    assert len(result.profile.modules) == 30 * 7 and result.profile.method in {"uniform", "dlp", "atp"}
+    uniform = next(r for r in result.records if r["method"] == "uniform")
+    assert 0 < result.best["kl"] <= uniform["kl"] and np.isfinite(result.best["ppl"])
