@@ -1,6 +1,7 @@
 """The ``owl`` command line (also ``python -m owl_plugin``).
 
-    owl profile MODEL --method owl|alpha|uniform --sparsity S   allocation only: profile JSON + plot
+    owl profile MODEL --method owl|alpha|dlp|atp|uniform --sparsity S   allocation only: profile JSON + plot
+    owl tune MODEL --method owl|alpha|dlp|atp|all --sparsity S --budget N   held-out hyperparameter search
     owl perplexity MODEL [--text FILE]                         WikiText-2-style perplexity
     owl model                                                  materialise the default model, print its path
     owl export MODEL --format dense|compact --output DIR       write a dense or compact (owl_sparse) checkpoint
@@ -44,7 +45,7 @@ def _fraction(text: str) -> float:
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("calibration data (OWL only)")
+    group = parser.add_argument_group("calibration data (OWL and DLP)")
     group.add_argument("--calibration", default="pydoc", metavar="SOURCE",
                        help="local .txt/.json/.jsonl file, 'pydoc' (Python's own docs, default), "
                             "or a hub dataset NAME[:CONFIG][@SPLIT]")
@@ -54,7 +55,8 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("owl", "alpha", "uniform"), default="owl", help="allocation (default owl)")
+    parser.add_argument("--method", choices=("owl", "alpha", "dlp", "atp", "uniform"), default="owl",
+                        help="allocation (default owl)")
     parser.add_argument("--sparsity", type=_fraction, required=True, metavar="S",
                         help="target parameter-weighted mean sparsity in [0, 1), e.g. 0.7")
     owl = parser.add_argument_group("OWL (arXiv 2310.05175)")
@@ -63,6 +65,12 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     alpha = parser.add_argument_group("AlphaPruning (arXiv 2410.10912)")
     alpha.add_argument("--epsilon", type=_fraction, default=None, help="band S(1±ε) (default 0.2)")
     alpha.add_argument("--xmin", choices=("peak", "median"), default=None, help="power-law tail rule (default peak)")
+    dlp = parser.add_argument_group("DLP (arXiv 2505.23807)")
+    dlp.add_argument("--dlp-band", type=_fraction, default=None, metavar="B",
+                     help="ratios span [S-B, S+B] by median Wanda score (default 0.08)")
+    atp = parser.add_argument_group("ATP (arXiv 2502.14770)")
+    atp.add_argument("--atp-beta", type=_fraction, default=None, metavar="BETA",
+                     help="sparsity step per decoder block, negative to fall with depth (default 0.005)")
     parser.add_argument("--granularity", choices=("block", "linear"), default=None,
                         help="one ratio per decoder block (default) or per linear")
     parser.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -75,6 +83,7 @@ def config_from_args(args: argparse.Namespace):
     given = {
         "m": args.owl_m, "lam": args.owl_lambda, "epsilon": args.epsilon, "xmin": args.xmin,
         "granularity": args.granularity, "bounds": args.bounds,
+        "band": getattr(args, "dlp_band", None), "beta": getattr(args, "atp_beta", None),
     }
     params = {k: v for k, v in given.items() if v is not None}
     if args.method == "uniform":
@@ -91,7 +100,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     model, tokenizer = load_model(args.model)
     calibration, provenance = None, {}
-    if config.method == "owl":
+    if config.method in ("owl", "dlp"):
         ids = tokenize(tokenizer, load_text(args.calibration))
         calibration = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
         provenance = {"calibration": {"source": str(args.calibration), "num_samples": args.num_samples,
@@ -105,6 +114,32 @@ def cmd_profile(args: argparse.Namespace) -> int:
         score = profile.scores.get(block)
         print(f"  {block:<24} {ratio:.4f}" + (f"   score {score:.4f}" if score is not None else ""))
     print(f"wrote {path} and {plot}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from owl_plugin.models import load_model
+    from owl_plugin.text import load_text, tokenize
+    from owl_plugin.tuning.report import markdown_table, write_outputs
+    from owl_plugin.tuning.search import TuneSettings, tune
+    from owl_plugin.tuning.space import METHODS
+
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    settings = TuneSettings(
+        num_samples=args.num_samples, seq_len=args.seq_len, heldout_windows=args.heldout_windows,
+        heldout_seq_len=args.heldout_seq_len, heldout_fraction=args.heldout_fraction, seed=args.seed,
+        granularity=args.granularity or "block", bounds=tuple(args.bounds or (0.0, 0.99)),
+    )
+    model, tokenizer = load_model(args.model)
+    ids = tokenize(tokenizer, load_text(args.calibration))
+    result = tune(model, ids, target=args.sparsity, methods=methods, budget=args.budget, settings=settings,
+                  cache_root=args.cache, provenance={"calibration": {"source": str(args.calibration)}})
+    output = write_outputs(result, args.output)
+    where = "loaded from the cache" if result.statistics_cached else "collected and cached"
+    print(f"statistics: {where} ({result.cache_folder})")
+    print(markdown_table(result))
+    print(f"best: {result.profile.summary()}")
+    print(f"wrote {output}/sparsity_profile.json, sparsity_profile.png, candidates.md, candidates.json, scores.png")
     return 0
 
 
@@ -193,6 +228,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibration_arguments(profile)
     profile.add_argument("--output", "-o", default="owl-profile", help="output folder (default ./owl-profile)")
     profile.set_defaults(func=cmd_profile)
+
+    tune = sub.add_parser("tune", help="search allocation hyperparameters on held-out calibration data",
+                          description="Search each method's hyperparameters (OWL: M, λ; AlphaPruning: ε, xmin; "
+                                      "DLP: band; ATP: β) by pruning with Wanda masks and scoring KL(dense ‖ pruned) "
+                                      "on held-out windows of the calibration text (never the evaluation text). "
+                                      "Statistics are cached on disk; an interrupted run resumes.")
+    tune.add_argument("model", metavar="MODEL")
+    tune.add_argument("--method", choices=("owl", "alpha", "dlp", "atp", "all"), default="all",
+                      help="method to tune (default all)")
+    tune.add_argument("--sparsity", type=_fraction, required=True, metavar="S", help="target mean sparsity")
+    tune.add_argument("--budget", type=int, default=6, metavar="N",
+                      help="candidates per method, paper defaults first (default 6; uniform is scored in addition)")
+    tune.add_argument("--granularity", choices=("block", "linear"), default=None, help="allocation unit (default block)")
+    tune.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                      help="every ratio stays in [LOW, HIGH] (default 0 0.99)")
+    add_calibration_arguments(tune)
+    for action in tune._actions:  # fewer statistics windows than `owl profile`: the proxy needs less
+        if action.dest == "num_samples":
+            action.default, action.help = 32, "calibration windows for the statistics (default 32)"
+    held = tune.add_argument_group("held-out calibration windows (the proxy's data)")
+    held.add_argument("--heldout-windows", type=int, default=8, help="windows scored per candidate (default 8)")
+    held.add_argument("--heldout-seq-len", type=int, default=512, help="tokens per held-out window (default 512)")
+    held.add_argument("--heldout-fraction", type=_fraction, default=0.1,
+                      help="share of the calibration text kept out of the statistics (default 0.1)")
+    tune.add_argument("--cache", default=None, metavar="DIR",
+                      help="statistics cache root (default $OWL_PLUGIN_CACHE or ~/.cache/owl_plugin)")
+    tune.add_argument("--output", "-o", default="owl-tune", help="output folder (default ./owl-tune)")
+    tune.set_defaults(func=cmd_tune)
 
     ppl = sub.add_parser("perplexity", help="perplexity on a text in non-overlapping windows")
     ppl.add_argument("model", metavar="MODEL")
