@@ -60,7 +60,8 @@ def test_bad_repo_id_is_refused_by_name(export, repo_id) -> None:
 
 
 def test_a_folder_that_is_not_an_export_is_refused(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"is not an export folder \(no config.json\); write one with `owl export"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"is not an export folder \(no config.json\); write one with `owl export"):
         push_to_hub(tmp_path, REPO, token="hf_unused")
 
 

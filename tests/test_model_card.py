@@ -35,7 +35,8 @@ SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_at
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SIZES = {"self_attn.q_proj": 64 * 64, "self_attn.k_proj": 32 * 64, "self_attn.v_proj": 32 * 64,
          "self_attn.o_proj": 64 * 64, "mlp.gate_proj": 128 * 64, "mlp.up_proj": 128 * 64, "mlp.down_proj": 64 * 128}
-WANDA_RECIPE = "sparsity_stage:\n  sparsity_modifiers:\n    OWLAllocationModifier: {}\n    WandaPruningModifier: {sparsity: 0.7}\n"
+WANDA_RECIPE = ("sparsity_stage:\n  sparsity_modifiers:\n    OWLAllocationModifier: {}\n"
+                "    WandaPruningModifier: {sparsity: 0.7}\n")
 
 
 @pytest.fixture(scope="module")
