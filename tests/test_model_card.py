@@ -176,3 +176,12 @@ def test_cli_export_card_options(source, tmp_path, capsys) -> None:
                  "--results", str(results)]) == 2
     assert f"{results} is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_unpruned_model_gets_an_honest_card(tmp_path) -> None:
+    unpruned = tiny_llama(tmp_path / "unpruned", dtype=torch.float32, sparsity=0.0)
+    export_checkpoint(unpruned, tmp_path / "out", format="dense")
+    _, data, body = _card(tmp_path / "out")
+    assert data["tags"] == ["owl-plugin"]  # neither pruned nor sparse
+    assert "No pruned weights were found" in body and "![" not in body
+    assert not (tmp_path / "out" / "sparsity_profile.json").exists()
