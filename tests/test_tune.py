@@ -220,3 +220,32 @@ def test_short_tune_on_default_model_returns_profile_at_the_target(default_model
     assert len(result.profile.modules) == 30 * 7 and result.profile.method in {"uniform", "dlp", "atp"}
     uniform = next(r for r in result.records if r["method"] == "uniform")
     assert 0 < result.best["kl"] <= uniform["kl"] and np.isfinite(result.best["ppl"])
+
+
+def test_interrupted_tune_resumes_from_the_log(tiny_model, stream, tmp_path, monkeypatch):
+    """Ctrl-C during the 4th candidate: the 3 finished ones are kept; the rerun evaluates only the rest."""
+    real_score = WandaProxy.score
+    calls = []
+
+    def interrupt_on_fourth(self, profile):
+        calls.append(profile.method)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_score(self, profile)
+
+    monkeypatch.setattr(WandaProxy, "score", interrupt_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        tune(tiny_model, stream, target=0.5, methods=["dlp", "atp"], budget=3, settings=SMALL,
+             cache_root=tmp_path, progress=False)
+    logs = list((tmp_path / "tune").glob("*/candidates-0.5.jsonl"))
+    assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 3
+    for name, linear in prunable_linears(tiny_model)["model.layers.0"].items():  # restored to dense
+        assert not (linear.weight == 0).any(), name
+
+    calls.clear()
+    monkeypatch.setattr(WandaProxy, "score", lambda self, profile: (calls.append(profile.method),
+                                                                     real_score(self, profile))[1])
+    result = tune(tiny_model, stream, target=0.5, methods=["dlp", "atp"], budget=3, settings=SMALL,
+                  cache_root=tmp_path, progress=False)
+    assert len(result.records) == 7 and len(calls) == 4  # 3 read back, 4 evaluated (the interrupted one again)
+    assert calls == ["dlp", "atp", "atp", "atp"]
