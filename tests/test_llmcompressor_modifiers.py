@@ -23,7 +23,7 @@ from pydantic import ValidationError  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from owl_plugin.integrations.llmcompressor import AlphaAllocationModifier, OWLAllocationModifier  # noqa: E402
-from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, prune  # noqa: E402
+from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, nm_summary, prune  # noqa: E402
 from owl_plugin.integrations.llmcompressor.recipe import check_recipe_nesting  # noqa: E402
 from owl_plugin.models import default_model_path  # noqa: E402
 from owl_plugin.profile import SparsityProfile  # noqa: E402
@@ -90,6 +90,74 @@ def test_alpha_per_linear_granularity_rewrites_targets_and_respects_ignore(tiny_
     assert float((model.model.layers[0].mlp.down_proj.weight == 0).float().mean()) == 0.0
 
 
+def _assert_nm_masks(model, profile: SparsityProfile, m: int) -> None:
+    """Every group of M consecutive input weights of every pruned module has exactly its N zeros."""
+    modules = dict(model.named_modules())
+    for name, entry in profile.modules.items():
+        n, group = (int(x) for x in profile.params["nm"][name].split(":"))
+        assert group == m and entry.sparsity == n / m
+        weight = modules[name].weight.detach()
+        zeros = (weight.reshape(weight.shape[0], -1, m) == 0).sum(dim=-1)
+        assert torch.all(zeros == n), f"{name}: zeros per group {zeros.unique().tolist()}, allocated N={n}"
+
+
+@pytest.mark.llmcompressor
+@pytest.mark.parametrize("pruner_cls", [WandaPruningModifier, SparseGPTModifier])
+@pytest.mark.parametrize("allocation_cls, kwargs", [(OWLAllocationModifier, {"owl_lambda": 0.125}),
+                                                   (AlphaAllocationModifier, {"epsilon": 0.5})],
+                         ids=["owl", "alpha"])
+def test_mixed_n_m_gives_each_block_its_own_n(tiny_dir, tokenizer, pruner_cls, allocation_cls, kwargs, caplog):
+    allocation = allocation_cls(**kwargs)
+    pruner = pruner_cls(sparsity=0.5, mask_structure="4:8", targets=[LAYERS])
+    model = _run(tiny_dir, tokenizer, [allocation, pruner])
+    profile = allocation.profile
+    assert profile.params["mask_structure"] == "4:8" and profile.target == 0.5
+    counts = {profile.params["nm"][name] for name in profile.modules}
+    assert len(counts) > 1, f"N did not move: {counts}"  # really mixed, not uniform 4:8
+    per_block = {}
+    for name, entry in profile.modules.items():
+        per_block.setdefault(entry.block, set()).add(profile.params["nm"][name])
+    assert all(len(v) == 1 for v in per_block.values())  # one N per decoder block, as in the reference
+    # N follows the continuous allocation: N = 4 - round((0.5 - s_block)·8)
+    for block, ratio in profile.params["allocated_ratios"].items():
+        assert per_block[block] == {f"{4 - round((0.5 - ratio) * 8)}:8"}
+    assert profile.params["achieved_mean"] == pytest.approx(profile.mean_sparsity())
+    if abs(profile.mean_sparsity() - 0.5) > 1e-9:
+        assert "achieved mean sparsity" in caplog.text
+    _assert_nm_masks(model, profile, 8)
+    _assert_applied_mean(model, profile)
+
+
+def _assert_applied_mean(model, profile: SparsityProfile) -> None:
+    measured = measured_sparsities(model, profile)
+    assert profile_mismatches(profile, measured, rows_tolerance=0.0) == []
+    assert overall_sparsity(measured, profile) == pytest.approx(profile.mean_sparsity(), abs=1e-9)
+
+
+@pytest.mark.llmcompressor
+def test_prune_saves_mixed_n_m_profile_matching_the_checkpoint(tmp_path, tiny_dir, tokenizer):
+    recipe = tmp_path / "nm.yaml"
+    recipe.write_text(
+        "sparsity_stage:\n  sparsity_modifiers:\n    OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.125}\n"
+        f"    WandaPruningModifier: {{sparsity: 0.5, mask_structure: \"4:8\", targets: ['{LAYERS}']}}\n"
+    )
+    result = prune(str(tiny_dir), recipe, tmp_path / "out", num_samples=4, seq_len=64)
+    saved = SparsityProfile.load(tmp_path / "out")
+    assert saved.params["nm"] == result.profile.params["nm"] and saved.params["mask_structure"] == "4:8"
+    assert result.measured_sparsity == pytest.approx(saved.mean_sparsity(), abs=1e-9)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    _assert_nm_masks(reloaded, saved, 8)
+    assert "achieved mean sparsity" in nm_summary(saved)
+
+
+@pytest.mark.parametrize("value, message", [("2-4", "'2-4' is malformed"), (124, "read as the number 124"),
+                                            ("6:4", "'6:4' is invalid")])
+def test_recipe_check_names_a_bad_mask_structure(value, message):
+    recipe = {"s_stage": {"s_modifiers": {"WandaPruningModifier": {"sparsity": 0.5, "mask_structure": value}}}}
+    with pytest.raises(ValueError, match=message):
+        check_recipe_nesting(recipe)
+
+
 def _weights(model_dir):
     return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()}
 
@@ -104,11 +172,16 @@ def _weights(model_dir):
         ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, targets=[r"re:nothing\.here$"])],
          "match no prunable module"),
         ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, targets=["Linear"])], "lm_head"),
-        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, mask_structure="2:4", targets=[LAYERS])],
-         "'2:4'"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.7, mask_structure="2:4", targets=[LAYERS])],
+         "sparsity=0.7 contradicts mask_structure='2:4'"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=0.5, mask_structure="4:2", targets=[LAYERS])],
+         "mask_structure='4:2' is invalid"),
+        ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=None, mask_structure="1:3", targets=[LAYERS])],
+         "64 input features, not a multiple of M=3"),
         ([AlphaAllocationModifier(), WandaPruningModifier(sparsity=[0.5] * 4, targets=[LAYERS])], "one target"),
     ],
-    ids=["no-pruner", "two-allocators", "no-match", "lm-head", "n-m", "list-sparsity"],
+    ids=["no-pruner", "two-allocators", "no-match", "lm-head", "n-m-vs-sparsity", "n-m-impossible", "n-m-width",
+         "list-sparsity"],
 )
 def test_bad_recipes_fail_before_any_weight_changes(tiny_dir, tokenizer, recipe, message):
     before = _weights(tiny_dir)

@@ -11,6 +11,20 @@ in the same recipe stage. Under ``oneshot`` (any pipeline):
     Pruner calibration epoch   the pruner prunes layer by layer with those ratios
     Allocation.on_finalize     measured sparsity of every module checked against the profile
 
+N:M masks (``mask_structure: "N:M"``, N zeros in every M weights): llmcompressor 0.14 applies
+one N to every module and ignores the ratios. Here the ratios allocated around S = N/M become
+one N per unit (``owl_plugin.allocators.mixed_nm``, OWL's ``wanda_owl_structure``), recorded in
+the profile (``params["nm"]``, ratio N/M per module, and the achieved mean, which rounding moves
+off S). The pruner reads one ``_prune_n`` for every module, and oneshot's default "independent"
+pipeline runs each modifier's calibration alone (no event of the pruner's epoch reaches this
+modifier), so the hand-over is an override on *this pruner instance* only, installed at
+initialisation and removed at finalisation: its ``compress_modules`` becomes
+``_compress_mixed_nm``, which calls the class's own ``compress_modules`` once per N, with
+``_prune_n`` set to that N and the other modules' sample counts held back. Nothing global
+(classes, module functions) is patched; the private names used are checked at initialisation
+so a changed llmcompressor fails loudly instead of pruning uniformly, and the measured zeros of
+every group are checked against the profile at the end.
+
 OWL needs every layer's statistics before the first layer is pruned, so its pass must come
 first; doing it at initialisation with the core's collector costs one forward per layer (an
 llmcompressor calibration epoch of its own would cost two: calibrate and propagate).
@@ -21,6 +35,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from llmcompressor.core import State, active_session
 from llmcompressor.modifiers import Modifier
@@ -29,8 +44,9 @@ from pydantic import Field, PrivateAttr, field_validator
 from torch import nn
 
 from owl_plugin.allocate import allocate_linears, check_target
+from owl_plugin.allocators.mixed_nm import MaskStructure, achieved_mean, mixed_nm_counts, parse_mask_structure
 from owl_plugin.layers import find_decoder_blocks
-from owl_plugin.profile import SparsityProfile
+from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.verify import measured_sparsities, profile_mismatches
 
 from owl_plugin.integrations.llmcompressor.targets import exact_targets, pruned_modules
@@ -63,6 +79,12 @@ class AllocationModifier(Modifier):
     _groups: dict[str, dict[str, nn.Module]] = PrivateAttr(default_factory=dict)
     _per_linear: bool = PrivateAttr(default=False)
     _profile: SparsityProfile | None = PrivateAttr(default=None)
+    _structure: MaskStructure = PrivateAttr(default=MaskStructure(0, 0))
+    _nm_counts: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    #: pruner internals the per-module N:M hand-over uses (see module docstring)
+    NM_PRUNER_INTERNALS: ClassVar[tuple[str, ...]] = ("_num_samples", "_module_names", "_prune_n", "_prune_m",
+                                                      "compress_modules")
 
     @field_validator("targets", "ignore", mode="before")
     @classmethod
@@ -92,12 +114,18 @@ class AllocationModifier(Modifier):
                 f"{type(pruner).__name__}.sparsity_profile={pruner.sparsity_profile!r} conflicts with "
                 f"{type(self).__name__}; remove sparsity_profile from the pruner"
             )
-        if pruner.mask_structure != "0:0":
-            raise ValueError(
-                f"{type(pruner).__name__}.mask_structure={pruner.mask_structure!r}: N:M masks ignore per-layer "
-                f"ratios in llmcompressor 0.14, so {type(self).__name__} supports only unstructured '0:0'"
-            )
+        self._structure = structure = parse_mask_structure(pruner.mask_structure)
         target = self.sparsity if self.sparsity is not None else pruner.sparsity
+        if not structure.unstructured:
+            self._check_nm_pruner(pruner)
+            if target is None:
+                target = structure.ratio
+            elif isinstance(target, (int, float)) and abs(float(target) - structure.ratio) > 1e-9:
+                raise ValueError(
+                    f"sparsity={target!r} contradicts mask_structure={pruner.mask_structure!r}, which zeroes "
+                    f"{structure.n} of every {structure.m} weights (sparsity {structure.ratio:g}); set "
+                    f"sparsity: {structure.ratio:g} or omit it (the allocation moves N per block around it)"
+                )
         if not isinstance(target, (int, float)):
             raise ValueError(
                 f"{type(pruner).__name__}.sparsity={target!r}: the allocation needs one target sparsity "
@@ -110,15 +138,48 @@ class AllocationModifier(Modifier):
         if self.ignore is not None:
             pruner.ignore = list(self.ignore)
         self._groups = self._resolve_groups(state.model, pruner)
-        self._hand_over(self._allocate(state.model, input_sq_means=self.statistics(state)))
+        if not structure.unstructured:
+            self._check_nm_shapes()
+        profile = self._allocate(state.model, input_sq_means=self.statistics(state))
+        if not structure.unstructured:
+            profile = self._to_mixed_nm(profile)
+            # this pruner instance (only) compresses through _compress_mixed_nm until on_finalize
+            object.__setattr__(pruner, "compress_modules", self._compress_mixed_nm)
+        self._hand_over(profile)
         return True
 
     def statistics(self, state: State) -> dict[str, torch.Tensor] | None:
         """Per-linear activation statistics the method needs (None for data-free methods)."""
         return None
 
+    def _compress_mixed_nm(self) -> None:
+        """The pruner's ``compress_modules`` for N:M: its own method once per N, other modules held back."""
+        pruner = self._pruner
+        compress = type(pruner).compress_modules
+        pending = list(pruner._num_samples)
+        by_n: dict[int, list[nn.Module]] = {}
+        for module in pending:
+            name = pruner._module_names[module].rstrip(".")
+            if name not in self._nm_counts:
+                raise RuntimeError(f"{type(pruner).__name__} calibrated {name!r}, which the allocation did not cover")
+            by_n.setdefault(self._nm_counts[name], []).append(module)
+        base_n = pruner._prune_n
+        try:
+            for n, modules in sorted(by_n.items()):
+                chosen = set(modules)
+                held = {m: pruner._num_samples.pop(m) for m in pending if m not in chosen and m in pruner._num_samples}
+                pruner._prune_n = n
+                try:
+                    compress(pruner)
+                finally:
+                    pruner._num_samples.update(held)
+        finally:
+            pruner._prune_n = base_n
+
     def on_finalize(self, state: State, **kwargs) -> bool:
         self.remove_hooks()
+        if self._pruner is not None:  # calibration is over: drop the per-instance N:M override
+            self._pruner.__dict__.pop("compress_modules", None)
         if self._profile is not None and self._pruner is not None and self._pruner.initialized:
             mismatches = profile_mismatches(self._profile, measured_sparsities(state.model, self._profile))
             if mismatches:
@@ -170,6 +231,57 @@ class AllocationModifier(Modifier):
             pruner.targets, pruner.ignore = exact_targets(names), []
             groups = pruned_modules(model, pruner)
         return groups
+
+    def _check_nm_pruner(self, pruner: SparsityModifierBase) -> None:
+        missing = [attr for attr in self.NM_PRUNER_INTERNALS if not hasattr(pruner, attr)]
+        if missing:
+            import llmcompressor
+
+            raise RuntimeError(
+                f"{type(self).__name__} with mask_structure={pruner.mask_structure!r} needs {type(pruner).__name__}"
+                f".{', .'.join(missing)}, absent in llmcompressor {llmcompressor.__version__} (written for 0.14); "
+                "use mask_structure: '0:0' or the llmcompressor version this plugin pins"
+            )
+
+    def _check_nm_shapes(self) -> None:
+        m = self._structure.m
+        for members in self._groups.values():
+            for name, module in members.items():
+                width = module.weight.shape[-1]
+                if width % m:
+                    raise ValueError(
+                        f"mask_structure={str(self._structure)!r}: module {name!r} has {width} input features, "
+                        f"not a multiple of M={m}; choose an M dividing every pruned width or ignore that module"
+                    )
+
+    def _to_mixed_nm(self, profile: SparsityProfile) -> SparsityProfile:
+        """Turn the continuous ratios into one N per unit (mixed N:M), and record what is achieved."""
+        structure = self._structure
+        names = list(profile.modules)
+        mixed = mixed_nm_counts(np.array([profile.modules[n].sparsity for n in names]), structure, bounds=self.bounds)
+        self._nm_counts = dict(zip(names, (int(n) for n in mixed.counts)))
+        modules = {
+            n: ModuleSparsity(self._nm_counts[n] / structure.m, e.num_params, e.block) for n, e in profile.modules.items()
+        }
+        mean = achieved_mean(mixed.counts, structure.m, np.array([profile.modules[n].num_params for n in names]))
+        allocated = profile.block_sparsities() if self.granularity == "block" else profile.sparsities
+        params = {
+            **profile.params,
+            "mask_structure": str(structure),
+            "achieved_mean": mean,
+            "allocated_ratios": {unit: float(r) for unit, r in allocated.items()},
+            "nm": {n: f"{c}:{structure.m}" for n, c in self._nm_counts.items()},
+        }
+        result = SparsityProfile(
+            method=profile.method, target=profile.target, modules=modules, params=params, scores=profile.scores,
+            bounds=profile.bounds, projected=profile.projected or mixed.clipped,
+        )
+        counts = sorted(set(self._nm_counts.values()))
+        message = ("mixed N:M %s: N per unit in %s; achieved mean sparsity %.4f vs target %.4f "
+                   "(N is rounded per unit, so the mean moves)")
+        log = logger.warning if abs(mean - profile.target) > 1e-9 else logger.info
+        log(message, structure, counts, mean, profile.target)
+        return result
 
     def _blocks(self, model: nn.Module) -> dict[str, dict[str, nn.Module]]:
         prefix, blocks = find_decoder_blocks(model)

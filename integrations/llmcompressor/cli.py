@@ -29,5 +29,9 @@ def run(args: argparse.Namespace) -> int:
     result = prune(args.model, args.recipe, args.output, dataset=args.dataset, num_samples=args.num_samples,
                    seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite)
     print(result.profile.summary())
+    from owl_plugin.integrations.llmcompressor.prune import nm_summary
+
+    if nm_summary(result.profile):
+        print(nm_summary(result.profile))
     print(f"measured overall sparsity {result.measured_sparsity:.4f}; wrote {result.output}")
     return 0

@@ -56,6 +56,21 @@ def check_recipe_nesting(data: Any, *, where: str = "recipe") -> None:
                 for name, fields in modifiers.items():
                     if fields is None:
                         raise ValueError(f"{where}: {name} needs a mapping of fields; write `{name}: {{}}` for defaults")
+                    if isinstance(fields, dict) and "mask_structure" in fields:
+                        _check_mask_structure(fields["mask_structure"], where=f"{where}: {name}")
                 found += len(modifiers)
     if not found:
         raise ValueError(f"{where}: no modifiers found; {NESTING_HINT}")
+
+
+def _check_mask_structure(value: Any, *, where: str) -> None:
+    """Refuse a malformed ``mask_structure`` by name (llmcompressor fails on it with an unpacking error)."""
+    from owl_plugin.allocators.mixed_nm import parse_mask_structure
+
+    try:
+        parse_mask_structure(value)
+    except ValueError as error:
+        hint = ""
+        if isinstance(value, int):  # YAML 1.1 reads unquoted 2:4 as the base-60 integer 124
+            hint = f"; quote it in YAML (mask_structure: \"2:4\"): unquoted N:M is read as the number {value}"
+        raise ValueError(f"{where}: {error}{hint}") from error
