@@ -8,10 +8,11 @@ Steps (each prints what it did; results land in --output):
    half of WikiText-2 validation, disjoint from the evaluation windows);
 3. export the pruned checkpoint compact (values + bitmask) and reload it in transformers,
    checking every weight is bit-identical to the pruned dense checkpoint;
-4. load dense and compact in vLLM (``.venv-vllm``, a subprocess) and check greedy tokens and
-   prompt logprobs agree exactly;
-5. evaluate dense and pruned perplexity on the first 40×512 tokens of WikiText-2 validation
-   and write ``summary.md`` with the numbers and the per-layer sparsity plot.
+4. evaluate dense and pruned perplexity on the first 40×512 tokens of WikiText-2 validation;
+5. run the validation suite, ``owl validate`` (engines transformers and vLLM, plus OpenVINO when
+   ``.venv-openvino`` exists; serving under load with ``--serve``), into ``validate/``, and write
+   ``summary.md`` with the numbers, the per-layer sparsity plot and a link to the suite's report.
+   The job exits non-zero when the suite fails.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +32,7 @@ from owl_plugin.paths import default_eval_text
 from owl_plugin.text import load_text, tokenize
 
 HERE = Path(__file__).resolve().parent
-VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
+OPENVINO_PYTHON = HERE.parent / ".venv-openvino" / "bin" / "python"
 
 
 def check_compact(pruned: Path, compact: Path) -> int:
@@ -47,19 +47,17 @@ def check_compact(pruned: Path, compact: Path) -> int:
     return len(dense)
 
 
-def check_vllm(pruned: Path, compact: Path, report: Path) -> dict:
-    """Run the vLLM check (dense vs compact) in the vLLM venv."""
-    if not VLLM_PYTHON.exists():
-        raise FileNotFoundError(f"{VLLM_PYTHON} is missing; build it with `make setup-vllm`")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-           "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(report.parent / "vllm-cache"))}
-    command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--model", str(pruned),
-               "--compare", str(compact), "--json", str(report)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise RuntimeError(f"vLLM check failed with exit code {proc.returncode} (report: {report})")
-    return json.loads(report.read_text())
+def run_validation(pruned: Path, baseline: Path, report: Path, *, serve: bool) -> tuple[int, dict]:
+    """``owl validate`` through the real command line; (exit status, report.json)."""
+    engines = "transformers,vllm" + (",openvino" if OPENVINO_PYTHON.exists() else "")
+    command = [sys.executable, "-m", "owl_plugin", "validate", str(pruned), "--baseline", str(baseline),
+               "--engines", engines, "--report", str(report), *(["--serve"] if serve else [])]
+    print("      $ owl " + " ".join(command[3:]))
+    status = subprocess.run(command, check=False).returncode
+    path = report / "report.json"
+    if not path.is_file():
+        raise RuntimeError(f"owl validate exited with {status} and wrote no {path}")
+    return status, json.loads(path.read_text())
 
 
 def main() -> None:
@@ -68,6 +66,7 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(HERE / "recipes" / "owl_wanda.yaml"))
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--no-serve", action="store_true", help="skip the suite's serve-under-load check")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from owl_plugin.integrations.llmcompressor.prune import prune
@@ -93,30 +92,39 @@ def main() -> None:
     tensors = check_compact(result.output, exported.output_dir)
     print(f"      {exported.summary()}\n      {tensors} tensors bit-identical after reload")
 
-    print("[4/5] vLLM: dense vs compact, greedy generation and prompt logprobs")
-    vllm_report = check_vllm(result.output, exported.output_dir, output / "vllm_check.json")
-    print(f"      agree: {json.dumps(vllm_report.get('comparison', {}))[:300]}")
-
-    print("[5/5] perplexity, WikiText-2 validation, 40 windows of 512 tokens")
+    print("[4/5] perplexity, WikiText-2 validation, 40 windows of 512 tokens")
     rows = []
     for name, folder in (("dense", dense_dir), ("pruned", result.output)):
         model, tokenizer = load_model(folder)
         rows.append((name, perplexity(model, tokenize(tokenizer, load_text(eval_path)))))
         print(f"      {name}: {rows[-1][1]:.3f}")
+
+    print("[5/5] validation suite: owl validate (loads, agrees, speeds up, serves)")
+    status, report = run_validation(result.output, dense_dir, output / "validate", serve=not args.no_serve)
+    verdict = "passed" if report["passed"] else "FAILED"
+    print(f"      {verdict}; report: {output / 'validate' / 'report.md'}")
+    speed = [f"{s['engine']} {s['metric']} {s['speedup']:.2f}×" for s in report["speedups"]
+             if s["metric"] == "decode_tok_s"]
     summary = [
         "# Main job: SmolLM2-135M pruned with an OWL recipe", "",
         f"- recipe: `{args.recipe}`", f"- {result.profile.summary()}",
         f"- measured overall sparsity: {result.measured_sparsity:.4f}",
         f"- compact export: pruned weights {exported.pruned_ratio:.3f}× their dense bytes, whole checkpoint "
         f"{exported.checkpoint_ratio:.3f}×; transformers reload bit-identical ({tensors} tensors)",
-        "- vLLM (vllm-cpu 0.32, fp32): dense and compact give identical greedy tokens and prompt logprobs "
-        "(`vllm_check.json`)", "",
+        f"- validation suite (`owl validate`, engines {', '.join(e['engine'] for e in report['engines'])}): "
+        f"**{verdict}** — [report](validate/report.md) ([JSON](validate/report.json)); decode speed-up "
+        f"{', '.join(speed) or 'not measured'}", "",
         "| model | WikiText-2 ppl (40×512) |", "|---|---|",
         *[f"| {name} | {ppl:.3f} |" for name, ppl in rows], "",
         "![per-layer sparsity](pruned/sparsity_profile.png)", "",
+        "![validation: speed-up per engine and per-layer sparsity](validate/report.png)", "",
     ]
+    if not report["passed"]:
+        summary += ["## Validation failures", "", *[f"- {line.splitlines()[0]}" for line in report["failures"]], ""]
     (output / "summary.md").write_text("\n".join(summary))
     print(f"wrote {output / 'summary.md'}")
+    if status != 0:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":
