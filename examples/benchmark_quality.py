@@ -11,6 +11,12 @@ second half of the same WikiText-2 file, disjoint from the evaluation windows (o
 
 Each configuration runs in its own process (clean llmcompressor session, honest peak memory).
 
+``--nm 4:8`` adds N:M rows: uniform 4:8 against OWL's mixed N:M (one N per block, reference
+``wanda_owl_structure``; λ from --nm-owl-lambda); their "measured sparsity" is the achieved mean,
+which rounding N per block moves off N/M.
+
+    python examples/benchmark_quality.py --sparsities --pruners wanda --nm 4:8   # N:M rows only
+
 The ``tuned`` row first runs ``owl tune default --method all`` on the *calibration* text only
 (held-out windows from its tail; the evaluation file is hidden from it via OWL_EVAL_TEXT), then
 prunes with the best profile through ``ProfileAllocationModifier``. A second table compares
@@ -65,14 +71,17 @@ RUN_ONE = textwrap.dedent(
 )
 
 
-def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None) -> str:
+def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None, *,
+                structure: str = "0:0", owl_lambda: float | None = None) -> str:
     lines = ["sparsity_stage:", "  sparsity_modifiers:"]
-    if allocation == "tuned":
+    if allocation == "owl" and owl_lambda is not None:  # N:M rows: OWL's wanda_owl_structure spread
+        lines.append(f"    OWLAllocationModifier: {{owl_m: 5, owl_lambda: {owl_lambda}}}")
+    elif allocation == "tuned":
         lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
     elif ALLOCATIONS[allocation]:
         lines.append(f"    {ALLOCATIONS[allocation]}")
     lines.append(
-        f'    {PRUNERS[pruner]}: {{sparsity: {sparsity}, mask_structure: "0:0", '
+        f'    {PRUNERS[pruner]}: {{sparsity: {sparsity}, mask_structure: "{structure}", '
         'targets: ["re:model\\\\.layers\\\\.\\\\d+$"]}'
     )
     return "\n".join(lines) + "\n"
@@ -99,9 +108,12 @@ def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
     return output / "sparsity_profile.json", time.perf_counter() - start
 
 
-def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile: Path | None = None) -> dict:
-    recipe = work / f"{pruner}-{allocation}-{sparsity}.yaml"
-    recipe.write_text(recipe_text(pruner, allocation, sparsity, profile))
+def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile: Path | None = None, *,
+        structure: str = "0:0") -> dict:
+    nm = structure != "0:0"
+    recipe = work / (f"{pruner}-{allocation}-{sparsity}" + (f"-{structure.replace(':', 'of')}" if nm else "") + ".yaml")
+    recipe.write_text(recipe_text(pruner, allocation, sparsity, profile, structure=structure,
+                                  owl_lambda=args.nm_owl_lambda if nm else None))
     output = work / recipe.stem
     proc = subprocess.run(
         [sys.executable, "-c", RUN_ONE, str(recipe), str(output), args.dataset, str(args.num_samples),
@@ -118,7 +130,8 @@ def main() -> None:
     from owl_plugin.paths import default_eval_text
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.6, 0.7])
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.6, 0.7],
+                        help="unstructured targets (give none with --nm for N:M rows only)")
     parser.add_argument("--pruners", nargs="+", choices=tuple(PRUNERS), default=list(PRUNERS))
     parser.add_argument("--allocations", nargs="+", choices=tuple(ALLOCATIONS), default=list(ALLOCATIONS))
     parser.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 validation)")
@@ -126,6 +139,12 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--plot", default=None, help="also draw perplexity vs sparsity to this PNG")
+    parser.add_argument("--nm", default=None, metavar="N:M",
+                        help="also run N:M rows (e.g. 4:8): uniform N:M vs mixed N:M from --nm-allocations")
+    parser.add_argument("--nm-allocations", nargs="+", choices=("owl", "alpha"), default=["owl"])
+    parser.add_argument("--nm-owl-lambda", type=float, default=0.125,
+                        help="OWL λ for N:M rows (reference wanda_owl_structure Lamda = 2λM; 0.125 at M=8 is Lamda 2)")
     parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (default 40)")
     parser.add_argument("--eval-seq-len", type=int, default=512, help="evaluation window length (default 512)")
     parser.add_argument("--tune-budget", type=int, default=6, help="owl tune candidates per method (default 6)")
@@ -144,8 +163,17 @@ def main() -> None:
             args.dataset = str(work / "calibration.txt")
             Path(args.dataset).write_text(full[len(full) // 2:])  # disjoint from the evaluation windows
         jobs = [(p, a, s) for s in args.sparsities for p in args.pruners for a in args.allocations]
+        if args.nm:  # N:M rows come last: (pruner, allocation, N/M, structure)
+            from owl_plugin.allocators.mixed_nm import parse_mask_structure
+
+            ratio = parse_mask_structure(args.nm).ratio
+            jobs += [(p, a, ratio, args.nm) for p in args.pruners for a in ("uniform", *args.nm_allocations)]
         rows, tuned = [], {}
-        for pruner, allocation, sparsity in tqdm(jobs, desc="prune + evaluate", unit="run"):
+        for pruner, allocation, sparsity, *nm in tqdm(jobs, desc="prune + evaluate", unit="run"):
+            if nm:
+                rows.append({"pruner": pruner, "allocation": allocation, "sparsity": sparsity, "structure": nm[0],
+                             **run(pruner, allocation, sparsity, args, work, structure=nm[0])})
+                continue
             if allocation == "tuned" and sparsity not in tuned:
                 tuned[sparsity] = tune(sparsity, args, work)
             profile = tuned[sparsity][0] if allocation == "tuned" else None
@@ -160,14 +188,15 @@ def main() -> None:
           " tokens from the second half of the file\n")
     print("| sparsity | pruner | allocation | perplexity | vs uniform | measured sparsity | prune time (s) | time vs uniform | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    base = {(r["pruner"], r["sparsity"]): r for r in rows if r["allocation"] == "uniform"}
+    base = {(r["pruner"], r["sparsity"], r.get("structure")): r for r in rows if r["allocation"] == "uniform"}
     for r in rows:
-        ref = base.get((r["pruner"], r["sparsity"]))
+        ref = base.get((r["pruner"], r["sparsity"], r.get("structure")))
         vs = f"{r['ppl'] / ref['ppl'] - 1:+.1%}" if ref else "–"
         tv = f"{r['seconds'] / ref['seconds']:.2f}×" if ref else "–"
-        print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['allocation']} | {r['ppl']:.2f} | {vs} | "
+        label = f"{r['structure']} ({r['sparsity']:.0%})" if r.get("structure") else f"{r['sparsity']:.0%}"
+        print(f"| {label} | {r['pruner']} | {r['allocation']} | {r['ppl']:.2f} | {vs} | "
               f"{r['measured']:.4f} | {r['seconds']:.0f} | {tv} | {r['peak_mib']:.0f} |")
-    defaults = [r for r in rows if r["allocation"] in ("owl", "alpha")]
+    defaults = [r for r in rows if r["allocation"] in ("owl", "alpha") and not r.get("structure")]
     if any(r["allocation"] == "tuned" for r in rows) and defaults:
         print("\nTuned (owl tune on held-out calibration windows, best of all methods) vs the better paper default\n")
         print("| sparsity | pruner | tuned as | tuned ppl | better default | its ppl | tuned vs it | tune time (s) |")
@@ -180,6 +209,35 @@ def main() -> None:
                       f"| {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} | {r['tune_seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        plot_rows(rows, Path(args.plot))
+
+
+def plot_rows(rows: list[dict], path: Path) -> None:
+    """Perplexity vs sparsity, one line per (pruner, allocation), log scale (unstructured rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        if not r.get("structure"):
+            lines.setdefault((r["pruner"], r["allocation"]), []).append((r["sparsity"], r["ppl"]))
+    for (pruner, allocation), points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", linestyle="-" if pruner == "wanda" else "--", label=f"{pruner} {allocation}")
+    ax.set_yscale("log")
+    ax.set_xlabel("target sparsity")
+    ax.set_ylabel("WikiText-2 perplexity (log)")
+    ax.set_title("SmolLM2-135M: layerwise allocation vs uniform")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
