@@ -30,9 +30,10 @@ def test_profile_help_reads_well():
         "profile", "--help")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for word in ("--method", "{owl,alpha,uniform}", "--sparsity", "[0, 1)", "--num-samples", "--seq-len",
+    for word in ("--method", "{owl,alpha,dlp,atp,uniform}", "--sparsity", "[0, 1)", "--num-samples", "--seq-len",
                  "--owl-m", "--owl-lambda", "--epsilon", "--xmin", "--granularity", "--bounds", "--calibration",
-                 "arXiv 2310.05175", "arXiv 2410.10912"):
+                 "--dlp-band", "--atp-beta", "arXiv 2310.05175", "arXiv 2410.10912", "arXiv 2505.23807",
+                 "arXiv 2502.14770"):
         assert word in out, word
 
 
