@@ -1,0 +1,185 @@
+"""OpenVINO export for real: `owl export --format openvino` (core → .venv-openvino subprocess),
+the int8 IR's weights read back against the profile, and a plain `OVModelForCausalLM.from_pretrained`
+compiling with the stored sparse-kernel setting (and running the sparse kernels on CPUs with AMX).
+
+The model is a small random Llama (hidden 256, 2 blocks) magnitude-pruned to 60 % / 70 % per block,
+so the whole module takes about a minute of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from owl_plugin.profile import ModuleSparsity, SparsityProfile
+
+from conftest import TEST_THREADS, run_cli
+
+pytestmark = pytest.mark.openvino
+
+REPO = Path(__file__).resolve().parent.parent
+OV_VENV = Path(os.environ.get("OWL_OPENVINO_VENV", REPO / ".venv-openvino"))
+OV_PYTHON = OV_VENV / "bin" / "python"
+BLOCK_SPARSITY = (0.6, 0.7)
+
+if not OV_PYTHON.is_file():
+    pytest.skip(f"{OV_PYTHON} does not exist; `make setup-openvino` builds it (`make test` does)",
+                allow_module_level=True)
+
+
+def ov_run(code: str, *args: str, timeout: float = 600) -> dict:
+    """Run ``code`` in the OpenVINO venv; it prints one JSON object last."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(TEST_THREADS), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
+    done = subprocess.run([str(OV_PYTHON), "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def pruned_checkpoint(tmp_path_factory, default_model_path) -> Path:
+    """A random Llama (hidden 256, intermediate 512, 2 blocks), each linear magnitude-pruned per row."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("ov-pruned")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=len(BLOCK_SPARSITY),
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=len(tokenizer),
+                         max_position_embeddings=512)
+    model = LlamaForCausalLM(config).eval()
+    modules = {}
+    with torch.no_grad():
+        for index, (layer, sparsity) in enumerate(zip(model.model.layers, BLOCK_SPARSITY)):
+            for name, linear in layer.named_modules():
+                if isinstance(linear, torch.nn.Linear):
+                    weight = linear.weight
+                    pruned = int(sparsity * weight.shape[1])
+                    weight.scatter_(1, weight.abs().argsort(dim=1)[:, :pruned], 0.0)
+                    modules[f"model.layers.{index}.{name}"] = ModuleSparsity(
+                        pruned / weight.shape[1], weight.numel(), f"model.layers.{index}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    total = sum(m.num_params for m in modules.values())
+    SparsityProfile(method="uniform", target=sum(m.sparsity * m.num_params for m in modules.values()) / total,
+                    modules=modules).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(pruned_checkpoint, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("ov-export") / "ir"
+    result = run_cli("export", str(pruned_checkpoint), "--format", "openvino", "--output", str(output),
+                     "--calibration", "pydoc", "--num-samples", "4", "--seq-len", "32", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "int8 linears" in result.stdout
+    return output
+
+
+def test_export_writes_a_verified_int8_ir(exported, pruned_checkpoint):
+    names = {p.name for p in exported.iterdir()}
+    assert {"openvino_model.xml", "openvino_model.bin", "config.json", "owl_openvino.json",
+            "sparsity_profile.json", "tokenizer.json"} <= names
+    assert (exported / "sparsity_profile.json").read_text() == (pruned_checkpoint / "sparsity_profile.json").read_text()
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    settings = json.loads((exported / "owl_openvino.json").read_text())
+    assert settings["ov_config"] == {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": "0.5"}
+    assert settings["verification"]["int8_linears"] == 15  # 14 decoder linears + lm_head
+
+
+def test_ir_int8_weights_keep_every_pruned_zero_and_match_the_profile(exported, pruned_checkpoint):
+    report = ov_run("""
+        import json, sys
+        import openvino as ov
+        from safetensors.torch import load_file
+        from owl_plugin.integrations.openvino.ir import int8_weights, ir_path
+        ir, source = sys.argv[1:3]
+        weights = load_file(source + "/model.safetensors")
+        out = {}
+        for module, data in int8_weights(ov.Core().read_model(ir_path(ir))):
+            reference = weights.get(module + ".weight")
+            if reference is None:
+                continue
+            zero = (reference == 0).numpy()
+            out[module] = {"shape": list(data.shape), "ir_zeros": int((data == 0).sum()),
+                           "revived": int((zero & (data != 0)).sum()), "source_zeros": int(zero.sum())}
+        print(json.dumps(out))
+    """, str(exported), str(pruned_checkpoint))
+    profile = SparsityProfile.load(pruned_checkpoint)
+    assert set(profile.modules) <= set(report)  # (lm_head is int8 too, unpruned)
+    for module, entry in profile.modules.items():
+        got = report[module]
+        numel = got["shape"][0] * got["shape"][1]
+        assert got["shape"][1] == 256 or got["shape"][1] == 512, got
+        assert got["revived"] == 0, f"{module}: int8 quantization made pruned weights non-zero"
+        assert got["source_zeros"] == round(entry.sparsity * got["shape"][1]) * got["shape"][0]
+        assert entry.sparsity <= got["ir_zeros"] / numel <= entry.sparsity + 0.02, (module, got)
+
+
+def test_plain_from_pretrained_compiles_with_the_sparse_setting(exported):
+    report = ov_run("""
+        import json, sys
+        import torch
+        from optimum.intel import OVModelForCausalLM
+        from owl_plugin.integrations.openvino.sparse import exec_type_counts
+        model = OVModelForCausalLM.from_pretrained(sys.argv[1], ov_config={"PERF_COUNT": "YES"})
+        ids = torch.arange(100, 132)[None]
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        compiled = model.request.get_compiled_model()
+        print(json.dumps({"rate": float(compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE")),
+                          "new_tokens": out.shape[1] - ids.shape[1], "exec_types": exec_type_counts([model.request])}))
+    """, str(exported))
+    assert report["rate"] == pytest.approx(0.5)  # the stored setting, not the plugin's default 1.0
+    assert report["new_tokens"] == 3
+    assert any("I8" in kind for kind in report["exec_types"]), report  # int8 linears ran
+
+
+AMX = "amx_int8" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+
+
+@pytest.mark.skipif(not AMX, reason="this CPU has no AMX: OpenVINO's sparse int8 kernels exist only for AMX")
+def test_sparse_kernels_run_on_amx(exported):
+    report = ov_run("""
+        import json, sys
+        import numpy as np
+        from owl_plugin.integrations.openvino.engine import StatefulLM
+        from owl_plugin.integrations.openvino.export import stored_ov_config
+        counts = {}
+        for rate in ("stored", "1"):
+            config = {**stored_ov_config(sys.argv[1]), "PERF_COUNT": "YES"}
+            if rate == "1":
+                config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = "1"
+            model = StatefulLM(sys.argv[1] + "/openvino_model.xml", config)
+            model.greedy(list(range(100, 164)), 2)
+            counts[rate] = model.exec_types()
+        print(json.dumps(counts))
+    """, str(exported))
+    assert any("sparse" in kind for kind in report["stored"]), report
+    assert not any("sparse" in kind for kind in report["1"]), report
+
+
+def test_export_errors_name_the_fix(tmp_path, pruned_checkpoint):
+    env_missing = dict(os.environ, OWL_OPENVINO_VENV=str(tmp_path / "no-venv"))
+    done = subprocess.run([sys.executable, "-m", "owl_plugin", "export", str(pruned_checkpoint), "--format",
+                           "openvino", "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env_missing, timeout=120)
+    assert done.returncode == 2
+    assert "make setup-openvino" in done.stderr and "no-venv" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    done = run_cli("export", str(pruned_checkpoint), "--format", "openvino", "--output", str(existing))
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+    done = run_cli("export", str(tmp_path / "missing"), "--format", "openvino", "--output", str(tmp_path / "o2"))
+    assert done.returncode == 2 and "missing" in done.stderr and "config.json" in done.stderr
