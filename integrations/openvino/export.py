@@ -139,6 +139,7 @@ def export_openvino(
     sparse_rate: float = DEFAULT_RATE,
     profile: str | Path | None = None,
     overwrite: bool = False,
+    torch_dtype: Any = None,
 ) -> dict[str, Any]:
     """Export ``source`` (a transformers checkpoint folder) as an int8 IR into ``output`` (atomic).
 
@@ -152,6 +153,8 @@ def export_openvino(
         sparse_rate: weights with at least this fraction of zeros run the sparse kernels.
         profile: sparsity profile JSON (default ``source/sparsity_profile.json`` if present).
         overwrite: replace an existing ``output``.
+        torch_dtype: dtype the checkpoint is loaded in for the conversion (default float32;
+            ``torch.bfloat16`` halves the memory of large models).
 
     Returns:
         The contents written to ``owl_openvino.json``.
@@ -182,7 +185,7 @@ def export_openvino(
     windows = _calibration_windows(calibration, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
     logger.info("converting %s to OpenVINO (stateful, float)", source)
     ov_model = OVModelForCausalLM.from_pretrained(str(source), export=True, load_in_8bit=False, compile=False,
-                                                  stateful=True)
+                                                  stateful=True, **({"torch_dtype": torch_dtype} if torch_dtype else {}))
     converted = time.perf_counter()
     ov_model.model = quantize_int8(ov_model.model, windows)
     quantized = time.perf_counter()
