@@ -136,14 +136,14 @@ def test_saved_profile_errors(tiny_dir, tokenizer, tmp_path):
                                 WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[LAYERS])])
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
     # a profile that leaves out pruned modules is refused too
-    ignored = WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[LAYERS])
+    pruner = WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[LAYERS])
     part = allocate(_load(tiny_dir), 0.5, ATPConfig(), progress=False)
     blocks = prunable_linears(_load(tiny_dir))
     first = next(iter(blocks["model.layers.0"]))
     modules = {n: m for n, m in part.modules.items() if n != first}
     path = SparsityProfile(method="atp", target=0.5, modules=modules).save(tmp_path / "part.json")
     with pytest.raises(ValueError, match="missing from it"):
-        _run(_load(tiny_dir), tokenizer, [ProfileAllocationModifier(profile_file=str(path)), ignored])
+        _run(_load(tiny_dir), tokenizer, [ProfileAllocationModifier(profile_file=str(path)), pruner])
 
 
 def test_tune_proxy_masks_equal_llmcompressor_wanda_on_the_first_block(tiny_dir, tokenizer):

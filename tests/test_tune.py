@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PNG_SIGNATURE, TINY_LAYERS, TINY_VOCAB
-from owl_plugin.config import ATPConfig, AlphaConfig, DLPConfig, OWLConfig, UniformConfig
+from conftest import PNG_SIGNATURE, TINY_VOCAB
+from owl_plugin.config import AlphaConfig, DLPConfig, OWLConfig, UniformConfig
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.tuning import search as search_module
@@ -108,11 +108,9 @@ def test_proxy_masks_like_wanda_and_restores_the_dense_weights(tiny_model, tiny_
 
 def test_proxy_kl_is_zero_dense_and_grows_with_sparsity(tiny_model, tiny_batches):
     from owl_plugin.allocate import allocate
-
-    stats_model = tiny_model
     from owl_plugin.statistics import collect_input_sq_means
 
-    stats = collect_input_sq_means(stats_model, tiny_batches, progress=False)
+    stats = collect_input_sq_means(tiny_model, tiny_batches, progress=False)
     linears = {n: m for group in prunable_linears(tiny_model).values() for n, m in group.items()}
     windows = [torch.randint(0, TINY_VOCAB, (1, 24), generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
     proxy = WandaProxy(tiny_model, linears, stats, windows, dense_reference(tiny_model, windows, topk=16))

@@ -96,6 +96,7 @@ def write_outputs(result: TuneResult, output: str | os.PathLike, *, overwrite: b
         (staging / "candidates.json").write_text(json.dumps(
             {"proxy": result.proxy, "target": result.target, "best": result.best["id"],
              "candidates": ranked(result.records)}, indent=1))
-        plot_scores(result.records, staging / "scores.png", title=f"owl tune @ {result.target:g}: {PROXY_NAME} on held-out calibration windows")
+        plot_scores(result.records, staging / "scores.png",
+                    title=f"owl tune @ {result.target:g}: {PROXY_NAME} on held-out calibration windows")
         publish(staging, output, overwrite=overwrite)
     return output
