@@ -46,14 +46,15 @@ def is_sparse_exec_type(exec_type: str) -> bool:
 
 
 def exec_type_counts(requests: Iterable[Any]) -> dict[str, int]:
-    """Executed MatMul / FullyConnected nodes per ``exec_type`` over infer requests (counters on).
+    """Executed MatMul / FullyConnected* nodes per ``exec_type`` over infer requests (counters on).
 
     Counts each node once (by name) over all given requests.
     """
     seen: dict[str, str] = {}
     for request in requests:
         for info in request.profiling_info:
-            if info.node_type in ("FullyConnected", "MatMul") and info.status.name == "EXECUTED":
+            linear = info.node_type == "MatMul" or info.node_type.startswith("FullyConnected")  # ...QuantizedLegacy
+            if linear and info.status.name == "EXECUTED":
                 seen.setdefault(info.node_name, info.exec_type)
     return dict(sorted(Counter(seen.values()).items()))
 
