@@ -9,8 +9,9 @@ Two models in one run, each measured in the same process with the variants inter
 (a) the default real model, SmolLM2-135M: dense vs OWL-Wanda 70 % (``--pruned DIR``, else pruned
     here with ``.venv/bin/owl prune --recipe examples/recipes/owl_wanda.yaml``); quality too:
     WikiText-2 perplexity of every variant and greedy agreement (sparse on vs off, pruned vs dense);
-(b) a Llama-3.2-3B-shaped model (hidden 3072, intermediate 8192, 24 heads / 8 KV heads, vocab
-    128256 tied, ``--large-layers`` blocks, 28 = 3.2 B parameters), random bf16 weights (speed does
+(b) a Llama-3B-shaped model (Llama-3.2-3B's blocks: hidden 3072, intermediate 8192, 24 heads / 8 KV
+    heads; the default model's 49152-token vocabulary, untied, so NNCF quantizes lm_head too; ``--large-layers``
+    blocks, 28 = 3.12 B parameters), random bf16 weights (speed does
     not depend on the values), magnitude-pruned per row to the default model's OWL profile mapped
     onto its blocks and rescaled to 70 %. It goes through the same exporter as users
     (``owl export --format openvino``: optimum-intel conversion in bf16, NNCF int8 with one
@@ -46,7 +47,7 @@ logger = logging.getLogger("benchmark_openvino")
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Sparse neural networks are",
            "In 1905, Albert Einstein published")
 LARGE_SHAPE = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
-               "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0,
+               "vocab_size": 49152, "tie_word_embeddings": False, "rope_theta": 500000.0,
                "max_position_embeddings": 4096}
 
 
