@@ -275,6 +275,7 @@ def main() -> int:
     results["costs"]["SmolLM2-135M"] = {"dense": cost_dense, "pruned": cost_pruned}
     results["models"]["SmolLM2-135M, OWL-Wanda 70%"] = measure("SmolLM2-135M", dense_ir, pruned_ir, text_ids,
                                                               prompt_ids, args, quality=True)
+    report(results, output)  # printed as soon as it is measured: the large model takes much longer
     if not args.skip_large:
         started = time.perf_counter()
         name = f"Llama-3B shape, {args.large_layers} blocks, magnitude OWL-profile {args.target:.0%}"
@@ -286,6 +287,12 @@ def main() -> int:
                                   large=True)
         results["costs"][name] = {"build_s": round(built, 1), "dense": c1, "pruned": c2}
         results["models"][name] = measure(name, large_dense, large_pruned, text_ids, prompt_ids, args, quality=False)
+        report(results, output)
+    return 0
+
+
+def report(results: dict[str, Any], output: Path) -> None:
+    """Write the JSON and the plot, print the table (called after every model)."""
     (output / "benchmark_openvino.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     png = plot(results, output / "benchmark_openvino.png")
     print(f"\nOpenVINO {results['versions'].get('openvino')} on {results['cpu']}, AMX: {results['amx']}, "
@@ -297,8 +304,7 @@ def main() -> int:
                   f"{report['greedy']['sparse_on_equals_off']}/{report['greedy']['prompts']} prompts; pruned vs dense "
                   f"same token at {report['greedy']['pruned_vs_dense_same_tokens']:.0%} of positions")
     print(f"\ncosts: {json.dumps(results['costs'], default=str)}")
-    print(f"wrote {output / 'benchmark_openvino.json'} and {png}")
-    return 0
+    print(f"wrote {output / 'benchmark_openvino.json'} and {png}", flush=True)
 
 
 if __name__ == "__main__":
