@@ -182,7 +182,7 @@ def main() -> None:
             if allocation == "tuned":
                 rows[-1]["tune_seconds"] = tuned[sparsity][1]
                 rows[-1]["tuned_as"] = json.loads(profile.read_text())["method"]
-            tqdm.write("ROW " + json.dumps(rows[-1]))  # partial results survive an interrupted run
+            tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)  # partial results survive an interrupted run
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
