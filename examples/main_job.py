@@ -51,7 +51,8 @@ def run_validation(pruned: Path, baseline: Path, report: Path, *, serve: bool) -
     """``owl validate`` through the real command line; (exit status, report.json)."""
     engines = "transformers,vllm" + (",openvino" if OPENVINO_PYTHON.exists() else "")
     command = [sys.executable, "-m", "owl_plugin", "validate", str(pruned), "--baseline", str(baseline),
-               "--engines", engines, "--report", str(report), *(["--serve"] if serve else [])]
+               "--engines", engines, "--report", str(report), "--timeout", "7200",  # full-size settings: be patient
+               *(["--serve"] if serve else [])]
     print("      $ owl " + " ".join(command[3:]))
     status = subprocess.run(command, check=False).returncode
     path = report / "report.json"

@@ -46,10 +46,12 @@ def load(path: str):
 
     import owl_plugin.integrations.transformers  # noqa: F401 - registers owl_sparse (the autoload hook does too)
 
-    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    # ignore_mismatched_sizes: report a wrong shape by name below, rather than transformers' generic RuntimeError
+    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True,
+                                                       ignore_mismatched_sizes=True)
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        entries = sorted(str(e) for e in (info.get(kind) or ()))
+        entries = sorted(_describe(e) for e in (info.get(kind) or ()))
         if entries:
             problems.append(f"{kind.replace('_', ' ')}: {', '.join(entries[:5])}"
                             f"{f' (and {len(entries) - 5} more)' if len(entries) > 5 else ''}")
@@ -57,6 +59,14 @@ def load(path: str):
         raise ValueError(f"transformers loaded {path} only partly ({'; '.join(problems)}); those weights would be "
                          "random — the checkpoint is broken, export it again")
     return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _describe(entry: object) -> str:
+    """A loading-info entry: a key, or (key, checkpoint shape, model shape) for a size mismatch."""
+    if isinstance(entry, tuple) and len(entry) == 3:
+        key, ckpt, expected = entry
+        return f"{key} (checkpoint {list(ckpt)}, model {list(expected)})"
+    return str(entry)
 
 
 def read_back(model: torch.nn.Module, profile: SparsityProfile) -> dict[str, tuple[int, int, int]]:

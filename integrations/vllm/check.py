@@ -58,12 +58,15 @@ def _token_logprob(entry: dict[int, Any] | None, token: int) -> float | None:
     return float(entry[token].logprob)
 
 
-def _cleanup() -> None:
-    """Free one in-process engine before the next one starts."""
+def cleanup() -> None:
+    """Free in-process engines (after ``del llm``) before the next one starts; also used by ``validate``."""
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     gc.collect()
     cleanup_dist_env_and_memory()
+
+
+_cleanup = cleanup
 
 
 def _engine(model: str, args: argparse.Namespace):

@@ -22,13 +22,12 @@ costs tens of seconds on CPU):
    compact server's texts must equal the dense server's. Latency percentiles go to notes.
 
 vLLM keeps weights dense in memory (the compact format saves disk, not compute), so the speed-up
-measured here is the honest ~1.0× of dense kernels; ``check.py`` is the lower-level driver used by
-tests/test_vllm_plugin.py (log-probabilities, expected load failures).
+measured here is the honest ~1.0× of dense kernels. ``check.py`` is the lower-level driver used by
+tests/test_vllm_plugin.py (token log-probabilities, loads that must fail); both share its engine clean-up.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -45,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from owl_plugin.integrations.vllm.check import cleanup as free_engines
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.validation.checks import (
     greedy_check, perplexity_check, reference_of, run_step, runner_main, sparsity_check,
@@ -75,14 +75,6 @@ def start_engine(path: str, *, max_model_len: int, max_num_seqs: int):
 
     return LLM(model=path, dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0,
                max_num_seqs=max_num_seqs, enable_prefix_caching=False)
-
-
-def free_engines() -> None:
-    """Release in-process engines (after ``del``), so the next one can start."""
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    gc.collect()
-    cleanup_dist_env_and_memory()
 
 
 def _engine_weight(module) -> Any:
