@@ -240,6 +240,7 @@ def main() -> int:
     parser.add_argument("--pruned", default=None, help="OWL-pruned default model (default: prune it here)")
     parser.add_argument("--large-layers", type=int, default=28, help="blocks of the 3B shape (default 28 = 3.2 B)")
     parser.add_argument("--skip-large", action="store_true", help="only the default model")
+    parser.add_argument("--only-large", action="store_true", help="only the large model (needs --pruned for its profile)")
     parser.add_argument("--repetitions", type=int, default=5, help="interleaved rounds, default model (default 5)")
     parser.add_argument("--large-repetitions", type=int, default=3, help="interleaved rounds, large model")
     parser.add_argument("--decode-tokens", type=int, default=64)
@@ -270,12 +271,13 @@ def main() -> int:
     results: dict[str, Any] = {"versions": _versions(), "cpu": cpu_name(), "amx": cpu_has_amx(),
                                "threads": os.cpu_count(), "models": {}, "costs": {}}
 
-    dense_ir, cost_dense = export(dense_dir, output / "ir" / "smollm2-dense", large=False)
-    pruned_ir, cost_pruned = export(pruned_dir, output / "ir" / "smollm2-owl-0.7", large=False)
-    results["costs"]["SmolLM2-135M"] = {"dense": cost_dense, "pruned": cost_pruned}
-    results["models"]["SmolLM2-135M, OWL-Wanda 70%"] = measure("SmolLM2-135M", dense_ir, pruned_ir, text_ids,
-                                                              prompt_ids, args, quality=True)
-    report(results, output)  # printed as soon as it is measured: the large model takes much longer
+    if not args.only_large:
+        dense_ir, cost_dense = export(dense_dir, output / "ir" / "smollm2-dense", large=False)
+        pruned_ir, cost_pruned = export(pruned_dir, output / "ir" / "smollm2-owl-0.7", large=False)
+        results["costs"]["SmolLM2-135M"] = {"dense": cost_dense, "pruned": cost_pruned}
+        results["models"]["SmolLM2-135M, OWL-Wanda 70%"] = measure("SmolLM2-135M", dense_ir, pruned_ir, text_ids,
+                                                                  prompt_ids, args, quality=True)
+        report(results, output)  # printed as soon as it is measured: the large model takes much longer
     if not args.skip_large:
         started = time.perf_counter()
         name = f"Llama-3B shape, {args.large_layers} blocks, magnitude OWL-profile {args.target:.0%}"
