@@ -18,6 +18,8 @@ from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.text import calibration_batches, load_text, tokenize
 from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches
 
+import llmcompressor  # noqa: F401,I001  first: its start-up hook imports .modifiers → .base whole, not half-imported
+
 from owl_plugin.integrations.llmcompressor.base import APPLIED_PROFILES
 from owl_plugin.integrations.llmcompressor.recipe import read_recipe
 
