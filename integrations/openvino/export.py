@@ -153,8 +153,9 @@ def export_openvino(
         sparse_rate: weights with at least this fraction of zeros run the sparse kernels.
         profile: sparsity profile JSON (default ``source/sparsity_profile.json`` if present).
         overwrite: replace an existing ``output``.
-        torch_dtype: dtype the checkpoint is loaded in for the conversion (default float32;
-            ``torch.bfloat16`` halves the memory of large models).
+        torch_dtype: dtype the checkpoint is loaded in for the conversion (default float32). With
+            bfloat16 / float16 (half the memory) NNCF's int8 weights were not folded into int8
+            constants on OpenVINO 2026.4 / NNCF 3.4, and the read-back refuses the export.
 
     Returns:
         The contents written to ``owl_openvino.json``.
