@@ -23,8 +23,8 @@ from owl_plugin.integrations.llmcompressor.owl import OWLAllocationModifier
 class DLPAllocationModifier(AllocationModifier):
     """Median-Wanda-score layerwise sparsity (DLP) for the following Wanda/SparseGPT modifier.
 
-    :param dlp_band: the ratios span [S − band, S + band]; the unit with the lowest median score
-        gets S + band (default 0.08).
+    :param dlp_band: the ratios span [S − band, S + band]; the unit with the highest median score
+        (the least important) gets S + band (default 0.08).
     Plus the common fields of ``AllocationModifier`` (sparsity, targets, ignore, granularity, bounds).
     """
 

@@ -1,20 +1,24 @@
 """DLP: Dynamic Layerwise Pruning (Chen et al., ICML 2025, arXiv 2505.23807).
 
-A unit (decoder block, or one linear) whose Wanda scores are typically small matters less
-and is pruned more. DLP reads "typically" as the *median* of the unit's scores, which,
-unlike OWL's outlier count, has no threshold to pick:
+DLP measures a unit's (decoder block's, or one linear's) *unimportance* by the median of its
+Wanda scores, which, unlike OWL's outlier count, has no threshold to pick: a unit whose typical
+score is large carries its information spread over many weights and tolerates more pruning,
+while the important structure of a low-median unit sits in few large scores. So a higher
+median means more sparsity:
 
 1. Wanda score of weight W_ij (as in OWL, see ``owl_plugin.allocators.owl``):
        A_ij = |W_ij| · ‖X_j‖,  ‖X_j‖ = sqrt(mean_t x_tj²)
-2. Importance of unit l: the median of all its scores pooled together,
-       I_l = median(A)   (the lower median for an even count, as ``torch.median``)
-   DLP's unimportance U_l is a decreasing function of I_l; after the min-max map below,
-   any such affine form (e.g. U_l = 1 − I_l / Σ_k I_k) gives the same ratios.
+2. Absolute unimportance of unit l (DLP §3.2): the median of all its scores pooled together,
+       U_l = median(A)   (the lower median for an even count, as ``torch.median``)
+   DLP turns it into a relative importance, a decreasing affine function of U_l; after the
+   min-max map below any such form gives the same ratios.
 3. Allocation into the same band as OWL (DLP §3.3, with the band half-width as hyperparameter):
-       r_l = (max I − I_l) / (max I − min I) · 2·band
+       r_l = (U_l − min U) / (max U − min U) · 2·band
        s_l = S + (r_l − mean_p r)
-   so the ratios span exactly 2·band, the lowest-median unit gets the most sparsity,
-   and the parameter-weighted mean is S. Results outside the bounds are projected back.
+   so the ratios span exactly 2·band, the highest-median (least important) unit gets the
+   most sparsity, and the parameter-weighted mean is S. Results outside the bounds are
+   projected back. On SmolLM2-135M the median rises with depth, so DLP, like AlphaPruning
+   and ATP, prunes deep blocks more.
 """
 
 from __future__ import annotations
@@ -48,10 +52,10 @@ def dlp_ratios(
     band: float = 0.08,
     bounds: tuple[float, float] = (0.0, 0.99),
 ) -> Bounded:
-    """Map per-unit median Wanda scores I to sparsities (DLP, see the module docstring).
+    """Map per-unit median Wanda scores U to sparsities (DLP, see the module docstring).
 
     Args:
-        medians: I_l, the median Wanda score of each unit (higher = more important).
+        medians: U_l, the median Wanda score of each unit (higher = less important, pruned more).
         num_params: parameter count of each unit (weights of the mean).
         target: S, the parameter-weighted mean sparsity to keep.
         band: half-width of the band; ratios span 2·band (default 0.08, OWL's λ).
@@ -62,7 +66,7 @@ def dlp_ratios(
 
     Example:
         >>> dlp_ratios(np.array([1.0, 2.0, 3.0]), np.ones(3), 0.5, band=0.1).ratios
-        array([0.6, 0.5, 0.4])
+        array([0.4, 0.5, 0.6])
     """
     med = np.asarray(medians, dtype=np.float64)
     p = np.asarray(num_params, dtype=np.float64)
@@ -75,6 +79,6 @@ def dlp_ratios(
     if not np.all(np.isfinite(med)):
         raise ValueError(f"median Wanda scores contain NaN or inf: {med.tolist()}")
     spread = med.max() - med.min()
-    r = np.zeros_like(med) if spread == 0 else (med.max() - med) / spread * 2.0 * band
+    r = np.zeros_like(med) if spread == 0 else (med - med.min()) / spread * 2.0 * band
     ratios = target + (r - weighted_mean(r, p))
     return fit_to_bounds(ratios, p, target, bounds, what=f"DLP (band={band})")
