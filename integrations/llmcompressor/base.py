@@ -124,7 +124,7 @@ class AllocationModifier(Modifier):
                 raise ValueError(
                     f"sparsity={target!r} contradicts mask_structure={pruner.mask_structure!r}, which zeroes "
                     f"{structure.n} of every {structure.m} weights (sparsity {structure.ratio:g}); set "
-                    f"sparsity: {structure.ratio:g} or omit it (the allocation moves N per block around it)"
+                    f"sparsity: {structure.ratio:g} (the allocation moves N per block around it)"
                 )
         if not isinstance(target, (int, float)):
             raise ValueError(
