@@ -52,6 +52,11 @@ def register(sub) -> None:
     agree.add_argument("--seq-len", type=int, default=512, help="perplexity window length (default 512)")
     agree.add_argument("--ppl-tolerance", type=float, default=Tolerances.ppl_rel,
                        help=f"relative perplexity tolerance for fp32 (default {Tolerances.ppl_rel})")
+    agree.add_argument("--ppl-tolerance-lowp", type=float, default=Tolerances.ppl_rel_lowp,
+                       help=f"relative perplexity tolerance for bf16/int8 variants (default {Tolerances.ppl_rel_lowp})")
+    agree.add_argument("--greedy-min-prefix", type=float, default=Tolerances.greedy_lowp_min_prefix,
+                       help="bf16/int8: fraction of each greedy generation that must match before the first "
+                            f"divergence (default {Tolerances.greedy_lowp_min_prefix})")
     speed = parser.add_argument_group("speed (needs --baseline)")
     speed.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
     speed.add_argument("--repetitions", type=int, default=5, help="interleaved repetitions (default 5)")
@@ -80,7 +85,8 @@ def options_from_args(args: argparse.Namespace) -> ValidationOptions:
         pruned=Path(args.pruned), report_dir=Path(args.report), engines=parse_engines(args.engines),
         baseline=Path(resolve_model(args.baseline)) if args.baseline else None, prompts=list(args.prompts),
         max_new_tokens=args.max_new_tokens, text=args.text, ppl_windows=args.ppl_windows, seq_len=args.seq_len,
-        speed=speed, serve=serve, tolerances=Tolerances(ppl_rel=args.ppl_tolerance),
+        speed=speed, serve=serve, tolerances=Tolerances(ppl_rel=args.ppl_tolerance, ppl_rel_lowp=args.ppl_tolerance_lowp,
+                                  greedy_lowp_min_prefix=args.greedy_min_prefix),
         venvs=parse_pairs(args.venv, "--venv"), timeouts=parse_pairs(args.engine_timeout, "--engine-timeout",
                                                                      kind=float),
         timeout=args.timeout, min_speedup=parse_pairs(args.min_speedup, "--min-speedup", kind=float),
