@@ -1,7 +1,7 @@
 # owl-plugin: set-up and the two jobs.
 #   make main   build .venv (and the engine venvs), then prune SmolLM2-135M with an OWL recipe,
 #               evaluate it and write everything to runs/main/
-#   make test   build .venv and .venv-vllm, then run the test suite (what .ci/run does)
+#   make test   build .venv, .venv-vllm and .venv-openvino, then run the test suite (what .ci/run does)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
