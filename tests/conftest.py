@@ -106,3 +106,23 @@ def owl_script() -> str | None:
     """The installed ``owl`` console script next to the interpreter, if any."""
     candidate = Path(sys.executable).parent / "owl"
     return str(candidate) if candidate.is_file() else shutil.which("owl")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_path):
+    """The default model's tokenizer (for tiny random models that share its vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_path)
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path, tokenizer) -> Path:
+    """A 4-block random Llama sharing the default model's tokenizer, saved like a real checkpoint."""
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
+    folder = tmp_path / "tiny"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

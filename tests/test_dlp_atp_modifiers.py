@@ -12,7 +12,7 @@ pytest.importorskip("llmcompressor")
 from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
 from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from owl_plugin.allocate import allocate  # noqa: E402
 from owl_plugin.config import AlphaConfig, ATPConfig  # noqa: E402
@@ -21,7 +21,6 @@ from owl_plugin.integrations.llmcompressor import (  # noqa: E402
 )
 from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, prune  # noqa: E402
 from owl_plugin.layers import prunable_linears  # noqa: E402
-from owl_plugin.models import default_model_path  # noqa: E402
 from owl_plugin.profile import SparsityProfile  # noqa: E402
 from owl_plugin.verify import measured_sparsities, profile_mismatches  # noqa: E402
 
@@ -29,20 +28,6 @@ LAYERS = r"re:model\.layers\.\d+$"
 pytestmark = pytest.mark.llmcompressor
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(default_model_path())
-
-
-@pytest.fixture()
-def tiny_dir(tmp_path, tokenizer) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
-    folder = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _load(model_dir: Path):

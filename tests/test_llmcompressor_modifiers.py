@@ -20,34 +20,17 @@ from llmcompressor import oneshot  # noqa: E402
 from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
 from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from owl_plugin.integrations.llmcompressor import AlphaAllocationModifier, OWLAllocationModifier  # noqa: E402
 from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, nm_summary, prune  # noqa: E402
 from owl_plugin.integrations.llmcompressor.recipe import check_recipe_nesting  # noqa: E402
-from owl_plugin.models import default_model_path  # noqa: E402
 from owl_plugin.profile import SparsityProfile  # noqa: E402
 from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches  # noqa: E402
 
 LAYERS = r"re:model\.layers\.\d+$"
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(default_model_path())
-
-
-@pytest.fixture()
-def tiny_dir(tmp_path, tokenizer) -> Path:
-    """A 4-block random Llama sharing the default model's tokenizer, saved like a real checkpoint."""
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path / "tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _run(model_dir: Path, tokenizer, recipe, *, samples: int = 4, seq_len: int = 64):
