@@ -34,14 +34,21 @@ class _SquareMeter:
         self.tokens = 0
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1])
-        if not torch.isfinite(x).all():
-            raise ValueError(f"activations entering {self.name!r} contain NaN or inf")
-        self.sum_sq += x.double().square().sum(dim=0).cpu()
+        # one batch is summed in float32 (at most a few thousand tokens), the running total in float64;
+        # NaN/inf are caught once per block at its output (a NaN input reaches it), not per linear
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        self.sum_sq += (x * x).sum(dim=0).cpu().double()
         self.tokens += x.shape[0]
 
     def mean(self) -> torch.Tensor:
         return (self.sum_sq / max(self.tokens, 1)).float()
+
+
+def _check_finite(meters: dict[str, _SquareMeter]) -> None:
+    """Raise naming the first linear (in block order) whose inputs held NaN or inf."""
+    for name, meter in meters.items():
+        if not torch.isfinite(meter.sum_sq).all():
+            raise ValueError(f"activations entering {name!r} contain NaN or inf")
 
 
 def _to(value, device):
@@ -117,6 +124,7 @@ def collect_input_sq_means(
                     out = block(hidden.to(device), **_to(kwargs, device))
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 if not torch.isfinite(out).all():
+                    _check_finite(meters)  # name the first linear whose input went bad, if one did
                     raise ValueError(f"decoder block {name!r} produced NaN or inf activations")
                 cached[i] = (out.to(hidden.device), kwargs)
         finally:
@@ -124,6 +132,7 @@ def collect_input_sq_means(
                 handle.remove()
             if device is not None:
                 block.to(home)
+        _check_finite(meters)
         for n, meter in meters.items():
             means[n] = meter.mean()
         logger.debug("collected statistics for %s (%d linears)", name, len(meters))
