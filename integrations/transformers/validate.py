@@ -30,7 +30,9 @@ from typing import Any
 import torch
 
 from owl_plugin.profile import SparsityProfile
-from owl_plugin.validation.checks import greedy_check, perplexity_check, run_step, runner_main, sparsity_check
+from owl_plugin.validation.checks import (
+    checkpoints_to_load, greedy_check, perplexity_check, run_step, runner_main, sparsity_check,
+)
 from owl_plugin.validation.protocol import EngineRequest, EngineResult
 from owl_plugin.validation.timing import interleaved, speed_rows
 
@@ -146,11 +148,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     profile = SparsityProfile.load(request.pruned)
     models: dict[str, Any] = {}
     tokenizer = None
-    for name, path in (("pruned", request.pruned), ("compact", request.compact), ("baseline", request.baseline)):
-        if path is None:
-            if name == "compact":
-                result.add("loads/compact", False, "no compact export to load (the suite's export failed)")
-            continue
+    for name, path in checkpoints_to_load(request, result):
         started = time.perf_counter()
         loaded = run_step(result, f"loads/{name}", lambda p=path: load(p))
         if loaded is None:

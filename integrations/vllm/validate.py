@@ -47,7 +47,7 @@ from typing import Any
 from owl_plugin.integrations.vllm.check import cleanup as free_engines
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.validation.checks import (
-    greedy_check, perplexity_check, reference_of, run_step, runner_main, sparsity_check,
+    checkpoints_to_load, greedy_check, perplexity_check, reference_of, run_step, runner_main, sparsity_check,
 )
 from owl_plugin.validation.protocol import EngineRequest, EngineResult, ServeSettings
 from owl_plugin.validation.timing import interleaved, speed_rows
@@ -386,11 +386,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     engines: dict[str, Any] = {}
     digests: dict[str, dict[str, str]] = {}
     keep = {"compact", "baseline"} if request.speed else set()
-    for name, path in (("pruned", request.pruned), ("compact", request.compact), ("baseline", request.baseline)):
-        if path is None:
-            if name == "compact":
-                result.add("loads/compact", False, "no compact export to load (the suite's export failed)")
-            continue
+    for name, path in checkpoints_to_load(request, result):
         started = time.perf_counter()
         llm = run_step(result, f"loads/{name}", lambda p=path: start_engine(p, max_model_len=max_model_len,
                                                                           max_num_seqs=seqs))

@@ -165,6 +165,18 @@ def perplexity_check(result: EngineResult, name: str, ppl: float, reference: flo
     return passed
 
 
+def checkpoints_to_load(request: EngineRequest, result: EngineResult) -> list[tuple[str, str]]:
+    """(name, path) of the pruned, compact and baseline checkpoints an engine loads, in that order.
+
+    A missing compact export (the suite's export failed) is recorded as a failed ``loads/compact``
+    check here, so every engine reports it the same way; a missing baseline is simply skipped.
+    """
+    if request.compact is None:
+        result.add("loads/compact", False, "no compact export to load (the suite's export failed)")
+    named = (("pruned", request.pruned), ("compact", request.compact), ("baseline", request.baseline))
+    return [(name, path) for name, path in named if path is not None]
+
+
 def reference_of(request: EngineRequest, model: str) -> Mapping[str, Any] | None:
     """The transformers reference entry of ``model`` (``pruned`` / ``baseline``), or None."""
     if not request.reference:
