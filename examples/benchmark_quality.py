@@ -10,9 +10,9 @@ second half of the same WikiText-2 file, disjoint from the evaluation windows (o
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda
 
 Each configuration runs in its own process (clean llmcompressor session, honest peak memory),
-after one untimed warm-up prune. At 70% a 135M model is chaotic: the same algorithm with float
-sums taken in another order (llmcompressor vs a reference loop; masks agree to >99% in the first
-blocks, ~92% by the last) moved uniform Wanda's perplexity from 490 to 552. ``--seeds`` repeats every
+after one untimed warm-up prune. At 70% a 135M model is chaotic: float rounding alone (the same
+sort with Σx² divided by the token count or not, in ``reference_wanda_loop.py``) moved uniform
+Wanda's perplexity from 494 to 553. ``--seeds`` repeats every
 row on other calibration draws and adds a table of medians, each draw compared with uniform on
 the same draw:
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,7 +151,7 @@ def main() -> None:
                              "At 70%% a 135M model's perplexity swings by 10-20%% between draws, so compare medians")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed warm-up prune (the first process on a machine pays one-off costs: "
-                             "measured 194 s for a uniform prune that took ~80 s once warm)")
+                             "measured 194 s for a uniform prune that took ~50 s once warm)")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--plot", default=None, help="also draw perplexity vs sparsity to this PNG")
@@ -218,7 +219,7 @@ def main() -> None:
             same = [d for d in defaults if key(d) == key(r)]
             if same:
                 ref = min(same, key=lambda d: d["ppl"])
-                print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r.get('seed', 0)} | {r['tuned_as']} | {r['ppl']:.2f} | {ref['allocation']} "
+                print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['seed']} | {r['tuned_as']} | {r['ppl']:.2f} | {ref['allocation']} "
                       f"| {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} | {r['tune_seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -228,7 +229,7 @@ def main() -> None:
 
 def key(row: dict) -> tuple:
     """What a row is compared within: same pruner, sparsity, structure and calibration draw."""
-    return row["pruner"], row["sparsity"], row.get("structure"), row.get("seed", 0)
+    return row["pruner"], row["sparsity"], row.get("structure"), row["seed"]
 
 
 def label(row: dict) -> str:
@@ -245,14 +246,12 @@ def print_rows(rows: list[dict]) -> None:
         ref = base.get(key(r))
         vs = f"{r['ppl'] / ref['ppl'] - 1:+.1%}" if ref else "–"
         tv = f"{r['seconds'] / ref['seconds']:.2f}×" if ref else "–"
-        print(f"| {label(r)} | {r['pruner']} | {r['allocation']} | {r.get('seed', 0)} | {r['ppl']:.2f} | {vs} | "
+        print(f"| {label(r)} | {r['pruner']} | {r['allocation']} | {r['seed']} | {r['ppl']:.2f} | {vs} | "
               f"{r['measured']:.4f} | {r['seconds']:.0f} | {tv} | {r['peak_mib']:.0f} |")
 
 
 def print_seed_summary(rows: list[dict]) -> None:
     """Medians over calibration draws: perplexity, per-draw ratio to uniform (and its range), time ratio."""
-    import statistics
-
     base = {key(r): r for r in rows if r["allocation"] == "uniform"}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -280,8 +279,6 @@ def plot_rows(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    import statistics
-
     lines: dict[tuple[str, str], dict[float, list[float]]] = {}
     for r in rows:
         if not r.get("structure"):
