@@ -29,7 +29,7 @@ from owl_plugin.evaluation import perplexity
 from owl_plugin.layers import find_decoder_blocks, find_linears, prunable_linears
 from owl_plugin.models import load_model
 from owl_plugin.paths import default_eval_text
-from owl_plugin.statistics import _capture_block_inputs, collect_input_sq_means
+from owl_plugin.statistics import capture_block_inputs, collect_input_sq_means
 from owl_plugin.text import calibration_batches, load_text, tokenize
 
 
@@ -41,7 +41,7 @@ def sequential_wanda(model, batches, ratios: dict[str, float], *, per_token: boo
     different float rounding (which, at 70%, is enough to move perplexity by >10%).
     """
     prefix, blocks = find_decoder_blocks(model)
-    cached = _capture_block_inputs(model, blocks[0], batches)
+    cached = capture_block_inputs(model, blocks[0], batches)
     for index, block in enumerate(blocks):
         linears = find_linears(block, f"{prefix}.{index}")
         sums = {name: torch.zeros(m.in_features, dtype=torch.float64) for name, m in linears.items()}

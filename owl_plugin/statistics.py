@@ -62,7 +62,16 @@ def _to(value, device):
     return value
 
 
-def _capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[torch.Tensor]):
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[torch.Tensor]
+) -> list[tuple[torch.Tensor, dict]]:
+    """The hidden states and keyword arguments (attention mask, position embeddings, ...) that enter
+    ``first_block`` for each batch, one (hidden, kwargs) pair per batch.
+
+    The forward pass stops at the block (a hook raises), so only the embeddings run. Layer-at-a-time
+    loops (these statistics, a sequential pruner) feed each block these inputs and the previous
+    block's outputs.
+    """
     cached: list[tuple[torch.Tensor, dict]] = []
 
     def hook(module, args, kwargs):
@@ -105,7 +114,7 @@ def collect_input_sq_means(
     if len(batches) == 0:
         raise ValueError("calibration data is empty: need at least one batch of token ids")
     prefix, blocks = find_decoder_blocks(model)
-    cached = _capture_block_inputs(model, blocks[0], batches)
+    cached = capture_block_inputs(model, blocks[0], batches)
     if len(cached) != len(batches):
         raise RuntimeError(f"captured inputs for {len(cached)} of {len(batches)} batches at {prefix}.0")
     means: dict[str, torch.Tensor] = {}

@@ -1,7 +1,7 @@
 """Export a pruned checkpoint to an int8 OpenVINO IR whose sparse weights run sparse kernels.
 
     python -m owl_plugin.integrations.openvino.export PRUNED_DIR --output DIR
-        [--calibration wikitext.txt|pydoc|FILE] [--num-samples 64] [--seq-len 128] [--sparse-rate 0.5]
+        [--calibration pydoc|FILE] [--num-samples 64] [--seq-len 128] [--sparse-rate 0.5]
 
 (``owl export PRUNED_DIR --format openvino --output DIR`` runs this in ``.venv-openvino``.)
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from owl_plugin.profile import PROFILE_FILENAME, SparsityProfile
+from owl_plugin.text import PYDOC
 
 from owl_plugin.integrations.openvino.sparse import DEFAULT_RATE, RATE_KEY, check_rate, ov_config
 
@@ -146,7 +147,8 @@ def export_openvino(
     Args:
         source: the pruned (or dense) checkpoint folder.
         output: the folder to create.
-        calibration: activation-range text (file or ``"pydoc"``); default WikiText-2 validation.
+        calibration: activation-range text (file or ``"pydoc"``); default ``"pydoc"`` (Python's own
+            documentation), disjoint from the WikiText-2 text perplexity is measured on.
         num_samples: calibration windows.
         seq_len: tokens per window.
         seed: window sampling seed.
@@ -163,7 +165,6 @@ def export_openvino(
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoTokenizer
 
-    from owl_plugin.paths import default_eval_text
     from owl_plugin.staging import publish, staged_folder
 
     from owl_plugin.integrations.openvino.quantize import quantize_int8
@@ -180,7 +181,7 @@ def export_openvino(
     sparsity_profile = SparsityProfile.load(profile_path) if profile_path.is_file() else None
     if profile and sparsity_profile is None:
         raise FileNotFoundError(f"sparsity profile {profile} does not exist")
-    calibration = str(calibration or default_eval_text())
+    calibration = str(calibration or PYDOC)
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     windows = _calibration_windows(calibration, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
@@ -219,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("source", metavar="PRUNED_DIR", help="checkpoint folder (pruned, with sparsity_profile.json)")
     parser.add_argument("--output", "-o", required=True, help="IR folder to create (atomically)")
     parser.add_argument("--calibration", default=None, metavar="SOURCE",
-                        help="local .txt/.json/.jsonl or 'pydoc' (default: WikiText-2 validation)")
+                        help="local .txt/.json/.jsonl or 'pydoc' (default: pydoc, disjoint from the evaluation text)")
     parser.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
     parser.add_argument("--seed", type=int, default=0)
