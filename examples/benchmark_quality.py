@@ -19,6 +19,11 @@ the same draw:
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform owl alpha \
         --num-samples 16 --seeds 0 1 2
 
+Draws or allocations run separately (``--json`` each) print as one table, medians included, with
+``--merge``; a run given twice, or rows of different ``--num-samples``, are refused:
+
+    python examples/benchmark_quality.py --merge draws01.json draw2.json
+
 ``--nm 4:8`` adds N:M rows: uniform 4:8 against OWL's mixed N:M (one N per block, reference
 ``wanda_owl_structure``; λ from --nm-owl-lambda); their "measured sparsity" is the achieved mean,
 which rounding N per block moves off N/M.
@@ -154,6 +159,9 @@ def main() -> None:
                              "measured 194 s for a uniform prune that took ~50 s once warm)")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="prune nothing: print the tables of rows saved by earlier runs with --json (draws or "
+                             "allocations run separately), medians included")
     parser.add_argument("--plot", default=None, help="also draw perplexity vs sparsity to this PNG")
     parser.add_argument("--nm", default=None, metavar="N:M",
                         help="also run N:M rows (e.g. 4:8): uniform N:M vs mixed N:M from --nm-allocations")
@@ -169,6 +177,13 @@ def main() -> None:
     parser.add_argument("--tune-heldout-seq-len", type=int, default=512,
                         help="owl tune held-out window length (default 512)")
     args = parser.parse_args()
+    if args.merge:
+        rows = merge(args.merge)
+        print(f"\nRows merged from {', '.join(args.merge)}\n")
+        print_tables(rows)
+        if args.plot:
+            plot_rows(rows, Path(args.plot))
+        return
     args.text = str(args.text or default_eval_text())
 
     with tempfile.TemporaryDirectory(prefix="owl-bench-") as tmp:
@@ -189,7 +204,8 @@ def main() -> None:
             run(jobs[0][1], "uniform", 0.5, args, work, num_samples=2)
         rows, tuned = [], {}
         for seed, pruner, allocation, sparsity, *nm in tqdm(jobs, desc="prune + evaluate", unit="run"):
-            row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity}
+            row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity,
+                   "num_samples": args.num_samples}
             if nm:
                 rows.append({**row, "structure": nm[0], **run(pruner, allocation, sparsity, args, work,
                                                              structure=nm[0], seed=seed)})
@@ -207,8 +223,17 @@ def main() -> None:
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
           f" tokens from the second half of the file, window seeds {' '.join(map(str, args.seeds))}\n")
+    print_tables(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        plot_rows(rows, Path(args.plot))
+
+
+def print_tables(rows: list[dict]) -> None:
+    """The per-run table, the median summary when there are several draws, and the tuned-vs-default table."""
     print_rows(rows)
-    if len(args.seeds) > 1:
+    if len({r["seed"] for r in rows}) > 1:
         print_seed_summary(rows)
     defaults = [r for r in rows if r["allocation"] in ("owl", "alpha") and not r.get("structure")]
     if any(r["allocation"] == "tuned" for r in rows) and defaults:
@@ -221,15 +246,33 @@ def main() -> None:
                 ref = min(same, key=lambda d: d["ppl"])
                 print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['seed']} | {r['tuned_as']} | {r['ppl']:.2f} | {ref['allocation']} "
                       f"| {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} | {r['tune_seconds']:.0f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    if args.plot:
-        plot_rows(rows, Path(args.plot))
+
+
+def merge(paths: list[str]) -> list[dict]:
+    """Rows from earlier ``--json`` outputs (e.g. draws or allocations run separately), in file order.
+
+    A (pruner, sparsity, structure, seed, allocation) run given twice, or rows of different
+    calibration sizes, are errors: which ones to compare would be a choice, and the tables must
+    not make it silently.
+    """
+    rows, seen = [], {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text()):
+            ident = (*key(row), row["allocation"])
+            if ident in seen:
+                raise SystemExit(f"--merge: {path} repeats the run {ident} already read from {seen[ident]}")
+            seen[ident] = path
+            rows.append(row)
+    sizes = {row.get("num_samples") for row in rows}
+    if len(sizes) > 1:
+        raise SystemExit(f"--merge: the rows come from different calibration sizes {sorted(map(str, sizes))}; "
+                         "merge one size at a time")
+    return rows
 
 
 def key(row: dict) -> tuple:
-    """What a row is compared within: same pruner, sparsity, structure and calibration draw."""
-    return row["pruner"], row["sparsity"], row.get("structure"), row["seed"]
+    """What a row is compared within: same pruner, sparsity, structure and calibration draw (seed and size)."""
+    return row["pruner"], row["sparsity"], row.get("structure"), row["seed"], row.get("num_samples")
 
 
 def label(row: dict) -> str:

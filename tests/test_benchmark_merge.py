@@ -1,0 +1,44 @@
+"""``examples/benchmark_quality.py --merge``: draws run separately print as one table, never a silent mix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "benchmark_quality.py"
+
+
+def row(seed: int, allocation: str, ppl: float, seconds: float, num_samples: int = 64) -> dict:
+    return {"seed": seed, "pruner": "wanda", "allocation": allocation, "sparsity": 0.7, "num_samples": num_samples,
+            "ppl": ppl, "seconds": seconds, "peak_mib": 1200.0, "measured": 0.6992}
+
+
+def merge(*files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--merge", *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_draws_from_separate_runs_give_one_median_table(tmp_path: Path) -> None:
+    first, second = tmp_path / "draws01.json", tmp_path / "draw2.json"
+    first.write_text(json.dumps([row(0, "uniform", 500.0, 100), row(0, "owl", 400.0, 130),
+                                 row(1, "uniform", 600.0, 100), row(1, "owl", 420.0, 120)]))
+    second.write_text(json.dumps([row(2, "owl", 270.0, 150), row(2, "uniform", 300.0, 100)]))
+    result = merge(first, second)
+    assert result.returncode == 0, result.stderr
+    # each draw against uniform of the same draw: -20%, -30%, -10% → median -20%; times 1.3, 1.2, 1.5 → 1.30×
+    assert "| 70% | wanda | owl | 2 | 270.00 | -10.0% | 0.6992 | 150 | 1.50× | 1200 |" in result.stdout
+    assert "| 70% | wanda | owl | 3 | 400.00 | -20.0% | -30.0% … -10.0% | 1.30× |" in result.stdout
+
+
+def test_a_run_given_twice_or_mixed_calibration_sizes_are_refused(tmp_path: Path) -> None:
+    once, other_size = tmp_path / "once.json", tmp_path / "sixteen.json"
+    once.write_text(json.dumps([row(0, "uniform", 500.0, 100), row(0, "owl", 400.0, 130)]))
+    other_size.write_text(json.dumps([row(1, "uniform", 90.0, 50, num_samples=16)]))
+    twice = merge(once, once)
+    assert twice.returncode == 1
+    assert f"{once} repeats the run ('wanda', 0.7, None, 0, 64, 'uniform') already read from {once}" in twice.stderr
+    mixed = merge(once, other_size)
+    assert mixed.returncode == 1 and "different calibration sizes ['16', '64']" in mixed.stderr
