@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     openvino = export.add_argument_group("--format openvino (int8 weights and activations, NNCF)")
     openvino.add_argument("--calibration", default=None, metavar="SOURCE",
                           help="activation-range calibration text: local .txt/.json/.jsonl or 'pydoc' "
-                               "(default: WikiText-2 validation)")
+                               "(default: pydoc, disjoint from the evaluation text)")
     openvino.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     openvino.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default 128)")
     openvino.add_argument("--openvino-venv", default=None, metavar="DIR",
