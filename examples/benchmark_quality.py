@@ -34,6 +34,7 @@ The ``tuned`` row first runs ``owl tune default --method all`` on the *calibrati
 (held-out windows from its tail; the evaluation file is hidden from it via OWL_EVAL_TEXT), then
 prunes with the best profile through ``ProfileAllocationModifier``. A second table compares
 tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
+``--tune-refine G`` adds G generations of block-by-block refinement (``owl tune --refine``).
 
     python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
         --allocations uniform owl alpha dlp atp tuned
@@ -112,7 +113,8 @@ def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
         [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", "all", "--sparsity", str(sparsity),
          "--budget", str(args.tune_budget), "--calibration", args.dataset, "--num-samples", str(args.tune_samples),
          "--seq-len", str(args.tune_seq_len), "--heldout-windows", str(args.tune_heldout_windows),
-         "--heldout-seq-len", str(args.tune_heldout_seq_len), "--output", str(output)],
+         "--heldout-seq-len", str(args.tune_heldout_seq_len), "--refine", str(args.tune_refine),
+         "--output", str(output)],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
@@ -171,6 +173,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (default 40)")
     parser.add_argument("--eval-seq-len", type=int, default=512, help="evaluation window length (default 512)")
     parser.add_argument("--tune-budget", type=int, default=6, help="owl tune candidates per method (default 6)")
+    parser.add_argument("--tune-refine", type=int, default=0, metavar="G",
+                        help="owl tune --refine generations after its grid (default 0: off)")
     parser.add_argument("--tune-samples", type=int, default=32, help="owl tune statistics windows (default 32)")
     parser.add_argument("--tune-seq-len", type=int, default=512, help="owl tune statistics window length (default 512)")
     parser.add_argument("--tune-heldout-windows", type=int, default=8, help="owl tune held-out windows (default 8)")
@@ -217,7 +221,10 @@ def main() -> None:
             rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed)})
             if allocation == "tuned":
                 rows[-1]["tune_seconds"] = tuned[sparsity][1]
-                rows[-1]["tuned_as"] = json.loads(profile.read_text())["method"]
+                saved = json.loads(profile.read_text())
+                rows[-1]["tuned_as"] = saved["method"] + (f" from {saved['params']['from']['method']}"
+                                                          if saved["method"] == "refined" else "")
+                rows[-1]["tune_refine"] = args.tune_refine
             tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)  # partial results survive an interrupted run
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "

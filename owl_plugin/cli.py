@@ -122,6 +122,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from owl_plugin.models import load_model
     from owl_plugin.text import load_text, tokenize
     from owl_plugin.tuning.report import markdown_table, write_outputs
+    from owl_plugin.tuning.refine import RefineSettings
     from owl_plugin.tuning.search import TuneSettings, tune
     from owl_plugin.tuning.space import METHODS
 
@@ -131,10 +132,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         heldout_seq_len=args.heldout_seq_len, heldout_fraction=args.heldout_fraction, seed=args.seed,
         granularity=args.granularity or "block", bounds=tuple(args.bounds or (0.0, 0.99)),
     )
+    refine = RefineSettings(generations=args.refine, step=args.refine_step, offspring=args.refine_offspring,
+                            seed=args.refine_seed)
     model, tokenizer = load_model(args.model)
     ids = tokenize(tokenizer, load_text(args.calibration))
     result = tune(model, ids, target=args.sparsity, methods=methods, budget=args.budget, settings=settings,
-                  cache_root=args.cache, provenance={"calibration": {"source": str(args.calibration)}})
+                  cache_root=args.cache, provenance={"calibration": {"source": str(args.calibration)}},
+                  refine=refine)
     output = write_outputs(result, args.output)
     where = "loaded from the cache" if result.statistics_cached else "collected and cached"
     print(f"statistics: {where} ({result.cache_folder})")
@@ -297,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--heldout-seq-len", type=int, default=512, help="tokens per held-out window (default 512)")
     held.add_argument("--heldout-fraction", type=_fraction, default=0.1,
                       help="share of the calibration text kept out of the statistics (default 0.1)")
+    evo = tune.add_argument_group("refinement: let every block move (evolutionary search from the best candidate)")
+    evo.add_argument("--refine", type=int, default=0, metavar="G",
+                     help="generations of block-by-block refinement after the grid (default 0: off); "
+                          "each costs one full proxy score plus cheap screening of its offspring")
+    evo.add_argument("--refine-step", type=float, default=0.02, metavar="DELTA",
+                     help="sparsity one move shifts between two blocks (default 0.02)")
+    evo.add_argument("--refine-offspring", type=int, default=4, metavar="K",
+                     help="offspring per generation, ranked on the first held-out windows (default 4)")
+    evo.add_argument("--refine-seed", type=int, default=0, help="seed of the moves (default 0)")
     tune.add_argument("--cache", default=None, metavar="DIR",
                       help="statistics cache root (default $OWL_PLUGIN_CACHE or ~/.cache/owl_plugin)")
     tune.add_argument("--output", "-o", default="owl-tune", help="output folder (default ./owl-tune)")

@@ -20,6 +20,7 @@ and, for reference, the pruned model's perplexity on the same held-out tokens.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -97,6 +98,15 @@ class WandaProxy:
                 # rank order fits in int16 for rows up to 32767 weights: a third of the memory of int64
                 self.order[name] = order.to(torch.int16 if weight.shape[1] <= 32767 else torch.int32)
                 self.dense[name] = weight.clone()
+
+    def on_first(self, windows: int) -> WandaProxy:
+        """The same proxy scored on the first ``windows`` held-out windows only (masks and weights shared)."""
+        if not 1 <= windows <= len(self.windows):
+            raise ValueError(f"windows={windows!r} must be in [1, {len(self.windows)}] (the held-out windows)")
+        subset = copy.copy(self)
+        subset.windows = self.windows[:windows]
+        subset.reference = {k: v[:windows] for k, v in self.reference.items()}
+        return subset
 
     @torch.no_grad()
     def _apply(self, ratios: Mapping[str, float]) -> None:

@@ -23,7 +23,8 @@ from owl_plugin.tuning.proxy import PROXY_NAME
 from owl_plugin.tuning.search import TuneResult, block_spread, ranked, uniform_record
 from owl_plugin.tuning.space import PLOT_AXIS
 
-SHOWN_PARAMS = {"owl": ("m", "lam"), "alpha": ("epsilon", "xmin"), "dlp": ("band",), "atp": ("beta",), "uniform": ()}
+SHOWN_PARAMS = {"owl": ("m", "lam"), "alpha": ("epsilon", "xmin"), "dlp": ("band",), "atp": ("beta",), "uniform": (),
+                "refined": ("from", "generations", "step")}
 
 
 def describe(record: Mapping[str, Any]) -> str:
@@ -47,17 +48,29 @@ def markdown_table(result: TuneResult) -> str:
 
 
 def plot_scores(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Score versus each method's main hyperparameter (other parameters as separate lines)."""
+    """Score versus each method's main hyperparameter (other parameters as separate lines), and, after
+    a refinement, the best score versus generation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = [m for m in PLOT_AXIS if any(r["method"] == m for r in records)]
+    refined = next((r for r in records if r["method"] == "refined"), None)
+    panels = len(methods) + (refined is not None)
     base = uniform_record(records)
     best = min(records, key=lambda r: r["kl"])
-    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(4.2 * max(len(methods), 1), 3.6), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.2 * max(panels, 1), 3.6), dpi=110, squeeze=False)
+    if refined is not None:
+        ax = axes[0][-1]
+        ax.plot(range(len(refined["history"])), refined["history"], marker=".", label=f"from {refined['params']['from']}")
+        if base:
+            ax.axhline(base["kl"], color="grey", linestyle="--", linewidth=1, label="uniform")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("KL(dense ‖ pruned), best so far")
+        ax.set_title(f"refined ({refined['accepted']} moves kept)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     for ax, method in zip(axes[0], methods):
         axis = PLOT_AXIS[method]
         mine = [r for r in records if r["method"] == method]

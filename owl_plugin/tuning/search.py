@@ -7,7 +7,9 @@
 3. For the uniform reference and each candidate (``owl_plugin.tuning.space``): allocate from the
    cached statistics, prune with Wanda masks, score by KL against the dense model on the held-out
    windows (``owl_plugin.tuning.proxy``), append to the resumable log (``owl_plugin.tuning.log``).
-4. The best candidate is the one with the lowest KL.
+4. Optionally (``refine``), let every block move: an evolutionary search starting from the
+   best candidate, scored by the same proxy (``owl_plugin.tuning.refine``).
+5. The best candidate is the one with the lowest KL.
 
 ``budget`` is the number of candidates *per method* (the uniform reference is extra).
 """
@@ -35,6 +37,7 @@ from owl_plugin.statistics import collect_input_sq_means
 from owl_plugin.tuning.cache import StatisticsCache, cache_key, model_fingerprint, tokens_fingerprint
 from owl_plugin.tuning.log import CandidateLog, candidate_id
 from owl_plugin.tuning.proxy import PROXY_NAME, WandaProxy, dense_reference
+from owl_plugin.tuning.refine import RefineSettings, block_view, evolve, shifted
 from owl_plugin.tuning.space import METHODS, candidates
 
 logger = logging.getLogger(__name__)
@@ -139,6 +142,7 @@ def tune(
     cache_root: str | Path | None = None,
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
+    refine: RefineSettings | None = None,
 ) -> TuneResult:
     """Search the hyperparameters of ``methods`` for ``model`` at target sparsity ``target``.
 
@@ -151,6 +155,8 @@ def tune(
         settings: split and proxy sizes (``TuneSettings``).
         cache_root: cache root (default ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin``).
         provenance: extra facts recorded in the best profile's params (e.g. the calibration source).
+        refine: when given with ``generations > 0``, refine the best candidate block by block
+            (``owl_plugin.tuning.refine``); the result is one more candidate, ``refined``.
 
     Returns:
         ``TuneResult`` with every candidate's record, the best one and its profile.
@@ -214,13 +220,62 @@ def tune(
     best = min(records, key=lambda r: r["kl"])
     best_config = next(c for c in configs if candidate_id(c.method, {**config_params(c), "target": target}) ==
                        best["id"])
-    profile = _profile(blocks, target, best_config, stats, alphas, provenance={
-        **(provenance or {}),
-        "tuned": {"proxy": PROXY_NAME, "kl": best["kl"], "heldout_ppl": best["ppl"], "budget": budget,
-                  "methods": methods, "candidates": len(records), "settings": asdict(settings)},
-    })
+    start = _profile(blocks, target, best_config, stats, alphas)
+    if refine is not None and refine.generations:
+        refined_record, refined = _refine(start, best, proxy, refine, cache, progress)
+        records.append(refined_record)
+        best = min(records, key=lambda r: r["kl"])
+    tuned = {"proxy": PROXY_NAME, "kl": best["kl"], "heldout_ppl": best["ppl"], "budget": budget,
+             "methods": methods, "candidates": len(records), "settings": asdict(settings)}
+    if best["method"] == "refined":
+        profile = shifted(start, *refined, method="refined", params={
+            "from": {"method": start.method, **dict(start.params)}, "refine": asdict(refine),
+            **(provenance or {}), "tuned": tuned})
+    else:
+        profile = _profile(blocks, target, best_config, stats, alphas, provenance={**(provenance or {}),
+                                                                                   "tuned": tuned})
     return TuneResult(target=target, records=records, best=best, profile=profile, cache_folder=cache.folder,
                       cached=cached, proxy=describe_proxy(settings))
+
+
+def _refine(start: SparsityProfile, start_record: Mapping[str, Any], proxy: WandaProxy, refine: RefineSettings,
+            cache: StatisticsCache, progress: bool) -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
+    """Evolve ``start`` block by block; (its candidate record, (block names, refined ratios)).
+
+    Every full and screening score goes to ``refine-<target>.jsonl`` keyed by the block ratios,
+    so a rerun replays the same (seeded) search from the log and resumes where it stopped.
+    """
+    names, ratios, sizes, lower, upper = block_view(start)
+    target = start.target
+    log = CandidateLog(cache.path(f"refine-{target:.6g}.jsonl"))
+    screening = proxy.on_first(min(refine.screen_windows, len(proxy.windows)))
+    began = time.perf_counter()
+
+    def scorer(scope: str, judge: WandaProxy):
+        def score(candidate: np.ndarray) -> float:
+            cid = candidate_id("refined", {"target": target, "windows": scope,
+                                           "blocks": [round(float(x), 9) for x in candidate]})
+            record = log.get(cid)
+            if record is None:
+                result = judge.score(shifted(start, names, candidate))
+                record = {"id": cid, "kl": result.kl, "ppl": result.ppl}
+                log.add(record)
+            return record["kl"]
+        return score
+
+    found = evolve(ratios, sizes, lower, upper, score=scorer("all", proxy),
+                   screen=scorer(f"first {len(screening.windows)}", screening),
+                   settings=refine, start_score=start_record["kl"], progress=progress)
+    final_id = candidate_id("refined", {"target": target, "windows": "all",
+                                        "blocks": [round(float(x), 9) for x in found.ratios]})
+    ppl = log.get(final_id)["ppl"] if found.accepted else start_record["ppl"]
+    params = {"from": start_record["method"], "from_params": start_record["params"], **asdict(refine)}
+    record = {"id": candidate_id("refined", {"target": target, "from": start_record["id"], **asdict(refine)}),
+              "method": "refined", "params": params, "target": target, "kl": found.score, "ppl": ppl,
+              "seconds": time.perf_counter() - began, "projected": start.projected,
+              "blocks": [float(x) for x in found.ratios], "history": [found.start_score, *found.history],
+              "accepted": found.accepted}
+    return record, (names, found.ratios)
 
 
 def _profile(blocks, target, config, stats, alphas, provenance=None) -> SparsityProfile:
