@@ -192,6 +192,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="owl-bench-") as tmp:
         work = Path(tmp)
+        calibration = args.dataset  # recorded in the rows when it is not the default
         if args.dataset is None:
             full = Path(args.text).read_text()
             args.dataset = str(work / "calibration.txt")
@@ -209,7 +210,7 @@ def main() -> None:
         rows, tuned = [], {}
         for seed, pruner, allocation, sparsity, *nm in tqdm(jobs, desc="prune + evaluate", unit="run"):
             row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity,
-                   "num_samples": args.num_samples}
+                   "num_samples": args.num_samples, **({"calibration": calibration} if calibration else {})}
             if nm:
                 rows.append({**row, "structure": nm[0], **run(pruner, allocation, sparsity, args, work,
                                                              structure=nm[0], seed=seed)})
@@ -229,7 +230,7 @@ def main() -> None:
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
-          f" tokens from the second half of the file, window seeds {' '.join(map(str, args.seeds))}\n")
+          f" tokens from {calibration or 'the second half of the file'}, window seeds {' '.join(map(str, args.seeds))}\n")
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -259,7 +260,7 @@ def merge(paths: list[str]) -> list[dict]:
     """Rows from earlier ``--json`` outputs (e.g. draws or allocations run separately), in file order.
 
     A (pruner, sparsity, structure, seed, allocation) run given twice, or rows of different
-    calibration sizes, are errors: which ones to compare would be a choice, and the tables must
+    calibration sizes or texts, are errors: which ones to compare would be a choice, and the tables must
     not make it silently.
     """
     rows, seen = [], {}
@@ -274,12 +275,17 @@ def merge(paths: list[str]) -> list[dict]:
     if len(sizes) > 1:
         raise SystemExit(f"--merge: the rows come from different calibration sizes {sorted(map(str, sizes))}; "
                          "merge one size at a time")
+    texts = {row.get("calibration") or "second half of the evaluation file" for row in rows}
+    if len(texts) > 1:
+        raise SystemExit(f"--merge: the rows come from different calibration texts {sorted(texts)}; "
+                         "merge one text at a time")
     return rows
 
 
 def key(row: dict) -> tuple:
-    """What a row is compared within: same pruner, sparsity, structure and calibration draw (seed and size)."""
-    return row["pruner"], row["sparsity"], row.get("structure"), row["seed"], row.get("num_samples")
+    """What a row is compared within: same pruner, sparsity, structure and calibration draw (text, seed, size)."""
+    return (row["pruner"], row["sparsity"], row.get("structure"), row["seed"], row.get("num_samples"),
+            row.get("calibration"))
 
 
 def label(row: dict) -> str:

@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "benchmark_quality.py"
 
 
-def row(seed: int, allocation: str, ppl: float, seconds: float, num_samples: int = 64) -> dict:
+def row(seed: int, allocation: str, ppl: float, seconds: float, num_samples: int = 64, **extra) -> dict:
     return {"seed": seed, "pruner": "wanda", "allocation": allocation, "sparsity": 0.7, "num_samples": num_samples,
-            "ppl": ppl, "seconds": seconds, "peak_mib": 1200.0, "measured": 0.6992}
+            "ppl": ppl, "seconds": seconds, "peak_mib": 1200.0, "measured": 0.6992, **extra}
 
 
 def merge(*files: Path) -> subprocess.CompletedProcess:
@@ -33,12 +33,17 @@ def test_draws_from_separate_runs_give_one_median_table(tmp_path: Path) -> None:
     assert "| 70% | wanda | owl | 3 | 400.00 | -20.0% | -30.0% … -10.0% | 1.30× |" in result.stdout
 
 
-def test_a_run_given_twice_or_mixed_calibration_sizes_are_refused(tmp_path: Path) -> None:
+def test_a_run_given_twice_or_mixed_calibration_sizes_or_texts_are_refused(tmp_path: Path) -> None:
     once, other_size = tmp_path / "once.json", tmp_path / "sixteen.json"
     once.write_text(json.dumps([row(0, "uniform", 500.0, 100), row(0, "owl", 400.0, 130)]))
     other_size.write_text(json.dumps([row(1, "uniform", 90.0, 50, num_samples=16)]))
     twice = merge(once, once)
     assert twice.returncode == 1
-    assert f"{once} repeats the run ('wanda', 0.7, None, 0, 64, 'uniform') already read from {once}" in twice.stderr
+    assert f"{once} repeats the run ('wanda', 0.7, None, 0, 64, None, 'uniform') already read from {once}" in \
+        twice.stderr
     mixed = merge(once, other_size)
     assert mixed.returncode == 1 and "different calibration sizes ['16', '64']" in mixed.stderr
+    pydoc = tmp_path / "pydoc.json"
+    pydoc.write_text(json.dumps([row(1, "uniform", 520.0, 100, calibration="pydoc")]))
+    texts = merge(once, pydoc)
+    assert texts.returncode == 1 and "different calibration texts ['pydoc', 'second half" in texts.stderr

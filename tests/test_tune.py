@@ -17,6 +17,7 @@ from owl_plugin.profile import SparsityProfile
 from owl_plugin.tuning import search as search_module
 from owl_plugin.tuning.log import CandidateLog, candidate_id
 from owl_plugin.tuning.proxy import WandaProxy, dense_reference
+from owl_plugin.tuning.refine import RefineSettings
 from owl_plugin.tuning.search import TuneSettings, split_calibration, tune
 from owl_plugin.tuning.space import atp_beta_max, candidates, nested_grid
 
@@ -213,11 +214,13 @@ def test_short_tune_on_default_model_returns_profile_at_the_target(default_model
     ids = tokenize(tokenizer, load_text("pydoc"))
     settings = TuneSettings(num_samples=2, seq_len=128, heldout_windows=1, heldout_seq_len=128)
     result = tune(model, ids, target=0.7, methods=["dlp", "atp"], budget=1, settings=settings,
-                  cache_root=tmp_path, progress=False)
+                  cache_root=tmp_path, progress=False, refine=RefineSettings(generations=2, offspring=2))
     assert result.profile.mean_sparsity() == pytest.approx(0.7, abs=1e-9)
-    assert len(result.profile.modules) == 30 * 7 and result.profile.method in {"uniform", "dlp", "atp"}
+    assert len(result.profile.modules) == 30 * 7 and result.profile.method in {"uniform", "dlp", "atp", "refined"}
     uniform = next(r for r in result.records if r["method"] == "uniform")
     assert 0 < result.best["kl"] <= uniform["kl"] and np.isfinite(result.best["ppl"])
+    refined = next(r for r in result.records if r["method"] == "refined")
+    assert len(refined["history"]) == 3 and refined["kl"] == min(refined["history"])
 
 
 def test_interrupted_tune_resumes_from_the_log(tiny_model, stream, tmp_path, monkeypatch):
