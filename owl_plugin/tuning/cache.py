@@ -7,6 +7,7 @@ Under ``<root>/tune/<key>/``:
     alphas-<xmin>.json           Hill α of every block linear per xmin rule (AlphaPruning)
     dense_topk.safetensors       the dense model's top-k log-probabilities on the held-out windows
     candidates-<target>.jsonl    one line per evaluated candidate (the resumable log)
+    refine-<target>.jsonl        one line per refinement score, keyed by the block ratios
 
 Root: ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin`` (``owl_plugin.models.cache_dir``).
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
