@@ -251,10 +251,13 @@ def _refine(start: SparsityProfile, start_record: Mapping[str, Any], proxy: Wand
     screening = proxy.on_first(min(refine.screen_windows, len(proxy.windows)))
     began = time.perf_counter()
 
+    def ratios_id(scope: str, candidate: np.ndarray) -> str:
+        return candidate_id("refined", {"target": target, "windows": scope,
+                                        "blocks": [round(float(x), 9) for x in candidate]})
+
     def scorer(scope: str, judge: WandaProxy):
         def score(candidate: np.ndarray) -> float:
-            cid = candidate_id("refined", {"target": target, "windows": scope,
-                                           "blocks": [round(float(x), 9) for x in candidate]})
+            cid = ratios_id(scope, candidate)
             record = log.get(cid)
             if record is None:
                 result = judge.score(shifted(start, names, candidate))
@@ -266,9 +269,7 @@ def _refine(start: SparsityProfile, start_record: Mapping[str, Any], proxy: Wand
     found = evolve(ratios, sizes, lower, upper, score=scorer("all", proxy),
                    screen=scorer(f"first {len(screening.windows)}", screening),
                    settings=refine, start_score=start_record["kl"], progress=progress)
-    final_id = candidate_id("refined", {"target": target, "windows": "all",
-                                        "blocks": [round(float(x), 9) for x in found.ratios]})
-    ppl = log.get(final_id)["ppl"] if found.accepted else start_record["ppl"]
+    ppl = log.get(ratios_id("all", found.ratios))["ppl"] if found.accepted else start_record["ppl"]
     params = {"from": start_record["method"], "from_params": start_record["params"], **asdict(refine)}
     record = {"id": candidate_id("refined", {"target": target, "from": start_record["id"], **asdict(refine)}),
               "method": "refined", "params": params, "target": target, "kl": found.score, "ppl": ppl,
