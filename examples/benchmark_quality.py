@@ -1,4 +1,4 @@
-"""Quality benchmark: uniform vs OWL vs AlphaPruning vs DLP vs ATP vs tuned allocation for Wanda and SparseGPT.
+r"""Quality benchmark: uniform vs OWL vs AlphaPruning vs DLP vs ATP vs tuned allocation for Wanda and SparseGPT.
 
 Prunes the default model (SmolLM2-135M) through llmcompressor recipes at each sparsity,
 evaluates WikiText-2 validation perplexity (first 40 windows of 512 tokens) and prints a
