@@ -61,6 +61,26 @@ def test_python_objects_owl_prunes_each_block_to_its_ratio(tiny_dir, tokenizer, 
 
 
 @pytest.mark.llmcompressor
+def test_statistics_samples_uses_only_the_first_windows_for_the_statistics(tiny_dir, tokenizer):
+    data = calibration_dataset(tokenizer, "pydoc", num_samples=4, seq_len=64, seed=0)
+
+    def allocate(dataset, **kwargs):
+        allocation = OWLAllocationModifier(owl_lambda=0.08, granularity="linear", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+        oneshot(model=model, processor=tokenizer, dataset=dataset, num_calibration_samples=len(dataset),
+                max_seq_length=64, shuffle_calibration_samples=False,
+                recipe=[allocation, WandaPruningModifier(sparsity=0.6, mask_structure="0:0", targets=[LAYERS])])
+        return allocation.profile
+
+    capped = allocate(data, statistics_samples=2)
+    first_two = allocate(data.select(range(2)))
+    everything = allocate(data)
+    assert capped.params["statistics_windows"] == 2 and everything.params["statistics_windows"] == 4
+    assert capped.sparsities == pytest.approx(first_two.sparsities, abs=1e-12)
+    assert capped.sparsities != pytest.approx(everything.sparsities, abs=1e-6)  # the cap changed the statistics
+
+
+@pytest.mark.llmcompressor
 def test_alpha_per_linear_granularity_rewrites_targets_and_respects_ignore(tiny_dir, tokenizer):
     allocation = AlphaAllocationModifier(epsilon=0.2, granularity="linear")
     pruner = WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[LAYERS], ignore=["re:.*down_proj$"])
@@ -180,7 +200,8 @@ def test_bad_recipes_fail_before_any_weight_changes(tiny_dir, tokenizer, recipe,
 @pytest.mark.parametrize(
     "kwargs, bad",
     [({"owl_lambda": -0.1}, "-0.1"), ({"owl_lambda": 0.6}, "0.6"), ({"owl_m": 0}, "m=0"),
-     ({"sparsity": 1.2}, "1.2"), ({"granularity": "row"}, "row"), ({"bogus": 1}, "bogus")],
+     ({"sparsity": 1.2}, "1.2"), ({"granularity": "row"}, "row"), ({"bogus": 1}, "bogus"),
+     ({"statistics_samples": 0}, "statistics_samples=0")],
 )
 def test_owl_modifier_validates_its_fields(kwargs, bad):
     with pytest.raises((ValidationError, ValueError), match=bad):

@@ -81,6 +81,7 @@ class AllocationModifier(Modifier):
     _profile: SparsityProfile | None = PrivateAttr(default=None)
     _structure: MaskStructure = PrivateAttr(default=MaskStructure(0, 0))
     _nm_counts: dict[str, int] = PrivateAttr(default_factory=dict)
+    _provenance: dict[str, Any] = PrivateAttr(default_factory=dict)  # facts a subclass records in the profile
 
     #: pruner internals the per-module N:M hand-over uses (see module docstring)
     NM_PRUNER_INTERNALS: ClassVar[tuple[str, ...]] = ("_num_samples", "_module_names", "_prune_n", "_prune_m",
@@ -298,7 +299,8 @@ class AllocationModifier(Modifier):
         with torch.no_grad():
             return allocate_linears(
                 self._blocks(model), self.sparsity, self.core_config(), input_sq_means=input_sq_means,
-                provenance={"pruner": type(self._pruner).__name__, "modifier": type(self).__name__},
+                provenance={"pruner": type(self._pruner).__name__, "modifier": type(self).__name__,
+                            **self._provenance},
             )
 
     def _hand_over(self, profile: SparsityProfile) -> None:

@@ -8,7 +8,7 @@ Recipe:
         WandaPruningModifier: {sparsity: 0.7, mask_structure: "0:0", targets: ["re:model\\\\.layers\\\\.\\\\d+$"]}
 
 DLP ranks units by the median of their Wanda scores, which need the same activation
-statistics as OWL; they are gathered the same way (``OWLAllocationModifier.statistics``:
+statistics as OWL; they are gathered the same way (``ActivationAllocationModifier``:
 one layer-at-a-time pass of the dense model over oneshot's calibration data).
 """
 
@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from owl_plugin.config import DLPConfig
 
-from owl_plugin.integrations.llmcompressor.base import AllocationModifier
-from owl_plugin.integrations.llmcompressor.owl import OWLAllocationModifier
+from owl_plugin.integrations.llmcompressor.activations import ActivationAllocationModifier
 
 
-class DLPAllocationModifier(AllocationModifier):
+class DLPAllocationModifier(ActivationAllocationModifier):
     """Median-Wanda-score layerwise sparsity (DLP) for the following Wanda/SparseGPT modifier.
 
     :param dlp_band: the ratios span [S − band, S + band]; the unit with the highest median score
         (the least important) gets S + band (default 0.08).
-    Plus the common fields of ``AllocationModifier`` (sparsity, targets, ignore, granularity, bounds).
+    Plus ``statistics_samples`` (``ActivationAllocationModifier``) and the common fields of
+    ``AllocationModifier`` (sparsity, targets, ignore, granularity, bounds).
     """
 
     method = "dlp"
@@ -34,5 +34,3 @@ class DLPAllocationModifier(AllocationModifier):
 
     def core_config(self) -> DLPConfig:
         return DLPConfig(band=self.dlp_band, granularity=self.granularity, bounds=self.bounds)
-
-    statistics = OWLAllocationModifier.statistics
