@@ -4,7 +4,8 @@ Prunes the default model (SmolLM2-135M) through llmcompressor recipes at each sp
 evaluates WikiText-2 validation perplexity (first 40 windows of 512 tokens) and prints a
 markdown table with the ratio to uniform of the same pruner and sparsity, wall time of the
 pruning and the peak memory (RSS) of the process that pruned. Calibration comes from the
-second half of the same WikiText-2 file, disjoint from the evaluation windows (or --dataset).
+second half of the same WikiText-2 file and evaluation from the first half, so they never
+overlap (or --dataset); ``--eval-windows 270`` evaluates the whole first half (~7 min per row).
 
     python examples/benchmark_quality.py                       # 50/60/70%, all six rows each
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda
@@ -101,6 +102,24 @@ def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | N
     return "\n".join(lines) + "\n"
 
 
+def check_eval_windows(args) -> None:
+    """Refuse, before any pruning, more evaluation windows than the evaluation text holds."""
+    from transformers import AutoTokenizer
+
+    from owl_plugin.models import resolve_model
+    from owl_plugin.text import load_text, tokenize
+
+    if args.eval_windows < 1:
+        raise SystemExit(f"--eval-windows {args.eval_windows}: need at least one window")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("default"))
+    available = tokenize(tokenizer, load_text(args.text)).numel() // args.eval_seq_len
+    if args.eval_windows > available:
+        where = " (the first half of the file; the second half is the calibration text)" if \
+            Path(args.text).name == "evaluation.txt" else ""
+        raise SystemExit(f"--eval-windows {args.eval_windows}: the evaluation text{where} holds {available} "
+                         f"windows of {args.eval_seq_len} tokens")
+
+
 def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
     """``owl tune`` on the calibration text only; returns (best profile, seconds)."""
     import os
@@ -170,7 +189,8 @@ def main() -> None:
     parser.add_argument("--nm-allocations", nargs="+", choices=("owl", "alpha"), default=["owl"])
     parser.add_argument("--nm-owl-lambda", type=float, default=0.125,
                         help="OWL λ for N:M rows (reference wanda_owl_structure Lamda = 2λM; 0.125 at M=8 is Lamda 2)")
-    parser.add_argument("--eval-windows", type=int, default=40, help="evaluation windows (default 40)")
+    parser.add_argument("--eval-windows", type=int, default=40,
+                        help="evaluation windows from the start of the evaluation text (default 40)")
     parser.add_argument("--eval-seq-len", type=int, default=512, help="evaluation window length (default 512)")
     parser.add_argument("--tune-budget", type=int, default=6, help="owl tune candidates per method (default 6)")
     parser.add_argument("--tune-refine", type=int, default=0, metavar="G",
@@ -193,10 +213,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="owl-bench-") as tmp:
         work = Path(tmp)
         calibration = args.dataset  # recorded in the rows when it is not the default
-        if args.dataset is None:
+        if args.dataset is None:  # halves of one file: calibration never overlaps evaluation, however many windows
             full = Path(args.text).read_text()
-            args.dataset = str(work / "calibration.txt")
-            Path(args.dataset).write_text(full[len(full) // 2:])  # disjoint from the evaluation windows
+            args.dataset, args.text = str(work / "calibration.txt"), str(work / "evaluation.txt")
+            Path(args.dataset).write_text(full[len(full) // 2:])
+            Path(args.text).write_text(full[: len(full) // 2])
+        check_eval_windows(args)
         jobs = [(seed, p, a, s) for seed in args.seeds for s in args.sparsities for p in args.pruners
                 for a in args.allocations]
         if args.nm:  # N:M rows come last: (seed, pruner, allocation, N/M, structure)
@@ -210,7 +232,8 @@ def main() -> None:
         rows, tuned = [], {}
         for seed, pruner, allocation, sparsity, *nm in tqdm(jobs, desc="prune + evaluate", unit="run"):
             row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity,
-                   "num_samples": args.num_samples, **({"calibration": calibration} if calibration else {})}
+                   "num_samples": args.num_samples, "eval_windows": args.eval_windows,
+                   **({"calibration": calibration} if calibration else {})}
             if nm:
                 rows.append({**row, "structure": nm[0], **run(pruner, allocation, sparsity, args, work,
                                                              structure=nm[0], seed=seed)})
@@ -260,7 +283,7 @@ def merge(paths: list[str]) -> list[dict]:
     """Rows from earlier ``--json`` outputs (e.g. draws or allocations run separately), in file order.
 
     A (pruner, sparsity, structure, seed, allocation) run given twice, or rows of different
-    calibration sizes or texts, are errors: which ones to compare would be a choice, and the tables must
+    calibration sizes or texts or evaluation windows, are errors: which ones to compare would be a choice, and the tables must
     not make it silently.
     """
     rows, seen = [], {}
@@ -279,6 +302,10 @@ def merge(paths: list[str]) -> list[dict]:
     if len(texts) > 1:
         raise SystemExit(f"--merge: the rows come from different calibration texts {sorted(texts)}; "
                          "merge one text at a time")
+    windows = {row.get("eval_windows", 40) for row in rows}  # rows written before the field existed used 40
+    if len(windows) > 1:
+        raise SystemExit(f"--merge: the rows were evaluated on different numbers of windows {sorted(windows)}; "
+                         "merge one evaluation at a time")
     return rows
 
 

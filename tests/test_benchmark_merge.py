@@ -47,3 +47,23 @@ def test_a_run_given_twice_or_mixed_calibration_sizes_or_texts_are_refused(tmp_p
     pydoc.write_text(json.dumps([row(1, "uniform", 520.0, 100, calibration="pydoc")]))
     texts = merge(once, pydoc)
     assert texts.returncode == 1 and "different calibration texts ['pydoc', 'second half" in texts.stderr
+
+
+def test_rows_of_different_evaluation_sizes_are_refused(tmp_path: Path) -> None:
+    forty, full = tmp_path / "forty.json", tmp_path / "full.json"
+    forty.write_text(json.dumps([row(0, "uniform", 500.0, 100)]))  # written before eval_windows was recorded: 40
+    full.write_text(json.dumps([row(1, "uniform", 520.0, 100, eval_windows=270)]))
+    mixed = merge(forty, full)
+    assert mixed.returncode == 1 and "different numbers of windows [40, 270]" in mixed.stderr
+
+
+def test_more_evaluation_windows_than_the_first_half_holds_are_refused_before_pruning() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sparsities", "0.7", "--pruners", "wanda", "--allocations", "uniform",
+         "--no-warmup", "--eval-windows", "271"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    assert ("--eval-windows 271: the evaluation text (the first half of the file; the second half is the "
+            "calibration text) holds 270 windows of 512 tokens") in result.stderr
+    assert "prune + evaluate" not in result.stderr  # refused before the first prune started
