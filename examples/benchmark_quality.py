@@ -102,7 +102,7 @@ def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | N
     return "\n".join(lines) + "\n"
 
 
-def check_eval_windows(args) -> None:
+def check_eval_windows(args, what: str = "the evaluation text") -> None:
     """Refuse, before any pruning, more evaluation windows than the evaluation text holds."""
     from transformers import AutoTokenizer
 
@@ -114,10 +114,8 @@ def check_eval_windows(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("default"))
     available = tokenize(tokenizer, load_text(args.text)).numel() // args.eval_seq_len
     if args.eval_windows > available:
-        where = " (the first half of the file; the second half is the calibration text)" if \
-            Path(args.text).name == "evaluation.txt" else ""
-        raise SystemExit(f"--eval-windows {args.eval_windows}: the evaluation text{where} holds {available} "
-                         f"windows of {args.eval_seq_len} tokens")
+        raise SystemExit(f"--eval-windows {args.eval_windows}: {what} holds {available} windows of "
+                         f"{args.eval_seq_len} tokens")
 
 
 def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
@@ -218,7 +216,10 @@ def main() -> None:
             args.dataset, args.text = str(work / "calibration.txt"), str(work / "evaluation.txt")
             Path(args.dataset).write_text(full[len(full) // 2:])
             Path(args.text).write_text(full[: len(full) // 2])
-        check_eval_windows(args)
+            check_eval_windows(args, "the evaluation text (the first half of the file; the second half is the "
+                                     "calibration text)")
+        else:
+            check_eval_windows(args)
         jobs = [(seed, p, a, s) for seed in args.seeds for s in args.sparsities for p in args.pruners
                 for a in args.allocations]
         if args.nm:  # N:M rows come last: (seed, pruner, allocation, N/M, structure)
