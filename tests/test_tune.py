@@ -15,6 +15,7 @@ from owl_plugin.config import AlphaConfig, DLPConfig, OWLConfig, UniformConfig
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.tuning import search as search_module
+from owl_plugin.tuning.cache import code_fingerprint
 from owl_plugin.tuning.log import CandidateLog, candidate_id
 from owl_plugin.tuning.proxy import WandaProxy, dense_reference
 from owl_plugin.tuning.refine import RefineSettings
@@ -151,6 +152,25 @@ def test_tune_caches_statistics_and_resumes(tiny_model, stream, tmp_path, monkey
     with pytest.raises(AssertionError, match="collected again"):
         tune(tiny_model, stream.flip(0), target=0.6, methods=["atp"], budget=1, settings=SMALL,
              cache_root=tmp_path / "cache", progress=False)
+    # so is another version of this package's code
+    monkeypatch.setattr(search_module, "code_fingerprint", lambda: "0" * 64)
+    with pytest.raises(AssertionError, match="collected again"):
+        tune(tiny_model, stream, target=0.6, methods=["atp"], budget=1, settings=SMALL,
+             cache_root=tmp_path / "cache", progress=False)
+
+
+def test_code_fingerprint_follows_every_source_file(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    (package / "notes.txt").write_text("not code")
+    before = code_fingerprint(package)
+    (package / "notes.txt").write_text("still not code")
+    assert code_fingerprint.__wrapped__(package) == before
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert code_fingerprint.__wrapped__(package) != before
+    assert code_fingerprint() == code_fingerprint.__wrapped__(Path(search_module.__file__).resolve().parent.parent)
 
 
 def test_tune_rejects_bad_input(tiny_model, stream, tmp_path):

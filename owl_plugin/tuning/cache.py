@@ -1,6 +1,8 @@
 """On-disk cache of everything ``owl tune`` measures once per model and calibration data.
 
-Key = sha256 of (model weights, calibration token windows, held-out token windows, settings).
+Key = sha256 of (model weights, calibration token windows, held-out token windows, settings,
+this package's source code): a changed statistics pass, proxy or allocator is a new key, so
+results measured by an older version are never read back as if they were this version's.
 Under ``<root>/tune/<key>/``:
 
     input_sq_means.safetensors   mean x_j² at every block linear's input (OWL, DLP, Wanda masks)
@@ -21,6 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +52,23 @@ def tokens_fingerprint(windows: Sequence[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_hash: str, calibration_hash: str, heldout_hash: str, settings: Mapping[str, Any]) -> str:
-    """One hex key from the three hashes and the JSON of ``settings``."""
+@lru_cache(maxsize=None)
+def code_fingerprint(package_root: str | os.PathLike = Path(__file__).resolve().parent.parent) -> str:
+    """sha256 over every ``*.py`` file (relative path and bytes, in path order) under ``package_root``
+    (default: the installed ``owl_plugin`` package)."""
+    root = Path(package_root)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(model_hash: str, calibration_hash: str, heldout_hash: str, settings: Mapping[str, Any], *,
+              code_hash: str) -> str:
+    """One hex key from the three data hashes, the JSON of ``settings`` and the code's hash."""
     text = json.dumps({"model": model_hash, "calibration": calibration_hash, "heldout": heldout_hash,
-                       "settings": dict(settings)}, sort_keys=True)
+                       "settings": dict(settings), "code": code_hash}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
