@@ -31,6 +31,12 @@ which rounding N per block moves off N/M.
 
     python examples/benchmark_quality.py --sparsities --pruners wanda --nm 4:8   # N:M rows only
 
+``owl-capped`` rows are OWL with its statistics from only the first ``--statistics-samples``
+calibration windows (``OWLAllocationModifier.statistics_samples``; the pruner still uses all):
+
+    python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda \
+        --allocations uniform owl owl-capped --statistics-samples 16 --seeds 0 1 2
+
 The ``tuned`` row first runs ``owl tune default --method all`` on the *calibration* text only
 (held-out windows from its tail; the evaluation file is hidden from it via OWL_EVAL_TEXT), then
 prunes with the best profile through ``ProfileAllocationModifier``. A second table compares
@@ -58,6 +64,8 @@ PRUNERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
 ALLOCATIONS = {
     "uniform": None,
     "owl": "OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08}",
+    # OWL with its statistics from the first --statistics-samples calibration windows only
+    "owl-capped": "OWLAllocationModifier: {{owl_m: 5, owl_lambda: 0.08, statistics_samples: {statistics_samples}}}",
     "alpha": "AlphaAllocationModifier: {epsilon: 0.2}",
     "dlp": "DLPAllocationModifier: {dlp_band: 0.08}",
     "atp": "ATPAllocationModifier: {atp_beta: 0.005}",
@@ -87,12 +95,14 @@ RUN_ONE = textwrap.dedent(
 
 
 def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None, *,
-                structure: str = "0:0", owl_lambda: float | None = None) -> str:
+                structure: str = "0:0", owl_lambda: float | None = None, statistics_samples: int = 16) -> str:
     lines = ["sparsity_stage:", "  sparsity_modifiers:"]
     if allocation == "owl" and owl_lambda is not None:  # N:M rows: OWL's wanda_owl_structure spread
         lines.append(f"    OWLAllocationModifier: {{owl_m: 5, owl_lambda: {owl_lambda}}}")
     elif allocation == "tuned":
         lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
+    elif allocation == "owl-capped":
+        lines.append("    " + ALLOCATIONS["owl-capped"].format(statistics_samples=statistics_samples))
     elif ALLOCATIONS[allocation]:
         lines.append(f"    {ALLOCATIONS[allocation]}")
     lines.append(
@@ -146,7 +156,8 @@ def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile
     recipe = work / (f"{pruner}-{allocation}-{sparsity}" + (f"-{structure.replace(':', 'of')}" if nm else "")
                      + f"-seed{seed}.yaml")
     recipe.write_text(recipe_text(pruner, allocation, sparsity, profile, structure=structure,
-                                  owl_lambda=args.nm_owl_lambda if nm else None))
+                                  owl_lambda=args.nm_owl_lambda if nm else None,
+                                  statistics_samples=args.statistics_samples))
     output = work / recipe.stem
     proc = subprocess.run(
         [sys.executable, "-c", RUN_ONE, str(recipe), str(output), args.dataset, str(num_samples or args.num_samples),
@@ -177,6 +188,8 @@ def main() -> None:
                         help="skip the untimed warm-up prune (the first process on a machine pays one-off costs: "
                              "measured 194 s for a uniform prune that took ~50 s once warm)")
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--statistics-samples", type=int, default=16,
+                        help="calibration windows for OWL's statistics in the owl-capped rows (default 16)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="prune nothing: print the tables of rows saved by earlier runs with --json (draws or "
@@ -199,6 +212,8 @@ def main() -> None:
     parser.add_argument("--tune-heldout-seq-len", type=int, default=512,
                         help="owl tune held-out window length (default 512)")
     args = parser.parse_args()
+    if args.statistics_samples < 1:
+        parser.error(f"--statistics-samples {args.statistics_samples}: need at least one calibration window")
     if args.merge:
         rows = merge(args.merge)
         print(f"\nRows merged from {', '.join(args.merge)}\n")
@@ -235,6 +250,8 @@ def main() -> None:
             row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity,
                    "num_samples": args.num_samples, "eval_windows": args.eval_windows,
                    **({"calibration": calibration} if calibration else {})}
+            if allocation == "owl-capped":
+                row["statistics_samples"] = args.statistics_samples
             if nm:
                 rows.append({**row, "structure": nm[0], **run(pruner, allocation, sparsity, args, work,
                                                              structure=nm[0], seed=seed)})
@@ -303,6 +320,10 @@ def merge(paths: list[str]) -> list[dict]:
     if len(texts) > 1:
         raise SystemExit(f"--merge: the rows come from different calibration texts {sorted(texts)}; "
                          "merge one text at a time")
+    caps = {row["statistics_samples"] for row in rows if row["allocation"] == "owl-capped"}
+    if len(caps) > 1:
+        raise SystemExit(f"--merge: the owl-capped rows use different --statistics-samples {sorted(caps)}; "
+                         "merge one at a time")
     windows = {row.get("eval_windows", 40) for row in rows}  # rows written before the field existed used 40
     if len(windows) > 1:
         raise SystemExit(f"--merge: the rows were evaluated on different numbers of windows {sorted(windows)}; "
