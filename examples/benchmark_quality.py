@@ -301,8 +301,8 @@ def merge(paths: list[str]) -> list[dict]:
     """Rows from earlier ``--json`` outputs (e.g. draws or allocations run separately), in file order.
 
     A (pruner, sparsity, structure, seed, allocation) run given twice, or rows of different
-    calibration sizes or texts or evaluation windows, are errors: which ones to compare would be a choice, and the tables must
-    not make it silently.
+    calibration sizes, texts, evaluation windows or owl-capped caps, are errors: which ones to
+    compare would be a choice, and the tables must not make it silently.
     """
     rows, seen = [], {}
     for path in paths:

@@ -36,7 +36,8 @@ class ActivationAllocationModifier(AllocationModifier):
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
-            raise ValueError(f"statistics_samples={value!r} must be a positive number of calibration windows (or None: all)")
+            raise ValueError(f"statistics_samples={value!r} must be a positive number of calibration windows "
+                             "(or None: all)")
         return value
 
     def statistics(self, state: State) -> dict[str, torch.Tensor]:
