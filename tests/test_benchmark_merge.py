@@ -67,3 +67,13 @@ def test_more_evaluation_windows_than_the_first_half_holds_are_refused_before_pr
     assert ("--eval-windows 271: the evaluation text (the first half of the file; the second half is the "
             "calibration text) holds 270 windows of 512 tokens") in result.stderr
     assert "prune + evaluate" not in result.stderr  # refused before the first prune started
+
+
+def test_owl_capped_rows_of_different_caps_are_refused(tmp_path: Path) -> None:
+    sixteen, eight = tmp_path / "sixteen.json", tmp_path / "eight.json"
+    sixteen.write_text(json.dumps([row(0, "uniform", 500.0, 100),
+                                   row(0, "owl-capped", 420.0, 110, statistics_samples=16)]))
+    eight.write_text(json.dumps([row(1, "uniform", 520.0, 100),
+                                 row(1, "owl-capped", 450.0, 105, statistics_samples=8)]))
+    mixed = merge(sixteen, eight)
+    assert mixed.returncode == 1 and "different --statistics-samples [8, 16]" in mixed.stderr
