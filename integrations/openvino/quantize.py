@@ -47,13 +47,12 @@ def input_names(model) -> list[str]:
     return [port.get_any_name() for port in model.inputs]
 
 
-def quantize_int8(model, windows: Sequence[Any], *, progress: bool = True):
+def quantize_int8(model, windows: Sequence[Any]):
     """An int8 (weights and activations) copy of ``model`` (an ``openvino.Model``), attention excluded.
 
     Args:
         model: the float OpenVINO model (e.g. ``OVModelForCausalLM(...).model`` before compiling).
         windows: calibration token windows, each (1, L); all of them are used (``subset_size``).
-        progress: show NNCF's progress bars.
 
     Returns:
         The quantized ``openvino.Model`` (FakeQuantize on weights; ``openvino.save_model`` stores
@@ -76,5 +75,4 @@ def quantize_int8(model, windows: Sequence[Any], *, progress: bool = True):
         model, dataset, preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(windows), ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
-        **({} if progress else {}),
     )
