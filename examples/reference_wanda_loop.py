@@ -47,12 +47,12 @@ def sequential_wanda(model, batches, ratios: dict[str, float], *, per_token: boo
         sums = {name: torch.zeros(m.in_features, dtype=torch.float64) for name, m in linears.items()}
         tokens = sum(hidden.shape[0] * hidden.shape[1] for hidden, _ in cached) if per_token else 1
 
-        def meter(name):
+        def meter(name, totals):
             def hook(module, args, output):
-                sums[name] += args[0].reshape(-1, args[0].shape[-1]).double().square().sum(0)
+                totals[name] += args[0].reshape(-1, args[0].shape[-1]).double().square().sum(0)
             return hook
 
-        handles = [m.register_forward_hook(meter(name)) for name, m in linears.items()]
+        handles = [m.register_forward_hook(meter(name, sums)) for name, m in linears.items()]
         for hidden, kwargs in cached:
             block(hidden, **kwargs)
         for handle in handles:

@@ -40,7 +40,7 @@ import torch
 from llmcompressor.core import State, active_session
 from llmcompressor.modifiers import Modifier
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import PrivateAttr, field_validator
 from torch import nn
 
 from owl_plugin.allocate import allocate_linears, check_target
@@ -262,7 +262,8 @@ class AllocationModifier(Modifier):
         mixed = mixed_nm_counts(np.array([profile.modules[n].sparsity for n in names]), structure, bounds=self.bounds)
         self._nm_counts = dict(zip(names, (int(n) for n in mixed.counts)))
         modules = {
-            n: ModuleSparsity(self._nm_counts[n] / structure.m, e.num_params, e.block) for n, e in profile.modules.items()
+            n: ModuleSparsity(self._nm_counts[n] / structure.m, e.num_params, e.block)
+            for n, e in profile.modules.items()
         }
         mean = achieved_mean(mixed.counts, structure.m, np.array([profile.modules[n].num_params for n in names]))
         allocated = profile.block_sparsities() if self.granularity == "block" else profile.sparsities

@@ -33,7 +33,6 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -200,7 +199,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
                "batch": settings.batch}
     models = {"baseline": baseline, "pruned/int8+sparse": pruned, "pruned/int8": dense_kernels}
     rounds = {name: (lambda m=model: m.speed_round(text_ids, **options)) for name, model in models.items()}
-    samples = run_step(result, "speed", lambda: interleaved(rounds, settings.repetitions))
+    samples = run_step(result, "speed", lambda r=rounds: interleaved(r, settings.repetitions))
     if samples is None:
         return
     rows = []

@@ -106,7 +106,9 @@ def greedy(model: torch.nn.Module, prompt_ids: Sequence[int], new_tokens: int) -
     return ids, margins
 
 
-def generate_all(model, prompt_ids: Sequence[Sequence[int]], new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
+def generate_all(
+    model, prompt_ids: Sequence[Sequence[int]], new_tokens: int
+) -> tuple[list[list[int]], list[list[float]]]:
     pairs = [greedy(model, ids, new_tokens) for ids in prompt_ids]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -158,8 +160,9 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         result.add(f"loads/{name}", True, f"{path} loaded in {time.perf_counter() - started:.1f} s "
                                           f"({type(models[name]).__name__}, float32)")
         if name in ("pruned", "compact"):
-            run_step(result, f"sparsity/{name}", lambda m=models[name]: sparsity_check(
-                result, f"sparsity/{name}", profile, read_back(m, profile)))
+            step = f"sparsity/{name}"
+            run_step(result, step, lambda m=models[name], s=step: sparsity_check(
+                result, s, profile, read_back(m, profile)))
     if "pruned" in models and "compact" in models:
         differing = different_tensors(models["pruned"], models["compact"])
         result.add("weights/compact-equals-pruned", not differing,

@@ -42,7 +42,7 @@ def atp_ratios(
         >>> atp_ratios(np.array([0, 1, 2]), np.ones(3), 0.5, beta=0.1).ratios
         array([0.4, 0.5, 0.6])
     """
-    l = np.asarray(depths, dtype=np.float64)
+    depth = np.asarray(depths, dtype=np.float64)
     p = np.asarray(num_params, dtype=np.float64)
     lo, hi = bounds
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or abs(beta) >= hi - lo:
@@ -50,7 +50,7 @@ def atp_ratios(
             f"ATP beta={beta!r} is out of range: need a finite step with |beta| < upper - lower = {hi - lo:g} "
             "(typical 0.001-0.02 per block)"
         )
-    if not np.all(np.isfinite(l)) or np.any(l < 0):
-        raise ValueError(f"ATP depths must be finite block indices >= 0, got {l.tolist()}")
-    ratios = target + beta * (l - weighted_mean(l, p))
+    if not np.all(np.isfinite(depth)) or np.any(depth < 0):
+        raise ValueError(f"ATP depths must be finite block indices >= 0, got {depth.tolist()}")
+    ratios = target + beta * (depth - weighted_mean(depth, p))
     return fit_to_bounds(ratios, p, target, bounds, what=f"ATP (beta={beta})")
