@@ -240,7 +240,8 @@ def main() -> int:
     parser.add_argument("--pruned", default=None, help="OWL-pruned default model (default: prune it here)")
     parser.add_argument("--large-layers", type=int, default=28, help="blocks of the 3B shape (default 28 = 3.2 B)")
     parser.add_argument("--skip-large", action="store_true", help="only the default model")
-    parser.add_argument("--only-large", action="store_true", help="only the large model (needs --pruned for its profile)")
+    parser.add_argument("--only-large", action="store_true",
+                        help="only the large model (needs --pruned for its profile)")
     parser.add_argument("--repetitions", type=int, default=5, help="interleaved rounds, default model (default 5)")
     parser.add_argument("--large-repetitions", type=int, default=3, help="interleaved rounds, large model")
     parser.add_argument("--decode-tokens", type=int, default=64)

@@ -271,7 +271,8 @@ def main() -> None:
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
-          f" tokens from {calibration or 'the second half of the file'}, window seeds {' '.join(map(str, args.seeds))}\n")
+          f" tokens from {calibration or 'the second half of the file'},"
+          f" window seeds {' '.join(map(str, args.seeds))}\n")
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -287,14 +288,16 @@ def print_tables(rows: list[dict]) -> None:
     defaults = [r for r in rows if r["allocation"] in ("owl", "alpha") and not r.get("structure")]
     if any(r["allocation"] == "tuned" for r in rows) and defaults:
         print("\nTuned (owl tune on held-out calibration windows, best of all methods) vs the better paper default\n")
-        print("| sparsity | pruner | seed | tuned as | tuned ppl | better default | its ppl | tuned vs it | tune time (s) |")
+        print("| sparsity | pruner | seed | tuned as | tuned ppl | better default | its ppl | tuned vs it "
+              "| tune time (s) |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in (r for r in rows if r["allocation"] == "tuned"):
             same = [d for d in defaults if key(d) == key(r)]
             if same:
                 ref = min(same, key=lambda d: d["ppl"])
-                print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['seed']} | {r['tuned_as']} | {r['ppl']:.2f} | {ref['allocation']} "
-                      f"| {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} | {r['tune_seconds']:.0f} |")
+                print(f"| {r['sparsity']:.0%} | {r['pruner']} | {r['seed']} | {r['tuned_as']} | {r['ppl']:.2f} "
+                      f"| {ref['allocation']} | {ref['ppl']:.2f} | {r['ppl'] / ref['ppl'] - 1:+.1%} "
+                      f"| {r['tune_seconds']:.0f} |")
 
 
 def merge(paths: list[str]) -> list[dict]:

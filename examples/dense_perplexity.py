@@ -25,7 +25,8 @@ def main() -> None:
 
     text = load_text(args.text or default_eval_text())
     rows = []
-    for name, loader in (("converted safetensors", lambda: load_model(default_model_path())), ("GGUF (direct)", load_gguf)):
+    loaders = (("converted safetensors", lambda: load_model(default_model_path())), ("GGUF (direct)", load_gguf))
+    for name, loader in loaders:
         start = time.perf_counter()
         model, tokenizer = loader()
         model.eval()

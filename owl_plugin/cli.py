@@ -61,7 +61,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsity", type=_fraction, required=True, metavar="S",
                         help="target parameter-weighted mean sparsity in [0, 1), e.g. 0.7")
     owl = parser.add_argument_group("OWL (arXiv 2310.05175)")
-    owl.add_argument("--owl-m", type=_fraction, default=None, metavar="M", help="outlier threshold multiple (default 5)")
+    owl.add_argument("--owl-m", type=_fraction, default=None, metavar="M",
+                     help="outlier threshold multiple (default 5)")
     owl.add_argument("--owl-lambda", type=_fraction, default=None, metavar="L", help="half band width λ (default 0.08)")
     alpha = parser.add_argument_group("AlphaPruning (arXiv 2410.10912)")
     alpha.add_argument("--epsilon", type=_fraction, default=None, help="band S(1±ε) (default 0.2)")
@@ -289,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sparsity", type=_fraction, required=True, metavar="S", help="target mean sparsity")
     tune.add_argument("--budget", type=int, default=6, metavar="N",
                       help="candidates per method, paper defaults first (default 6; uniform is scored in addition)")
-    tune.add_argument("--granularity", choices=("block", "linear"), default=None, help="allocation unit (default block)")
+    tune.add_argument("--granularity", choices=("block", "linear"), default=None,
+                      help="allocation unit (default block)")
     tune.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),
                       help="every ratio stays in [LOW, HIGH] (default 0 0.99)")
     add_calibration_arguments(tune)

@@ -218,7 +218,8 @@ def _verify(source: CheckpointFolder, staging: Path, written: _Written, *, forma
         if set(output.raw_names()) != set(written.raw_names) or len(output.raw_names()) != len(written.raw_names):
             missing = sorted(set(written.raw_names) - set(output.raw_names()))[:5]
             extra = sorted(set(output.raw_names()) - set(written.raw_names))[:5]
-            raise RuntimeError(f"{fail} the written index does not match the tensors (missing {missing}, extra {extra})")
+            raise RuntimeError(
+                f"{fail} the written index does not match the tensors (missing {missing}, extra {extra})")
         expected = list(written.pruned) if format == "compact" else []
         if output.compressed != expected:
             raise RuntimeError(f"{fail} config.json lists compressed modules {output.compressed[:3]}..., "
@@ -295,7 +296,8 @@ def export_checkpoint(
         if folder == target.resolve() or target.resolve() in folder.parents:
             raise ValueError(f"output {target} would contain or replace the source {folder}; choose another output")
         if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists; pass overwrite=True (owl export --overwrite) to replace it")
+            raise FileExistsError(
+                f"{target} already exists; pass overwrite=True (owl export --overwrite) to replace it")
         check_source_config(source.config, source=str(folder))
         chosen = _resolve_profile(profile, folder)
         names = source.dense_names()

@@ -105,7 +105,8 @@ def test_perplexity_matches_model_loss(tiny_model):
         losses = [float(tiny_model(input_ids=ids[i * 20:(i + 1) * 20].unsqueeze(0),
                                    labels=ids[i * 20:(i + 1) * 20].unsqueeze(0)).loss) for i in range(3)]
     expected = math.exp(sum(losses) / 3)
-    assert perplexity(tiny_model, ids, seq_len=20, max_windows=None, progress=False) == pytest.approx(expected, rel=1e-5)
+    measured = perplexity(tiny_model, ids, seq_len=20, max_windows=None, progress=False)
+    assert measured == pytest.approx(expected, rel=1e-5)
     first = math.exp(losses[0])
     assert perplexity(tiny_model, ids, seq_len=20, max_windows=1, progress=False) == pytest.approx(first, rel=1e-5)
     with pytest.raises(ValueError, match="fewer than one window of 100"):

@@ -208,7 +208,8 @@ def test_owl_modifier_validates_its_fields(kwargs, bad):
         OWLAllocationModifier(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, bad", [({"epsilon": 1.0}, "1.0"), ({"epsilon": -0.2}, "-0.2"), ({"xmin": "max"}, "max")])
+@pytest.mark.parametrize("kwargs, bad",
+                         [({"epsilon": 1.0}, "1.0"), ({"epsilon": -0.2}, "-0.2"), ({"xmin": "max"}, "max")])
 def test_alpha_modifier_validates_its_fields(kwargs, bad):
     with pytest.raises((ValidationError, ValueError), match=bad):
         AlphaAllocationModifier(**kwargs)

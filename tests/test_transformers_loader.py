@@ -173,7 +173,8 @@ def test_conversion_op_checks_on_its_own(checkpoints) -> None:
     with pytest.raises(CompactFormatError, match=rf"^{MODULE}\.weight: weight_bitmask marks"):
         OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight")
     del parts["weight_shape$"]
-    with pytest.raises(CompactFormatError, match=rf"^{MODULE}\.weight: the checkpoint lacks \['{MODULE}.weight_shape'\]"):
+    lacks = rf"^{MODULE}\.weight: the checkpoint lacks \['{MODULE}.weight_shape'\]"
+    with pytest.raises(CompactFormatError, match=lacks):
         OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight")
 
 

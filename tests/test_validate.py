@@ -149,7 +149,8 @@ class TestFullRun:
         for line in report["failures"]:
             assert f"FAIL {line.splitlines()[0][:60]}" in result.stdout
 
-    @pytest.mark.skipif(not (OPENVINO_VENV / "bin" / "python").exists(), reason="no .venv-openvino (make setup-openvino)")
+    @pytest.mark.skipif(not (OPENVINO_VENV / "bin" / "python").exists(),
+                        reason="no .venv-openvino (make setup-openvino)")
     def test_openvino_runs_and_reports_its_checks(self, full_run: tuple) -> None:
         """Whether int8 OpenVINO agrees within the stated tolerances is the OpenVINO runner's verdict; the
         suite must have run it in its venv and carried every check into the report (a crash would be 'crashed')."""

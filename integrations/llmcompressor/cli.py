@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     parser.add_argument("--recipe", required=True, help="YAML recipe (stage → modifiers → Modifier)")
     parser.add_argument("--model", default="default", help="checkpoint folder, hub id, or 'default' (SmolLM2-135M)")
     parser.add_argument("--dataset", default="pydoc",
-                        help="calibration text: local .txt/.json/.jsonl, 'pydoc' (default), or hub NAME[:CONFIG][@SPLIT]")
+                        help="calibration text: local .txt/.json/.jsonl, 'pydoc' (default), "
+                             "or hub NAME[:CONFIG][@SPLIT]")
     parser.add_argument("--num-samples", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     parser.add_argument("--seed", type=int, default=0)

@@ -55,7 +55,8 @@ def check_recipe_nesting(data: Any, *, where: str = "recipe") -> None:
                     raise ValueError(f"{where}: {stage}.{group} must map modifier names to their fields")
                 for name, fields in modifiers.items():
                     if fields is None:
-                        raise ValueError(f"{where}: {name} needs a mapping of fields; write `{name}: {{}}` for defaults")
+                        raise ValueError(
+                            f"{where}: {name} needs a mapping of fields; write `{name}: {{}}` for defaults")
                     if isinstance(fields, dict) and "mask_structure" in fields:
                         _check_mask_structure(fields["mask_structure"], where=f"{where}: {name}")
                 found += len(modifiers)

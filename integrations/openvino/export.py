@@ -186,8 +186,9 @@ def export_openvino(
     tokenizer = AutoTokenizer.from_pretrained(source)
     windows = _calibration_windows(calibration, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
     logger.info("converting %s to OpenVINO (stateful, float)", source)
+    dtype_option = {"torch_dtype": torch_dtype} if torch_dtype else {}
     ov_model = OVModelForCausalLM.from_pretrained(str(source), export=True, load_in_8bit=False, compile=False,
-                                                  stateful=True, **({"torch_dtype": torch_dtype} if torch_dtype else {}))
+                                                  stateful=True, **dtype_option)
     converted = time.perf_counter()
     ov_model.model = quantize_int8(ov_model.model, windows)
     quantized = time.perf_counter()

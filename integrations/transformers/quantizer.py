@@ -57,7 +57,8 @@ class OwlSparseHfQuantizer(HfQuantizer):
         # The weights are dense now; saving must not try to reverse the decompression.
         conversions = getattr(model, "_weight_conversions", None) or []
         model._weight_conversions = [
-            c for c in conversions if not any(isinstance(op, OwlSparseDecompress) for op in getattr(c, "operations", ()))
+            c for c in conversions
+            if not any(isinstance(op, OwlSparseDecompress) for op in getattr(c, "operations", ()))
         ]
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
         return model

@@ -240,7 +240,8 @@ class Server:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(2)
-        raise TimeoutError(f"the vLLM server was not ready within {self.settings.startup_timeout:.0f} s (log {self.log})")
+        raise TimeoutError(
+            f"the vLLM server was not ready within {self.settings.startup_timeout:.0f} s (log {self.log})")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -290,7 +291,8 @@ def load_test(url: str, prompts: Sequence[Sequence[int]], settings: ServeSetting
         latencies.append(seconds * 1000)
         if error:
             errors.append(f"request {index}: {error}")
-    return {"requests": len(prompts), "concurrency": settings.concurrency, "answered": sum(t is not None for t in texts),
+    return {"requests": len(prompts), "concurrency": settings.concurrency,
+            "answered": sum(t is not None for t in texts),
             "errors": len(errors), "error_samples": errors[:5], "latency_ms": _percentiles(latencies),
             "wall_seconds": wall, "requests_per_s": len(prompts) / wall if wall else 0.0, "texts": texts}
 

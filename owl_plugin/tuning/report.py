@@ -63,7 +63,8 @@ def plot_scores(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.2 * max(panels, 1), 3.6), dpi=110, squeeze=False)
     if refined is not None:
         ax = axes[0][-1]
-        ax.plot(range(len(refined["history"])), refined["history"], marker=".", label=f"from {refined['params']['from']}")
+        ax.plot(range(len(refined["history"])), refined["history"], marker=".",
+                label=f"from {refined['params']['from']}")
         if base:
             ax.axhline(base["kl"], color="grey", linestyle="--", linewidth=1, label="uniform")
         ax.set_xlabel("generation")

@@ -36,7 +36,8 @@ def register(sub) -> None:
                         help="the dense model before pruning (speed baseline); 'default' = SmolLM2-135M")
     parser.add_argument("--engines", default="transformers", help="comma-separated: transformers,vllm,openvino "
                                                                    "(transformers, the reference, always runs)")
-    parser.add_argument("--report", default="owl-validate", metavar="DIR", help="report folder (default ./owl-validate)")
+    parser.add_argument("--report", default="owl-validate", metavar="DIR",
+                        help="report folder (default ./owl-validate)")
     parser.add_argument("--venv", action="append", default=[], metavar="ENGINE=PATH",
                         help="use an existing venv (folder or its python) for ENGINE; repeatable")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -85,8 +86,9 @@ def options_from_args(args: argparse.Namespace) -> ValidationOptions:
         pruned=Path(args.pruned), report_dir=Path(args.report), engines=parse_engines(args.engines),
         baseline=Path(resolve_model(args.baseline)) if args.baseline else None, prompts=list(args.prompts),
         max_new_tokens=args.max_new_tokens, text=args.text, ppl_windows=args.ppl_windows, seq_len=args.seq_len,
-        speed=speed, serve=serve, tolerances=Tolerances(ppl_rel=args.ppl_tolerance, ppl_rel_lowp=args.ppl_tolerance_lowp,
-                                  greedy_lowp_min_prefix=args.greedy_min_prefix),
+        speed=speed, serve=serve,
+        tolerances=Tolerances(ppl_rel=args.ppl_tolerance, ppl_rel_lowp=args.ppl_tolerance_lowp,
+                              greedy_lowp_min_prefix=args.greedy_min_prefix),
         venvs=parse_pairs(args.venv, "--venv"), timeouts=parse_pairs(args.engine_timeout, "--engine-timeout",
                                                                      kind=float),
         timeout=args.timeout, min_speedup=parse_pairs(args.min_speedup, "--min-speedup", kind=float),

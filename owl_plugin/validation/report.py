@@ -100,7 +100,8 @@ def markdown(suite: SuiteReport, *, plot: str | None = PLOT_NAME) -> str:
                 lat = stats["latency_ms"]
                 lines.append(f"| {name} | {stats.get('requests')} | {stats.get('concurrency')} | "
                              f"{stats.get('errors')} | {lat.get('p50', 0):.0f} | {lat.get('p90', 0):.0f} | "
-                             f"{lat.get('p99', 0):.0f} | {lat.get('max', 0):.0f} | {stats.get('wall_seconds', 0):.1f} |")
+                             f"{lat.get('p99', 0):.0f} | {lat.get('max', 0):.0f} | "
+                             f"{stats.get('wall_seconds', 0):.1f} |")
             lines.append("")
     if plot:
         lines += [f"![speed-up per engine and per-layer sparsity]({plot})", ""]

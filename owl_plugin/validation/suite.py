@@ -195,7 +195,8 @@ def _reference(result: EngineResult | None) -> dict[str, Any] | None:
 
 def _runner_env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per vLLM engine (two may be loaded); its CPU default is far larger
+    # GiB per vLLM engine (two may be loaded); its CPU default is far larger
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_CACHE_ROOT", str(work / "vllm-cache"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
