@@ -45,12 +45,19 @@ tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning �
 
     python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
         --allocations uniform owl alpha dlp atp tuned
+
+The CPU's vector kernels are part of the draw: torch picks AVX-512 or AVX2 code for the same
+matmuls and sums, whose rounding differs, and at 70% that moves the result (uniform Wanda, 16×512,
+draw 0: 479.96 with AVX-512 kernels, 489.98 with AVX2 on the same machine). Every row records the
+kernels it ran with (``cpu_kernels``), ``--merge`` refuses a mix, and ``--cpu-kernels avx2`` pins
+torch (ATen, MKL and oneDNN) to AVX2 so that AVX-512 machines reproduce rows measured on AVX2 ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,6 +82,7 @@ ALLOCATIONS = {
 RUN_ONE = textwrap.dedent(
     """
     import json, resource, sys, time
+    import torch
     from owl_plugin.integrations.llmcompressor.prune import prune
     from owl_plugin.evaluation import perplexity
     from owl_plugin.models import load_model
@@ -89,9 +97,16 @@ RUN_ONE = textwrap.dedent(
     ppl = perplexity(model, tokenize(tokenizer, load_text(eval_text)), seq_len=int(eval_seq_len),
                      max_windows=int(eval_windows), progress=False)
     print("RESULT " + json.dumps({"ppl": ppl, "seconds": seconds, "peak_mib": peak_mib,
-                                  "measured": result.measured_sparsity}))
+                                  "measured": result.measured_sparsity,
+                                  "cpu_kernels": torch.backends.cpu.get_cpu_capability()}))
     """
 )
+
+# Environment that pins torch's CPU kernels to one instruction set (ATen's own kernels, MKL's BLAS and oneDNN).
+CPU_KERNELS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
 
 
 def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None, *,
@@ -130,7 +145,6 @@ def check_eval_windows(args, what: str = "the evaluation text") -> None:
 
 def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
     """``owl tune`` on the calibration text only; returns (best profile, seconds)."""
-    import os
     import time
 
     output = work / f"tuned-{sparsity}"
@@ -211,7 +225,11 @@ def main() -> None:
     parser.add_argument("--tune-heldout-windows", type=int, default=8, help="owl tune held-out windows (default 8)")
     parser.add_argument("--tune-heldout-seq-len", type=int, default=512,
                         help="owl tune held-out window length (default 512)")
+    parser.add_argument("--cpu-kernels", choices=tuple(CPU_KERNELS), default="native",
+                        help="native: whatever torch picks for this CPU (default); avx2: pin every prune and "
+                             "evaluation to AVX2 kernels, which reproduces rows measured on AVX2 machines exactly")
     args = parser.parse_args()
+    os.environ.update(CPU_KERNELS[args.cpu_kernels])  # inherited by every prune, evaluation and tune below
     if args.statistics_samples < 1:
         parser.error(f"--statistics-samples {args.statistics_samples}: need at least one calibration window")
     if args.merge:
@@ -272,7 +290,8 @@ def main() -> None:
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
           f" tokens from {calibration or 'the second half of the file'},"
-          f" window seeds {' '.join(map(str, args.seeds))}\n")
+          f" window seeds {' '.join(map(str, args.seeds))};"
+          f" CPU kernels {', '.join(sorted({r['cpu_kernels'] for r in rows})) or 'none ran'}\n")
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -304,8 +323,9 @@ def merge(paths: list[str]) -> list[dict]:
     """Rows from earlier ``--json`` outputs (e.g. draws or allocations run separately), in file order.
 
     A (pruner, sparsity, structure, seed, allocation) run given twice, or rows of different
-    calibration sizes, texts, evaluation windows or owl-capped caps, are errors: which ones to
-    compare would be a choice, and the tables must not make it silently.
+    calibration sizes, texts, evaluation windows, owl-capped caps or CPU kernels, are errors: which
+    ones to compare would be a choice, and the tables must not make it silently. Rows written before
+    ``cpu_kernels`` was recorded carry none and are not checked.
     """
     rows, seen = [], {}
     for path in paths:
@@ -331,6 +351,10 @@ def merge(paths: list[str]) -> list[dict]:
     if len(windows) > 1:
         raise SystemExit(f"--merge: the rows were evaluated on different numbers of windows {sorted(windows)}; "
                          "merge one evaluation at a time")
+    kernels = {row["cpu_kernels"] for row in rows if "cpu_kernels" in row}
+    if len(kernels) > 1:
+        raise SystemExit(f"--merge: the rows ran on different CPU kernels {sorted(kernels)}, whose rounding moves "
+                         "the results; rerun one set with --cpu-kernels, or merge one set at a time")
     return rows
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,25 @@ def test_owl_capped_rows_of_different_caps_are_refused(tmp_path: Path) -> None:
                                  row(1, "owl-capped", 450.0, 105, statistics_samples=8)]))
     mixed = merge(sixteen, eight)
     assert mixed.returncode == 1 and "different --statistics-samples [8, 16]" in mixed.stderr
+
+
+def test_rows_from_different_cpu_kernels_are_refused(tmp_path: Path) -> None:
+    avx2, avx512 = tmp_path / "avx2.json", tmp_path / "avx512.json"
+    avx2.write_text(json.dumps([row(0, "uniform", 489.98, 100, cpu_kernels="AVX2")]))
+    avx512.write_text(json.dumps([row(1, "uniform", 479.96, 100, cpu_kernels="AVX512")]))
+    mixed = merge(avx2, avx512)
+    assert mixed.returncode == 1 and "different CPU kernels ['AVX2', 'AVX512']" in mixed.stderr
+    older = tmp_path / "older.json"  # written before cpu_kernels was recorded: not checked
+    older.write_text(json.dumps([row(2, "uniform", 500.0, 100)]))
+    assert merge(avx2, older).returncode == 0
+
+
+def test_cpu_kernels_avx2_pins_torch_to_avx2() -> None:
+    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    pinned = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **script.CPU_KERNELS["avx2"]})
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.strip() == "AVX2"
