@@ -234,7 +234,8 @@ def main() -> None:
         parser.error(f"--statistics-samples {args.statistics_samples}: need at least one calibration window")
     if args.merge:
         rows = merge(args.merge)
-        print(f"\nRows merged from {', '.join(args.merge)}\n")
+        kernels = sorted({r["cpu_kernels"] for r in rows if "cpu_kernels" in r}) or ["not recorded"]
+        print(f"\nRows merged from {', '.join(args.merge)}; CPU kernels {kernels[0]}\n")
         print_tables(rows)
         if args.plot:
             plot_rows(rows, Path(args.plot))

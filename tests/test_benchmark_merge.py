@@ -89,7 +89,9 @@ def test_rows_from_different_cpu_kernels_are_refused(tmp_path: Path) -> None:
     assert mixed.returncode == 1 and "different CPU kernels ['AVX2', 'AVX512']" in mixed.stderr
     older = tmp_path / "older.json"  # written before cpu_kernels was recorded: not checked
     older.write_text(json.dumps([row(2, "uniform", 500.0, 100)]))
-    assert merge(avx2, older).returncode == 0
+    merged = merge(avx2, older)
+    assert merged.returncode == 0 and f"Rows merged from {avx2}, {older}; CPU kernels AVX2" in merged.stdout
+    assert "CPU kernels not recorded" in merge(older).stdout
 
 
 def test_cpu_kernels_avx2_pins_torch_to_avx2() -> None:
