@@ -234,8 +234,7 @@ def main() -> None:
         parser.error(f"--statistics-samples {args.statistics_samples}: need at least one calibration window")
     if args.merge:
         rows = merge(args.merge)
-        kernels = sorted({r["cpu_kernels"] for r in rows if "cpu_kernels" in r}) or ["not recorded"]
-        print(f"\nRows merged from {', '.join(args.merge)}; CPU kernels {kernels[0]}\n")
+        print(f"\nRows merged from {', '.join(args.merge)}; CPU kernels {kernels_label(rows)}\n")
         print_tables(rows)
         if args.plot:
             plot_rows(rows, Path(args.plot))
@@ -292,7 +291,7 @@ def main() -> None:
           f"calibration {args.num_samples}×{args.seq_len}"
           f" tokens from {calibration or 'the second half of the file'},"
           f" window seeds {' '.join(map(str, args.seeds))};"
-          f" CPU kernels {', '.join(sorted({r['cpu_kernels'] for r in rows})) or 'none ran'}\n")
+          f" CPU kernels {kernels_label(rows)}\n")
     print_tables(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -352,11 +351,20 @@ def merge(paths: list[str]) -> list[dict]:
     if len(windows) > 1:
         raise SystemExit(f"--merge: the rows were evaluated on different numbers of windows {sorted(windows)}; "
                          "merge one evaluation at a time")
-    kernels = {row["cpu_kernels"] for row in rows if "cpu_kernels" in row}
+    kernels = recorded_kernels(rows)
     if len(kernels) > 1:
-        raise SystemExit(f"--merge: the rows ran on different CPU kernels {sorted(kernels)}, whose rounding moves "
+        raise SystemExit(f"--merge: the rows ran on different CPU kernels {kernels}, whose rounding moves "
                          "the results; rerun one set with --cpu-kernels, or merge one set at a time")
     return rows
+
+
+def recorded_kernels(rows: list[dict]) -> list[str]:
+    """The CPU kernels the rows ran on, sorted (rows written before ``cpu_kernels`` existed add none)."""
+    return sorted({row["cpu_kernels"] for row in rows if "cpu_kernels" in row})
+
+
+def kernels_label(rows: list[dict]) -> str:
+    return ", ".join(recorded_kernels(rows)) or "not recorded"
 
 
 def key(row: dict) -> tuple:
