@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,7 +154,14 @@ def test_tune_caches_statistics_and_resumes(tiny_model, stream, tmp_path, monkey
     with pytest.raises(AssertionError, match="collected again"):
         tune(tiny_model, stream.flip(0), target=0.6, methods=["atp"], budget=1, settings=SMALL,
              cache_root=tmp_path / "cache", progress=False)
-    # so is another version of this package's code
+    # so are other numerics (statistics measured with other CPU kernels or another torch round differently)
+    native_numerics = search_module.numerics_fingerprint
+    monkeypatch.setattr(search_module, "numerics_fingerprint", lambda device: native_numerics(device) + " | other")
+    with pytest.raises(AssertionError, match="collected again"):
+        tune(tiny_model, stream, target=0.6, methods=["atp"], budget=1, settings=SMALL,
+             cache_root=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(search_module, "numerics_fingerprint", native_numerics)
+    # and so is another version of this package's code
     monkeypatch.setattr(search_module, "code_fingerprint", lambda: "0" * 64)
     with pytest.raises(AssertionError, match="collected again"):
         tune(tiny_model, stream, target=0.6, methods=["atp"], budget=1, settings=SMALL,
@@ -171,6 +180,19 @@ def test_code_fingerprint_follows_every_source_file(tmp_path):
     (package / "sub" / "b.py").write_text("y = 3\n")
     assert code_fingerprint.__wrapped__(package) != before
     assert code_fingerprint() == code_fingerprint.__wrapped__(Path(search_module.__file__).resolve().parent.parent)
+
+
+def test_numerics_fingerprint_follows_the_cpu_kernels():
+    """Pinning torch to its generic kernels (``ATEN_CPU_CAPABILITY=default``) changes the fingerprint,
+    so a tune cache measured with AVX-512 kernels is not read back by a run on AVX2 or generic ones."""
+    code = "from owl_plugin.tuning.cache import numerics_fingerprint; print(numerics_fingerprint())"
+    native = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+                            ).stdout
+    assert native.startswith(f"torch {torch.__version__} | cpu | ")
+    assert pinned.strip().split(" | ")[2:] == ["DEFAULT", "MKL_ENABLE_INSTRUCTIONS=AVX2"]
+    assert native != pinned
 
 
 def test_tune_rejects_bad_input(tiny_model, stream, tmp_path):

@@ -1,8 +1,10 @@
 """On-disk cache of everything ``owl tune`` measures once per model and calibration data.
 
 Key = sha256 of (model weights, calibration token windows, held-out token windows, settings,
-this package's source code): a changed statistics pass, proxy or allocator is a new key, so
-results measured by an older version are never read back as if they were this version's.
+this package's source code, the numerics): a changed statistics pass, proxy or allocator is a
+new key, so results measured by an older version are never read back as if they were this
+version's; nor are results measured with other kernels (torch's AVX-512 and AVX2 code round
+differently, which at high sparsity moves a score as much as another calibration draw).
 Under ``<root>/tune/<key>/``:
 
     input_sq_means.safetensors   mean x_j² at every block linear's input (OWL, DLP, Wanda masks)
@@ -64,11 +66,28 @@ def code_fingerprint(package_root: str | os.PathLike = Path(__file__).resolve().
     return digest.hexdigest()
 
 
+# Environment variables that pin MKL's and oneDNN's instruction sets (ATen's own show in its capability).
+KERNEL_PINS = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def numerics_fingerprint(device: torch.device | str = "cpu") -> str:
+    """What sets the rounding of a measurement on ``device``: torch's version, the device type and,
+    on CPU, the vector kernels torch dispatches to (``get_cpu_capability()``, e.g. AVX512 or AVX2,
+    which ``ATEN_CPU_CAPABILITY`` can lower) and any pin of MKL's or oneDNN's instruction set."""
+    device = torch.device(device)
+    parts = [f"torch {torch.__version__}", device.type]
+    if device.type == "cpu":
+        parts.append(torch.backends.cpu.get_cpu_capability())
+        parts += [f"{name}={os.environ[name]}" for name in KERNEL_PINS if os.environ.get(name)]
+    return " | ".join(parts)
+
+
 def cache_key(model_hash: str, calibration_hash: str, heldout_hash: str, settings: Mapping[str, Any], *,
-              code_hash: str) -> str:
-    """One hex key from the three data hashes, the JSON of ``settings`` and the code's hash."""
+              code_hash: str, numerics: str) -> str:
+    """One hex key from the three data hashes, the JSON of ``settings``, the code's hash and the
+    numerics (``numerics_fingerprint``)."""
     text = json.dumps({"model": model_hash, "calibration": calibration_hash, "heldout": heldout_hash,
-                       "settings": dict(settings), "code": code_hash}, sort_keys=True)
+                       "settings": dict(settings), "code": code_hash, "numerics": numerics}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

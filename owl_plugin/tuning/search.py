@@ -34,7 +34,14 @@ from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.spectra import XMIN_RULES, esd, fit_power_law
 from owl_plugin.statistics import collect_input_sq_means
-from owl_plugin.tuning.cache import StatisticsCache, cache_key, code_fingerprint, model_fingerprint, tokens_fingerprint
+from owl_plugin.tuning.cache import (
+    StatisticsCache,
+    cache_key,
+    code_fingerprint,
+    model_fingerprint,
+    numerics_fingerprint,
+    tokens_fingerprint,
+)
 from owl_plugin.tuning.log import CandidateLog, candidate_id
 from owl_plugin.tuning.proxy import PROXY_NAME, WandaProxy, dense_reference
 from owl_plugin.tuning.refine import RefineSettings, block_view, evolve, shifted
@@ -179,7 +186,7 @@ def tune(
     batches, heldout = split_calibration(token_ids, settings)
     key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds")}
     key = cache_key(model_fingerprint(model), tokens_fingerprint(batches), tokens_fingerprint(heldout), key_settings,
-                    code_hash=code_fingerprint())
+                    code_hash=code_fingerprint(), numerics=numerics_fingerprint(next(model.parameters()).device))
     cache = StatisticsCache(cache_root or cache_dir(), key)
     cached: dict[str, bool] = {}
 
