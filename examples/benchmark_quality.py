@@ -7,7 +7,7 @@ pruning and the peak memory (RSS) of the process that pruned. Calibration comes 
 second half of the same WikiText-2 file and evaluation from the first half, so they never
 overlap (or --dataset); ``--eval-windows 270`` evaluates the whole first half (~7 min per row).
 
-    python examples/benchmark_quality.py                       # 50/60/70%, all six rows each
+    python examples/benchmark_quality.py                       # 50/60/70%, every allocation and pruner
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda
 
 Each configuration runs in its own process (clean llmcompressor session, honest peak memory),
@@ -36,6 +36,10 @@ calibration windows (``OWLAllocationModifier.statistics_samples``; the pruner st
 
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda \
         --allocations uniform owl owl-capped --statistics-samples 16 --seeds 0 1 2
+
+``owl-linear`` rows give every linear its own outlier ratio and sparsity (``granularity: linear``)
+instead of one per decoder block as in the paper; the 2λ band and the parameter-weighted mean
+stay the same.
 
 The ``tuned`` row first runs ``owl tune default --method all`` on the *calibration* text only
 (held-out windows from its tail; the evaluation file is hidden from it via OWL_EVAL_TEXT), then
@@ -73,6 +77,8 @@ ALLOCATIONS = {
     "owl": "OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08}",
     # OWL with its statistics from the first --statistics-samples calibration windows only
     "owl-capped": "OWLAllocationModifier: {{owl_m: 5, owl_lambda: 0.08, statistics_samples: {statistics_samples}}}",
+    # OWL with one ratio per linear (its own outlier ratio) instead of one per decoder block
+    "owl-linear": "OWLAllocationModifier: {owl_m: 5, owl_lambda: 0.08, granularity: linear}",
     "alpha": "AlphaAllocationModifier: {epsilon: 0.2}",
     "dlp": "DLPAllocationModifier: {dlp_band: 0.08}",
     "atp": "ATPAllocationModifier: {atp_beta: 0.005}",

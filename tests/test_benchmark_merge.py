@@ -1,4 +1,5 @@
-"""``examples/benchmark_quality.py --merge``: draws run separately print as one table, never a silent mix."""
+"""``examples/benchmark_quality.py``: its rows are the recipes they name, and ``--merge`` prints draws
+run separately as one table, never a silent mix."""
 
 from __future__ import annotations
 
@@ -103,3 +104,35 @@ def test_cpu_kernels_avx2_pins_torch_to_avx2() -> None:
                             env={**os.environ, **script.CPU_KERNELS["avx2"]})
     assert pinned.returncode == 0, pinned.stderr
     assert pinned.stdout.strip() == "AVX2"
+
+
+def test_every_benchmark_allocation_is_the_recipe_its_rows_name(tmp_path: Path) -> None:
+    """Each row's recipe resolves in llmcompressor to the allocation modifier the tables describe
+    (``owl-linear``: one ratio per linear; ``owl-capped``: statistics from the first windows),
+    followed by the pruner at the row's sparsity."""
+    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from llmcompressor.recipe import Recipe
+
+    import owl_plugin.integrations.llmcompressor  # noqa: F401  (registers the modifiers)
+
+    expected = {"uniform": None, "owl": ("OWLAllocationModifier", {"owl_m": 5, "owl_lambda": 0.08,
+                                                                     "granularity": "block"}),
+                "owl-linear": ("OWLAllocationModifier", {"granularity": "linear", "owl_lambda": 0.08}),
+                "owl-capped": ("OWLAllocationModifier", {"statistics_samples": 8, "granularity": "block"}),
+                "alpha": ("AlphaAllocationModifier", {"epsilon": 0.2}),
+                "dlp": ("DLPAllocationModifier", {"dlp_band": 0.08}),
+                "atp": ("ATPAllocationModifier", {"atp_beta": 0.005})}
+    assert set(expected) == set(script.ALLOCATIONS) - {"tuned"}
+    for allocation, want in expected.items():
+        recipe = tmp_path / f"{allocation}.yaml"
+        recipe.write_text(script.recipe_text("wanda", allocation, 0.7, statistics_samples=8))
+        modifiers = Recipe.create_instance(str(recipe)).modifiers
+        assert type(modifiers[-1]).__name__ == "WandaPruningModifier" and modifiers[-1].sparsity == 0.7
+        if want is None:
+            assert len(modifiers) == 1, allocation
+            continue
+        name, fields = want
+        assert len(modifiers) == 2 and type(modifiers[0]).__name__ == name, allocation
+        assert {k: getattr(modifiers[0], k) for k in fields} == fields, allocation
