@@ -17,7 +17,7 @@ from owl_plugin.config import AlphaConfig, DLPConfig, OWLConfig, UniformConfig
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.tuning import search as search_module
-from owl_plugin.tuning.cache import code_fingerprint
+from owl_plugin.tuning.cache import KERNEL_PINS, code_fingerprint
 from owl_plugin.tuning.log import CandidateLog, candidate_id
 from owl_plugin.tuning.proxy import WandaProxy, dense_reference
 from owl_plugin.tuning.refine import RefineSettings
@@ -186,9 +186,11 @@ def test_numerics_fingerprint_follows_the_cpu_kernels():
     """Pinning torch to its generic kernels (``ATEN_CPU_CAPABILITY=default``) changes the fingerprint,
     so a tune cache measured with AVX-512 kernels is not read back by a run on AVX2 or generic ones."""
     code = "from owl_plugin.tuning.cache import numerics_fingerprint; print(numerics_fingerprint())"
-    native = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    unpinned = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", *KERNEL_PINS)}
+    native = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=unpinned).stdout
     pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+                            env={**unpinned, "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
                             ).stdout
     assert native.startswith(f"torch {torch.__version__} | cpu | ")
     assert pinned.strip().split(" | ")[2:] == ["DEFAULT", "MKL_ENABLE_INSTRUCTIONS=AVX2"]
