@@ -165,8 +165,9 @@ def measure(name: str, dense_ir: Path, pruned_ir: Path, text_ids: np.ndarray, pr
         on, off, dense = (generated["pruned int8, sparse on"], generated["pruned int8, sparse off"],
                           generated["dense int8"])
         report["greedy"] = {
-            "sparse_on_equals_off": sum(a == b for a, b in zip(on, off)),
-            "pruned_vs_dense_same_tokens": float(np.mean([np.mean(np.equal(a, b)) for a, b in zip(on, dense)])),
+            "sparse_on_equals_off": sum(a == b for a, b in zip(on, off, strict=True)),
+            "pruned_vs_dense_same_tokens": float(np.mean([np.mean(np.equal(a, b))
+                                                          for a, b in zip(on, dense, strict=True)])),
             "prompts": len(prompt_ids),
         }
     options = {"prefill_tokens": 512, "decode_tokens": args.decode_tokens, "batch": args.batch}
@@ -219,8 +220,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             ax = axes[row][col]
             names = list(variants)
             med = [variants[v]["speed"][metric]["median"] for v in names]
-            low = [m - variants[v]["speed"][metric]["min"] for m, v in zip(med, names)]
-            high = [variants[v]["speed"][metric]["max"] - m for m, v in zip(med, names)]
+            low = [m - variants[v]["speed"][metric]["min"] for m, v in zip(med, names, strict=True)]
+            high = [variants[v]["speed"][metric]["max"] - m for m, v in zip(med, names, strict=True)]
             ax.bar(range(len(names)), med, yerr=[low, high], capsize=4,
                    color=["tab:grey", "tab:blue", "tab:green"][: len(names)])
             ax.set_xticks(range(len(names)), [n.replace("pruned int8, ", "pruned\n") for n in names], fontsize=8)

@@ -91,7 +91,7 @@ def main() -> None:
     print(f"reference-style Wanda loop, {args.method} {args.sparsity:.0%}: WikiText-2 perplexity {ppl:.2f}")
     if args.compare:
         other, _ = load_model(args.compare)
-        for (block, linears), theirs in zip(blocks.items(), prunable_linears(other).values()):
+        for (block, linears), theirs in zip(blocks.items(), prunable_linears(other).values(), strict=True):
             equal = [float(((m.weight == 0) == (theirs[n].weight == 0)).float().mean()) for n, m in linears.items()]
             print(f"{block}: equal mask entries {min(equal):.4f} (worst linear) … {max(equal):.4f}")
 

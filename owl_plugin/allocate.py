@@ -213,7 +213,7 @@ def unit_ratios(
 
 
 def _to_profile(config, target, units, bounded: Bounded, linears, block_of, scores, provenance) -> SparsityProfile:
-    ratio_of = {name: float(r) for members, r in zip(units.values(), bounded.ratios) for name in members}
+    ratio_of = {name: float(r) for members, r in zip(units.values(), bounded.ratios, strict=True) for name in members}
     modules = {
         name: ModuleSparsity(ratio_of[name], int(linear.weight.numel()), block_of[name])
         for name, linear in linears.items()

@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from owl_plugin.formats.compact_config import is_compact
 from owl_plugin.profile import PROFILE_FILENAME, SparsityProfile
@@ -73,7 +73,7 @@ _LANGUAGE = re.compile(r"^[a-zA-Z]{2,3}([-_][a-zA-Z0-9]{2,8})?$")
 _PLAIN_YAML = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _CACHE_DIR = re.compile(r"^models--([^/]+?)--([^/]+)$")
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 METHODS = {  # profile.method -> (description, tag)
     "owl": ("OWL (Outlier Weighed Layerwise sparsity; Yin et al., ICML 2024, "

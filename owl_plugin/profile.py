@@ -97,7 +97,7 @@ class SparsityProfile:
         fitted = fit_to_bounds(ratios, weights, target, self.bounds, what=f"{self.method} rescaled")
         modules = {
             n: ModuleSparsity(float(s), self.modules[n].num_params, self.modules[n].block)
-            for n, s in zip(names, fitted.ratios)
+            for n, s in zip(names, fitted.ratios, strict=True)
         }
         return SparsityProfile(
             method=self.method, target=target, modules=modules, params=dict(self.params),

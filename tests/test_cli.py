@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 
@@ -159,7 +160,7 @@ def test_cli_owl_on_default_model(owl_default_run):
     assert max(blocks.values()) - min(blocks.values()) == pytest.approx(0.16, abs=1e-9)
     # more outliers -> less sparsity
     order = sorted(blocks, key=lambda b: profile.scores[b])
-    assert all(blocks[a] >= blocks[b] - 1e-12 for a, b in zip(order, order[1:]))
+    assert all(blocks[a] >= blocks[b] - 1e-12 for a, b in itertools.pairwise(order))
     assert all(0.0 <= profile.scores[b] <= 100.0 for b in blocks)
     assert profile.params["calibration"] == {"source": "pydoc", "num_samples": 8, "seq_len": 256, "seed": 0}
 
@@ -173,4 +174,4 @@ def test_cli_alpha_on_default_model(alpha_default_run):
     assert list(profile.scores) == list(blocks)
     assert all(2.0 <= a <= 8.0 for a in profile.scores.values()), profile.scores
     order = sorted(blocks, key=lambda b: profile.scores[b])  # higher α -> more sparsity
-    assert all(blocks[a] <= blocks[b] + 1e-12 for a, b in zip(order, order[1:]))
+    assert all(blocks[a] <= blocks[b] + 1e-12 for a, b in itertools.pairwise(order))

@@ -65,7 +65,7 @@ def test_calibration_batches_windows():
         start = int(batch[0, 0])
         assert torch.equal(batch[0], torch.arange(start, start + 64))  # contiguous windows of the text
     again = calibration_batches(ids, num_samples=5, seq_len=64, seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # seeded
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # seeded
 
 
 @pytest.mark.parametrize(

@@ -9,20 +9,20 @@ import torch
 
 pytest.importorskip("llmcompressor")
 
-from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
-from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from llmcompressor.modifiers.pruning import WandaPruningModifier
+from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from owl_plugin.allocate import allocate  # noqa: E402
-from owl_plugin.config import AlphaConfig, ATPConfig  # noqa: E402
-from owl_plugin.integrations.llmcompressor import (  # noqa: E402
+from owl_plugin.allocate import allocate
+from owl_plugin.config import AlphaConfig, ATPConfig
+from owl_plugin.integrations.llmcompressor import (
     ATPAllocationModifier, DLPAllocationModifier, ProfileAllocationModifier,
 )
-from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, prune  # noqa: E402
-from owl_plugin.layers import prunable_linears  # noqa: E402
-from owl_plugin.profile import SparsityProfile  # noqa: E402
-from owl_plugin.verify import measured_sparsities, profile_mismatches  # noqa: E402
+from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, prune
+from owl_plugin.layers import prunable_linears
+from owl_plugin.profile import SparsityProfile
+from owl_plugin.verify import measured_sparsities, profile_mismatches
 
 LAYERS = r"re:model\.layers\.\d+$"
 pytestmark = pytest.mark.llmcompressor

@@ -16,17 +16,17 @@ import torch
 
 pytest.importorskip("llmcompressor")
 
-from llmcompressor import oneshot  # noqa: E402
-from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
-from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from llmcompressor import oneshot
+from llmcompressor.modifiers.pruning import WandaPruningModifier
+from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM
 
-from owl_plugin.integrations.llmcompressor import AlphaAllocationModifier, OWLAllocationModifier  # noqa: E402
-from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, nm_summary, prune  # noqa: E402
-from owl_plugin.integrations.llmcompressor.recipe import check_recipe_nesting  # noqa: E402
-from owl_plugin.profile import SparsityProfile  # noqa: E402
-from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches  # noqa: E402
+from owl_plugin.integrations.llmcompressor import AlphaAllocationModifier, OWLAllocationModifier
+from owl_plugin.integrations.llmcompressor.prune import calibration_dataset, nm_summary, prune
+from owl_plugin.integrations.llmcompressor.recipe import check_recipe_nesting
+from owl_plugin.profile import SparsityProfile
+from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches
 
 LAYERS = r"re:model\.layers\.\d+$"
 

@@ -57,7 +57,7 @@ def pruned_checkpoint(tmp_path_factory, default_model_path) -> Path:
     model = LlamaForCausalLM(config).eval()
     modules = {}
     with torch.no_grad():
-        for index, (layer, sparsity) in enumerate(zip(model.model.layers, BLOCK_SPARSITY)):
+        for index, (layer, sparsity) in enumerate(zip(model.model.layers, BLOCK_SPARSITY, strict=True)):
             for name, linear in layer.named_modules():
                 if isinstance(linear, torch.nn.Linear):
                     weight = linear.weight

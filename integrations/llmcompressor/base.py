@@ -260,7 +260,7 @@ class AllocationModifier(Modifier):
         structure = self._structure
         names = list(profile.modules)
         mixed = mixed_nm_counts(np.array([profile.modules[n].sparsity for n in names]), structure, bounds=self.bounds)
-        self._nm_counts = dict(zip(names, (int(n) for n in mixed.counts)))
+        self._nm_counts = dict(zip(names, (int(n) for n in mixed.counts), strict=True))
         modules = {
             n: ModuleSparsity(self._nm_counts[n] / structure.m, e.num_params, e.block)
             for n, e in profile.modules.items()

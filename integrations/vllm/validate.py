@@ -119,7 +119,7 @@ def _read_back(model) -> dict[str, Any]:
         parts = packed.get(leaf)
         if parts and sizes and len(parts) == len(sizes) and sum(sizes) == weight.shape[0]:
             offset = 0
-            for part, size in zip(parts, sizes):
+            for part, size in zip(parts, sizes, strict=True):
                 piece = weight[offset:offset + size]
                 measured[f"{parent}.{part}"] = (int((piece == 0).sum()), piece.numel(), int(piece.shape[1]))
                 offset += size
@@ -153,7 +153,7 @@ def perplexity(llm, text_ids: Sequence[int], *, seq_len: int, windows: int) -> f
     prompts = [TokensPrompt(prompt_token_ids=list(text_ids[w * seq_len:(w + 1) * seq_len])) for w in range(count)]
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0), use_tqdm=False)
     nll, tokens = 0.0, 0
-    for prompt, out in zip(prompts, outputs):
+    for prompt, out in zip(prompts, outputs, strict=True):
         ids = prompt["prompt_token_ids"]
         for position in range(1, len(ids)):
             entry = out.prompt_logprobs[position]
@@ -336,7 +336,7 @@ def serve_check(request: EngineRequest, result: EngineResult, text_ids: Sequence
                    **{k: v for k, v in outcome.items() if k != "texts"})
     if "compact" in stats and "pruned" in stats:
         ours, theirs = stats["compact"]["texts"], stats["pruned"]["texts"]
-        differing = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a is None or a != b]
+        differing = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a is None or a != b]
         detail = (f"all {len(ours)} served greedy completions of the compact checkpoint equal the dense one's"
                   if not differing else
                   f"{len(differing)} of {len(ours)} served completions differ; first: request {differing[0]}: "

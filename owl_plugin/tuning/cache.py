@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,12 @@ def tokens_fingerprint(windows: Sequence[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def code_fingerprint(package_root: str | os.PathLike = Path(__file__).resolve().parent.parent) -> str:
+# The installed ``owl_plugin`` package (this file is owl_plugin/tuning/cache.py).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def code_fingerprint(package_root: str | os.PathLike = PACKAGE_ROOT) -> str:
     """sha256 over every ``*.py`` file (relative path and bytes, in path order) under ``package_root``
     (default: the installed ``owl_plugin`` package)."""
     root = Path(package_root)

@@ -143,7 +143,7 @@ def shifted(profile: SparsityProfile, blocks: list[str], ratios: np.ndarray, *, 
             params: dict | None = None) -> SparsityProfile:
     """``profile`` with every module of block b moved by (new s_b − old s_b)."""
     old = profile.block_sparsities()
-    delta = {b: float(r) - old[b] for b, r in zip(blocks, ratios)}
+    delta = {b: float(r) - old[b] for b, r in zip(blocks, ratios, strict=True)}
     modules = {n: ModuleSparsity(min(max(e.sparsity + delta[e.block], profile.bounds[0]), profile.bounds[1]),
                                  e.num_params, e.block)
                for n, e in profile.modules.items()}

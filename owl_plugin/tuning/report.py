@@ -72,7 +72,7 @@ def plot_scores(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *
         ax.set_title(f"refined ({refined['accepted']} moves kept)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=False):  # a last panel may be the refined one
         axis = PLOT_AXIS[method]
         mine = [r for r in records if r["method"] == method]
         groups: dict[str, list] = {}

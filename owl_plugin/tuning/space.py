@@ -46,7 +46,7 @@ def nested_grid(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     names = list(axes)
     indices = itertools.product(*(range(len(axes[n])) for n in names))
     ordered = sorted(indices, key=lambda idx: (max(idx), idx))
-    return [{n: axes[n][i] for n, i in zip(names, idx)} for idx in ordered]
+    return [{n: axes[n][i] for n, i in zip(names, idx, strict=True)} for idx in ordered]
 
 
 def atp_beta_max(target: float, num_blocks: int, bounds: tuple[float, float]) -> float:

@@ -97,7 +97,7 @@ def sparsity_check(
 
 def first_divergence(expected: Sequence[int], got: Sequence[int]) -> int | None:
     """Index of the first differing token (a length difference counts), or None when equal."""
-    for index, (a, b) in enumerate(zip(expected, got)):
+    for index, (a, b) in enumerate(zip(expected, got, strict=False)):
         if a != b:
             return index
     return None if len(expected) == len(got) else min(len(expected), len(got))
@@ -119,7 +119,7 @@ def greedy_check(
     if len(reference) != len(got):
         result.add(name, False, f"{len(got)} generations for {len(reference)} reference prompts")
         return False
-    divergences = [first_divergence(ref, out) for ref, out in zip(reference, got)]
+    divergences = [first_divergence(ref, out) for ref, out in zip(reference, got, strict=True)]
     matching = sum(d is None for d in divergences)
     first = None
     for prompt, position in enumerate(divergences):
