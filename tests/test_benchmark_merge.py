@@ -19,6 +19,14 @@ def row(seed: int, allocation: str, ppl: float, seconds: float, num_samples: int
             "ppl": ppl, "seconds": seconds, "peak_mib": 1200.0, "measured": 0.6992, **extra}
 
 
+def load_script():
+    """The benchmark script as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def merge(*files: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--merge", *map(str, files)], capture_output=True, text=True,
                           timeout=120)
@@ -96,9 +104,7 @@ def test_rows_from_different_cpu_kernels_are_refused(tmp_path: Path) -> None:
 
 
 def test_cpu_kernels_avx2_pins_torch_to_avx2() -> None:
-    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     pinned = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             env={**os.environ, **script.CPU_KERNELS["avx2"]})
@@ -110,9 +116,7 @@ def test_every_benchmark_allocation_is_the_recipe_its_rows_name(tmp_path: Path) 
     """Each row's recipe resolves in llmcompressor to the allocation modifier the tables describe
     (``owl-linear``: one ratio per linear; ``owl-capped``: statistics from the first windows),
     followed by the pruner at the row's sparsity."""
-    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     from llmcompressor.recipe import Recipe
 
     import owl_plugin.integrations.llmcompressor  # noqa: F401  (registers the modifiers)
