@@ -20,12 +20,12 @@ half-written entry; a later run with the same key reuses what is there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-import functools
 from pathlib import Path
 from typing import Any
 
