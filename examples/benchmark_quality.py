@@ -171,7 +171,9 @@ def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
 
 
 def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile: Path | None = None, *,
-        structure: str = "0:0", seed: int = 0, num_samples: int | None = None) -> dict:
+        structure: str = "0:0", seed: int = 0, num_samples: int | None = None, prelude: str = "") -> dict:
+    """Prune and evaluate one row in a fresh process; ``prelude`` is Python run before ``RUN_ONE``
+    (``propagation_check.py`` uses it to change an llmcompressor argument)."""
     nm = structure != "0:0"
     recipe = work / (f"{pruner}-{allocation}-{sparsity}" + (f"-{structure.replace(':', 'of')}" if nm else "")
                      + f"-seed{seed}.yaml")
@@ -180,8 +182,9 @@ def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile
                                   statistics_samples=args.statistics_samples))
     output = work / recipe.stem
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(recipe), str(output), args.dataset, str(num_samples or args.num_samples),
-         str(args.seq_len), args.text, str(args.eval_windows), str(args.eval_seq_len), str(seed)],
+        [sys.executable, "-c", prelude + RUN_ONE, str(recipe), str(output), args.dataset,
+         str(num_samples or args.num_samples), str(args.seq_len), args.text, str(args.eval_windows),
+         str(args.eval_seq_len), str(seed)],
         capture_output=True, text=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
