@@ -133,6 +133,16 @@ def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | N
     return "\n".join(lines) + "\n"
 
 
+def split_halves(text: Path, work: Path) -> tuple[str, str]:
+    """Write ``text``'s second half (calibration) and first half (evaluation) into ``work``; return
+    their paths as (calibration, evaluation). The halves never overlap, however many windows are drawn."""
+    full = text.read_text()
+    calibration, evaluation = work / "calibration.txt", work / "evaluation.txt"
+    calibration.write_text(full[len(full) // 2:])
+    evaluation.write_text(full[: len(full) // 2])
+    return str(calibration), str(evaluation)
+
+
 def check_eval_windows(args, what: str = "the evaluation text") -> None:
     """Refuse, before any pruning, more evaluation windows than the evaluation text holds."""
     from transformers import AutoTokenizer
@@ -254,10 +264,7 @@ def main() -> None:
         work = Path(tmp)
         calibration = args.dataset  # recorded in the rows when it is not the default
         if args.dataset is None:  # halves of one file: calibration never overlaps evaluation, however many windows
-            full = Path(args.text).read_text()
-            args.dataset, args.text = str(work / "calibration.txt"), str(work / "evaluation.txt")
-            Path(args.dataset).write_text(full[len(full) // 2:])
-            Path(args.text).write_text(full[: len(full) // 2])
+            args.dataset, args.text = split_halves(Path(args.text), work)
             check_eval_windows(args, "the evaluation text (the first half of the file; the second half is the "
                                      "calibration text)")
         else:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_quality import run  # noqa: E402  (a sibling script, not a package)
+from benchmark_quality import run, split_halves  # noqa: E402  (a sibling script, not a package)
 
 NO_PROPAGATION = ("import functools, llmcompressor\n"
                   "llmcompressor.oneshot = functools.partial(llmcompressor.oneshot, propagate_error=False)\n")
@@ -46,10 +46,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="owl-propagation-") as tmp:
         work = Path(tmp)
-        full = Path(default_eval_text()).read_text()  # the benchmark's split: calibration never overlaps evaluation
-        (work / "calibration.txt").write_text(full[len(full) // 2:])
-        (work / "evaluation.txt").write_text(full[: len(full) // 2])
-        options = SimpleNamespace(dataset=str(work / "calibration.txt"), text=str(work / "evaluation.txt"),
+        calibration, evaluation = split_halves(Path(default_eval_text()), work)  # the benchmark's split
+        options = SimpleNamespace(dataset=calibration, text=evaluation,
                                   num_samples=args.num_samples, seq_len=512, eval_windows=40, eval_seq_len=512,
                                   nm_owl_lambda=None, statistics_samples=16)
         prelude = "" if args.propagate else NO_PROPAGATION
