@@ -47,6 +47,14 @@ prunes with the best profile through ``ProfileAllocationModifier``. A second tab
 tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
 ``--tune-refine G`` adds G generations of block-by-block refinement (``owl tune --refine``).
 
+The ``owl-tuned`` row is OWL with its two hyperparameters searched instead of the papers'
+LLaMA-7B values (M=5, λ=0.08): ``owl tune default --method owl`` on the calibration text (its whole
+grid of 28 points with ``--tune-budget 28``) picks (M, λ), and each draw then prunes through the
+recipe's own ``OWLAllocationModifier`` with them, which measures the outliers on that draw's windows.
+
+    python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform owl owl-tuned \
+        --tune-budget 28
+
     python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
         --allocations uniform owl alpha dlp atp tuned
 
@@ -83,7 +91,11 @@ ALLOCATIONS = {
     "dlp": "DLPAllocationModifier: {dlp_band: 0.08}",
     "atp": "ATPAllocationModifier: {atp_beta: 0.005}",
     "tuned": "ProfileAllocationModifier: {{profile_file: '{profile}'}}",  # filled with `owl tune`'s best profile
+    # OWL with the M and λ `owl tune --method owl` picked (read from its profile) instead of M=5, λ=0.08
+    "owl-tuned": "OWLAllocationModifier: {{owl_m: {m:g}, owl_lambda: {lam:g}}}",
 }
+#: the rows whose profile comes from `owl tune`, and the --method each tunes
+TUNED = {"tuned": "all", "owl-tuned": "owl"}
 
 RUN_ONE = textwrap.dedent(
     """
@@ -122,6 +134,9 @@ def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | N
         lines.append(f"    OWLAllocationModifier: {{owl_m: 5, owl_lambda: {owl_lambda}}}")
     elif allocation == "tuned":
         lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
+    elif allocation == "owl-tuned":  # the recipe's own OWL modifier, on this draw's calibration windows
+        params = json.loads(profile.read_text())["params"]
+        lines.append("    " + ALLOCATIONS["owl-tuned"].format(m=params["m"], lam=params["lam"]))
     elif allocation == "owl-capped":
         lines.append("    " + ALLOCATIONS["owl-capped"].format(statistics_samples=statistics_samples))
     elif ALLOCATIONS[allocation]:
@@ -159,19 +174,22 @@ def check_eval_windows(args, what: str = "the evaluation text") -> None:
                          f"{args.eval_seq_len} tokens")
 
 
-def tune(sparsity: float, args, work: Path) -> tuple[Path, float]:
-    """``owl tune`` on the calibration text only; returns (best profile, seconds)."""
+def tune(sparsity: float, args, work: Path, method: str = "all") -> tuple[Path, float]:
+    """``owl tune --method method`` on the calibration text only; returns (best profile, seconds).
+
+    Refinement (``--tune-refine``) applies to ``all`` only: it moves blocks off the method's own
+    formula, and an ``owl-tuned`` row must stay an OWL allocation."""
     import time
 
-    output = work / f"tuned-{sparsity}"
+    output = work / f"tuned-{method}-{sparsity}"
     env = dict(os.environ, OWL_EVAL_TEXT=str(work / "evaluation-text-is-not-for-tuning.txt"))
+    refine = args.tune_refine if method == "all" else 0
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", "all", "--sparsity", str(sparsity),
+        [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", method, "--sparsity", str(sparsity),
          "--budget", str(args.tune_budget), "--calibration", args.dataset, "--num-samples", str(args.tune_samples),
          "--seq-len", str(args.tune_seq_len), "--heldout-windows", str(args.tune_heldout_windows),
-         "--heldout-seq-len", str(args.tune_heldout_seq_len), "--refine", str(args.tune_refine),
-         "--output", str(output)],
+         "--heldout-seq-len", str(args.tune_heldout_seq_len), "--refine", str(refine), "--output", str(output)],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
@@ -291,16 +309,15 @@ def main() -> None:
                                                              structure=nm[0], seed=seed)})
                 tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)
                 continue
-            if allocation == "tuned" and sparsity not in tuned:
-                tuned[sparsity] = tune(sparsity, args, work)
-            profile = tuned[sparsity][0] if allocation == "tuned" else None
+            if allocation in TUNED and (allocation, sparsity) not in tuned:  # once per sparsity, for every draw
+                tuned[allocation, sparsity] = tune(sparsity, args, work, TUNED[allocation])
+            profile = tuned[allocation, sparsity][0] if allocation in TUNED else None
             rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed)})
-            if allocation == "tuned":
-                rows[-1]["tune_seconds"] = tuned[sparsity][1]
-                saved = json.loads(profile.read_text())
-                rows[-1]["tuned_as"] = saved["method"] + (f" from {saved['params']['from']['method']}"
-                                                          if saved["method"] == "refined" else "")
-                rows[-1]["tune_refine"] = args.tune_refine
+            if allocation in TUNED:
+                rows[-1]["tune_seconds"] = tuned[allocation, sparsity][1]
+                rows[-1]["tuned_as"] = tuned_as(json.loads(profile.read_text()))
+                rows[-1]["tune_budget"] = args.tune_budget
+                rows[-1]["tune_refine"] = args.tune_refine if allocation == "tuned" else 0
             tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)  # partial results survive an interrupted run
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
@@ -313,6 +330,15 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
         plot_rows(rows, Path(args.plot))
+
+
+def tuned_as(saved: dict) -> str:
+    """What ``owl tune`` picked, from its saved profile: ``atp``, ``refined from dlp``, ``owl M=3 λ=0.2``."""
+    if saved["method"] == "refined":
+        return f"refined from {saved['params']['from']['method']}"
+    if saved["method"] == "owl":
+        return f"owl M={saved['params']['m']:g} λ={saved['params']['lam']:g}"
+    return saved["method"]
 
 
 def print_tables(rows: list[dict]) -> None:

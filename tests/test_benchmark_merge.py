@@ -128,7 +128,7 @@ def test_every_benchmark_allocation_is_the_recipe_its_rows_name(tmp_path: Path) 
                 "alpha": ("AlphaAllocationModifier", {"epsilon": 0.2}),
                 "dlp": ("DLPAllocationModifier", {"dlp_band": 0.08}),
                 "atp": ("ATPAllocationModifier", {"atp_beta": 0.005})}
-    assert set(expected) == set(script.ALLOCATIONS) - {"tuned"}
+    assert set(expected) == set(script.ALLOCATIONS) - set(script.TUNED)
     for allocation, want in expected.items():
         recipe = tmp_path / f"{allocation}.yaml"
         recipe.write_text(script.recipe_text("wanda", allocation, 0.7, statistics_samples=8))
@@ -140,3 +140,35 @@ def test_every_benchmark_allocation_is_the_recipe_its_rows_name(tmp_path: Path) 
         name, fields = want
         assert len(modifiers) == 2 and type(modifiers[0]).__name__ == name, allocation
         assert {k: getattr(modifiers[0], k) for k in fields} == fields, allocation
+
+
+def test_tuned_rows_prune_with_the_profile_owl_tune_wrote_and_name_what_it_picked(tmp_path: Path, tiny_model,
+                                                                                   tiny_batches) -> None:
+    """A ``tuned`` row loads ``owl tune``'s profile through ``ProfileAllocationModifier``; an ``owl-tuned`` row
+    runs the recipe's own OWL modifier with the (M, λ) read from that profile. ``tuned as`` names the method
+    and, for OWL, its (M, λ)."""
+    script = load_script()
+    from llmcompressor.recipe import Recipe
+
+    import owl_plugin.integrations.llmcompressor  # noqa: F401  (registers the modifiers)
+    from owl_plugin.allocate import allocate
+    from owl_plugin.config import AlphaConfig, OWLConfig
+
+    assert script.TUNED == {"tuned": "all", "owl-tuned": "owl"}
+    owl = allocate(tiny_model, 0.7, OWLConfig(m=3.0, lam=0.2), calibration=tiny_batches, progress=False)
+    owl.save(tmp_path / "owl")
+    alpha = allocate(tiny_model, 0.7, AlphaConfig(epsilon=0.4), progress=False)
+    alpha.save(tmp_path / "alpha")
+    assert script.tuned_as(json.loads((tmp_path / "owl" / "sparsity_profile.json").read_text())) == "owl M=3 λ=0.2"
+    assert script.tuned_as(json.loads((tmp_path / "alpha" / "sparsity_profile.json").read_text())) == "alpha"
+    profile = tmp_path / "owl" / "sparsity_profile.json"
+    recipes = {}
+    for allocation in script.TUNED:
+        recipes[allocation] = tmp_path / f"{allocation}.yaml"
+        recipes[allocation].write_text(script.recipe_text("wanda", allocation, 0.7, profile))
+    tuned = Recipe.create_instance(str(recipes["tuned"])).modifiers
+    assert [type(m).__name__ for m in tuned] == ["ProfileAllocationModifier", "WandaPruningModifier"]
+    assert Path(tuned[0].profile_file) == profile
+    owl_tuned = Recipe.create_instance(str(recipes["owl-tuned"])).modifiers  # OWL itself, with the picked M and λ
+    assert [type(m).__name__ for m in owl_tuned] == ["OWLAllocationModifier", "WandaPruningModifier"]
+    assert (owl_tuned[0].owl_m, owl_tuned[0].owl_lambda, owl_tuned[1].sparsity) == (3.0, 0.2, 0.7)
