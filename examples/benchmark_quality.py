@@ -47,16 +47,16 @@ prunes with the best profile through ``ProfileAllocationModifier``. A second tab
 tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
 ``--tune-refine G`` adds G generations of block-by-block refinement (``owl tune --refine``).
 
-The ``owl-tuned`` row is OWL with its two hyperparameters searched instead of the papers'
-LLaMA-7B values (M=5, λ=0.08): ``owl tune default --method owl`` on the calibration text (its whole
+    python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
+        --allocations uniform owl alpha dlp atp tuned
+
+The ``owl-tuned`` row is OWL with its two hyperparameters searched instead of the values the OWL
+paper uses for LLaMA-7B (M=5, λ=0.08): ``owl tune default --method owl`` on the calibration text (its whole
 grid of 28 points with ``--tune-budget 28``) picks (M, λ), and each draw then prunes through the
 recipe's own ``OWLAllocationModifier`` with them, which measures the outliers on that draw's windows.
 
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform owl owl-tuned \
         --tune-budget 28
-
-    python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
-        --allocations uniform owl alpha dlp atp tuned
 
 The CPU's vector kernels are part of the draw: torch picks AVX-512 or AVX2 code for the same
 matmuls and sums, whose rounding differs, and at 70% that moves the result (uniform Wanda, 16×512,
