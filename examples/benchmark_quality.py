@@ -174,16 +174,12 @@ def check_eval_windows(args, what: str = "the evaluation text") -> None:
                          f"{args.eval_seq_len} tokens")
 
 
-def tune(sparsity: float, args, work: Path, method: str = "all") -> tuple[Path, float]:
-    """``owl tune --method method`` on the calibration text only; returns (best profile, seconds).
-
-    Refinement (``--tune-refine``) applies to ``all`` only: it moves blocks off the method's own
-    formula, and an ``owl-tuned`` row must stay an OWL allocation."""
+def tune(sparsity: float, args, work: Path, method: str = "all", refine: int = 0) -> tuple[Path, float]:
+    """``owl tune --method method --refine refine`` on the calibration text only; returns (best profile, seconds)."""
     import time
 
     output = work / f"tuned-{method}-{sparsity}"
     env = dict(os.environ, OWL_EVAL_TEXT=str(work / "evaluation-text-is-not-for-tuning.txt"))
-    refine = args.tune_refine if method == "all" else 0
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", method, "--sparsity", str(sparsity),
@@ -309,15 +305,17 @@ def main() -> None:
                                                              structure=nm[0], seed=seed)})
                 tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)
                 continue
+            # refinement moves blocks off a method's own formula, so only the `tuned` row (all methods) refines
+            refine = args.tune_refine if allocation == "tuned" else 0
             if allocation in TUNED and (allocation, sparsity) not in tuned:  # once per sparsity, for every draw
-                tuned[allocation, sparsity] = tune(sparsity, args, work, TUNED[allocation])
+                tuned[allocation, sparsity] = tune(sparsity, args, work, TUNED[allocation], refine)
             profile = tuned[allocation, sparsity][0] if allocation in TUNED else None
             rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed)})
             if allocation in TUNED:
                 rows[-1]["tune_seconds"] = tuned[allocation, sparsity][1]
                 rows[-1]["tuned_as"] = tuned_as(json.loads(profile.read_text()))
                 rows[-1]["tune_budget"] = args.tune_budget
-                rows[-1]["tune_refine"] = args.tune_refine if allocation == "tuned" else 0
+                rows[-1]["tune_refine"] = refine
             tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)  # partial results survive an interrupted run
 
     print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
