@@ -294,3 +294,13 @@ def test_interrupted_tune_resumes_from_the_log(tiny_model, stream, tmp_path, mon
                   cache_root=tmp_path, progress=False)
     assert len(result.records) == 7 and len(calls) == 4  # 3 read back, 4 evaluated (the interrupted one again)
     assert calls == ["dlp", "atp", "atp", "atp"]
+
+
+def test_model_fingerprint_hashes_scalar_tensors(tiny_model):
+    """Gemma-3 keeps 0-dim tensors; the byte view must not crash on them, and their value counts."""
+    from owl_plugin.tuning.cache import model_fingerprint
+
+    tiny_model.register_buffer("scale", torch.tensor(2.0))
+    first = model_fingerprint(tiny_model)
+    tiny_model.scale.fill_(3.0)
+    assert model_fingerprint(tiny_model) != first

@@ -34,13 +34,16 @@ from torch import nn
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order.
+
+    Tensors are flattened before the byte view: a 0-dim tensor (Gemma-3 keeps scalar buffers) cannot
+    be viewed as bytes directly."""
     digest = hashlib.sha256()
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
