@@ -29,6 +29,7 @@ from owl_plugin.bounds import Bounded
 from owl_plugin.config import (
     AllocationConfig, AlphaConfig, ATPConfig, DLPConfig, OWLConfig, UniformConfig, config_params,
 )
+from owl_plugin.coverage import coverage
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.spectra import hill_alpha
@@ -79,7 +80,8 @@ def allocate(
         provenance: extra facts recorded in ``profile.params`` (e.g. the calibration source).
 
     Returns:
-        A ``SparsityProfile`` over every linear inside the decoder blocks.
+        A ``SparsityProfile`` over every linear inside the decoder blocks; ``params["coverage"]`` records
+        the share of the decoder's prunable parameters it covers (``owl_plugin.coverage``).
 
     Example:
         >>> profile = allocate(model, 0.7, OWLConfig(m=5, lam=0.08), calibration=batches)
@@ -87,7 +89,9 @@ def allocate(
     """
     config = config or OWLConfig()
     check_target(target)
-    blocks = prunable_linears(model)
+    blocks = prunable_linears(model)  # refuses, by name, blocks holding prunable weights that are not nn.Linear
+    covered = coverage(model, [name for linears in blocks.values() for name in linears])
+    provenance = {"coverage": covered.to_dict(), **(provenance or {})}
     _check_weights(blocks)  # before any forward pass, so a bad weight is named, not its block's output
     input_sq_means = None
     if needs_statistics(config):

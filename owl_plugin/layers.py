@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from owl_plugin.coverage import check_supported, is_router
+
 
 def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Return ``(name, blocks)`` for the model's stack of decoder blocks.
@@ -43,14 +45,23 @@ def block_names(model: nn.Module) -> list[str]:
 
 
 def find_linears(block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
-    """Full name → ``nn.Linear`` for every linear layer inside ``block``, in module order."""
+    """Full name → ``nn.Linear`` for every linear layer inside ``block``, in module order.
+
+    An MoE router/gate (``owl_plugin.coverage.is_router``) is not a prunable linear: it is left out.
+    """
     return {
-        f"{prefix}.{name}": module for name, module in block.named_modules() if isinstance(module, nn.Linear)
+        f"{prefix}.{name}": module for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) and not is_router(name, module)
     }
 
 
 def prunable_linears(model: nn.Module) -> dict[str, dict[str, nn.Linear]]:
-    """Decoder block name → its linears (full names). Embeddings and the LM head are not included."""
+    """Decoder block name → its linears (full names). Embeddings and the LM head are not included.
+
+    Raises ``owl_plugin.coverage.UnsupportedArchitecture`` (a ``ValueError``) when a block also holds
+    prunable weights that are not ``nn.Linear`` (e.g. fused 3-D MoE experts), naming them.
+    """
+    check_supported(model)
     prefix, blocks = find_decoder_blocks(model)
     result = {}
     for i, block in enumerate(blocks):

@@ -113,14 +113,18 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     return str(name_or_path)
 
 
-def load_model(name_or_path: str | os.PathLike, *, dtype=None):
-    """(model, tokenizer) from a folder, a hub id, or the default model's alias; eval mode."""
+def load_model(name_or_path: str | os.PathLike, *, dtype=None, tokenizer: bool = True):
+    """(model, tokenizer) from a folder, a hub id, or the default model's alias; eval mode.
+
+    ``tokenizer=False`` returns ``(model, None)`` without touching the tokenizer files, for work that
+    reads no text (AlphaPruning, uniform, ATP): a folder without tokenizer files still loads.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import torch
 
     path = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer else None
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     model.eval()
     return model, tokenizer

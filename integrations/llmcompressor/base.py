@@ -45,6 +45,7 @@ from torch import nn
 
 from owl_plugin.allocate import allocate_linears, check_target
 from owl_plugin.allocators.mixed_nm import MaskStructure, achieved_mean, mixed_nm_counts, parse_mask_structure
+from owl_plugin.coverage import check_supported, coverage, is_router
 from owl_plugin.layers import find_decoder_blocks
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.verify import measured_sparsities, profile_mismatches
@@ -206,6 +207,11 @@ class AllocationModifier(Modifier):
         )
 
     def _resolve_groups(self, model: nn.Module, pruner: SparsityModifierBase) -> dict[str, dict[str, nn.Module]]:
+        check_supported(model)  # fused 3-D experts etc.: refused by name, not left dense under a "mean S"
+        routers = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)
+                   and is_router(name, module)]
+        if routers:  # an MoE router/gate picks experts: never pruned
+            pruner.ignore = [*(pruner.ignore or []), *exact_targets(routers)]
         groups = pruned_modules(model, pruner)
         if not any(groups.values()):
             raise ValueError(
@@ -297,11 +303,13 @@ class AllocationModifier(Modifier):
         return result
 
     def _allocate(self, model: nn.Module, *, input_sq_means) -> SparsityProfile:
+        blocks = self._blocks(model)
+        covered = coverage(model, [name for members in blocks.values() for name in members]).to_dict()
         with torch.no_grad():
             return allocate_linears(
-                self._blocks(model), self.sparsity, self.core_config(), input_sq_means=input_sq_means,
+                blocks, self.sparsity, self.core_config(), input_sq_means=input_sq_means,
                 provenance={"pruner": type(self._pruner).__name__, "modifier": type(self).__name__,
-                            **self._provenance},
+                            "coverage": covered, **self._provenance},
             )
 
     def _hand_over(self, profile: SparsityProfile) -> None:
