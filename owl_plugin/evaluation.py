@@ -2,7 +2,10 @@
 
     ppl = exp( Σ_w NLL_w / (W · (L − 1)) )
 
-over the first W windows of L tokens of the evaluation text.
+over the first W windows of L tokens of the evaluation text, built by
+``owl_plugin.text.evaluation_windows`` (the same windows in every engine): raw L text tokens, or,
+when the model was trained with BOS (``owl_plugin.text.window_protocol``), ``[BOS] + L − 1`` text
+tokens. Targets are positions 1..L−1 of each window, so a BOS is never scored.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from owl_plugin.text import evaluation_windows
+
 
 @torch.no_grad()
 def perplexity(
@@ -22,6 +27,7 @@ def perplexity(
     seq_len: int = 512,
     max_windows: int | None = 40,
     progress: bool = True,
+    bos_token_id: int | None = None,
 ) -> float:
     """Perplexity of ``model`` on ``token_ids`` (1-D) in windows of ``seq_len`` tokens.
 
@@ -30,16 +36,13 @@ def perplexity(
         token_ids: the tokenized evaluation text.
         seq_len: window length L.
         max_windows: evaluate at most this many windows from the start (None: all).
+        bos_token_id: start every window with this token (``WindowProtocol.bos_token_id``); None: raw windows.
     """
-    windows = token_ids.numel() // seq_len
-    if max_windows is not None:
-        windows = min(windows, max_windows)
-    if windows < 1:
-        raise ValueError(f"evaluation text has {token_ids.numel()} tokens, fewer than one window of {seq_len}")
+    windows = evaluation_windows(token_ids, seq_len=seq_len, max_windows=max_windows, bos_token_id=bos_token_id)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for w in tqdm(range(windows), desc="perplexity", unit="window", disable=not progress):
-        batch = token_ids[w * seq_len : (w + 1) * seq_len].unsqueeze(0).to(device)
+    for window in tqdm(windows, desc="perplexity", unit="window", disable=not progress):
+        batch = torch.tensor([window], dtype=torch.long, device=device)
         logits = model(input_ids=batch, use_cache=False).logits.float()
         nll = nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:], reduction="sum")
         total_nll += float(nll)

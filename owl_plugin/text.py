@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,11 +31,25 @@ def load_text(source: str | os.PathLike, *, column: str = "text") -> str:
 
         return "\n\n".join(topics[key] for key in sorted(topics))
     path = Path(source_str).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"text source {source_str!r} is a folder; pass a .txt/.json/.jsonl file")
     if path.exists():
-        return _read_file(path, column)
-    if path.suffix in {".txt", ".json", ".jsonl"}:
+        try:
+            text = _read_file(path, column)
+        except UnicodeDecodeError:
+            raise ValueError(f"text file {source_str!r} is not UTF-8 text (a binary file?); pass a text file") from None
+        if not text.strip():
+            raise ValueError(f"text file {source_str!r} is empty; pass a file with text in it, or 'pydoc'")
+        return text
+    if path.suffix in {".txt", ".json", ".jsonl"} or source_str.startswith(("/", "./", "../", "~")):
         raise FileNotFoundError(f"text file {source_str!r} does not exist")
+    if not _HUB_DATASET.fullmatch(source_str):
+        raise ValueError(f"text source {source_str!r} is neither an existing file nor a hub dataset name "
+                         "(NAME[:CONFIG][@SPLIT]); pass a .txt/.json/.jsonl file or 'pydoc'")
     return _read_hub_dataset(source_str, column)
+
+
+_HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%+-]+)?")
 
 
 def _read_file(path: Path, column: str) -> str:
@@ -78,18 +96,113 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return ids
 
 
+#: ``--bos`` choices: ``auto`` follows the tokenizer, ``on`` / ``off`` force it (to reproduce a paper)
+BOS_CHOICES = ("auto", "on", "off")
+
+#: ``--bos`` help, the same on every command that builds windows
+BOS_HELP = ("start every window with the BOS token: auto (default) if the tokenizer prepends it when encoding, "
+            "on/off to force either (to reproduce a paper)")
+
+#: the rule, as printed and recorded with every result
+BOS_RULE = ("auto: a window starts with BOS iff the tokenizer prepends its BOS token when encoding with default "
+            "settings; a BOS window is [BOS] + L-1 text tokens and only the text tokens are scored")
+
+
+@dataclass(frozen=True)
+class WindowProtocol:
+    """How every calibration and evaluation window is built (one rule for every engine).
+
+    ``bos_token_id`` is None for raw windows of L text tokens; otherwise every window is
+    ``[BOS] + L−1`` text tokens (the model's training condition: Gemma, Llama, Mistral and OPT
+    tokenizers prepend BOS, and such models park their attention sink on it).
+    """
+
+    choice: str
+    bos_token_id: int | None
+    tokenizer_adds_bos: bool
+
+    @property
+    def bos(self) -> bool:
+        return self.bos_token_id is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bos": self.bos, "bos_token_id": self.bos_token_id, "choice": self.choice,
+                "tokenizer_adds_bos": self.tokenizer_adds_bos, "rule": BOS_RULE}
+
+    def describe(self) -> str:
+        how = (f"[BOS={self.bos_token_id}] + L-1 text tokens" if self.bos else "raw windows of L text tokens")
+        why = {"auto": f"tokenizer {'prepends' if self.tokenizer_adds_bos else 'adds no'} BOS",
+               "on": "forced by --bos on", "off": "forced by --bos off"}[self.choice]
+        return f"windows: {how} (--bos {self.choice}: {why})"
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """True if encoding a short string with default settings puts ``tokenizer.bos_token_id`` first."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("Hello world", add_special_tokens=True).input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
+def window_protocol(tokenizer, bos: str = "auto") -> WindowProtocol:
+    """Resolve ``--bos`` (``auto`` | ``on`` | ``off``) against ``tokenizer`` (see ``BOS_RULE``)."""
+    if bos not in BOS_CHOICES:
+        raise ValueError(f"bos={bos!r} is not one of {', '.join(BOS_CHOICES)}")
+    adds = tokenizer_adds_bos(tokenizer)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos == "on" and bos_id is None:
+        raise ValueError("--bos on: the tokenizer has no BOS token (bos_token_id is None); use --bos auto or off")
+    use = adds if bos == "auto" else bos == "on"
+    return WindowProtocol(choice=bos, bos_token_id=int(bos_id) if use else None, tokenizer_adds_bos=adds)
+
+
 def calibration_batches(
-    token_ids: torch.Tensor, *, num_samples: int = 128, seq_len: int = 512, seed: int = 0
+    token_ids: torch.Tensor, *, num_samples: int = 128, seq_len: int = 512, seed: int = 0,
+    bos_token_id: int | None = None,
 ) -> list[torch.Tensor]:
-    """``num_samples`` random windows of ``seq_len`` tokens, each a (1, seq_len) tensor (Wanda/OWL style)."""
+    """``num_samples`` random windows of ``seq_len`` tokens, each a (1, seq_len) tensor (Wanda/OWL style).
+
+    With ``bos_token_id``, each window is that token followed by ``seq_len − 1`` text tokens from a
+    random start; without, ``seq_len`` text tokens (the starts are drawn the same way either way).
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r} must be >= 1")
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len!r} must be >= 2")
-    if token_ids.numel() <= seq_len:
+    span = seq_len - (bos_token_id is not None)
+    if token_ids.numel() <= span:
         raise ValueError(
-            f"calibration text is too short: {token_ids.numel()} tokens, need more than seq_len={seq_len}"
+            f"calibration text is too short: {token_ids.numel()} tokens, need more than "
+            + (f"seq_len={seq_len}" if span == seq_len else f"{span} text tokens (seq_len={seq_len} with BOS)")
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, token_ids.numel() - seq_len, (num_samples,), generator=generator)
-    return [token_ids[s : s + seq_len].unsqueeze(0).clone() for s in starts.tolist()]
+    starts = torch.randint(0, token_ids.numel() - span, (num_samples,), generator=generator)
+    windows = [token_ids[s : s + span] for s in starts.tolist()]
+    if bos_token_id is not None:
+        head = torch.tensor([bos_token_id], dtype=token_ids.dtype)
+        windows = [torch.cat([head, w]) for w in windows]
+    return [w.unsqueeze(0).clone() for w in windows]
+
+
+def evaluation_windows(
+    token_ids: Sequence[int] | torch.Tensor, *, seq_len: int, max_windows: int | None = None,
+    bos_token_id: int | None = None,
+) -> list[list[int]]:
+    """The consecutive, non-overlapping evaluation windows every engine scores, as token-id lists.
+
+    Raw: window w is ``text[w·L : (w+1)·L]``. With ``bos_token_id``: ``[BOS] + text[w·(L−1) : (w+1)·(L−1)]``.
+    Either way each window has L tokens and positions 1..L−1 are the targets, so the BOS is never
+    scored and perplexity is ``exp(Σ NLL / (W·(L−1)))``.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len!r} must be >= 2")
+    ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else [int(t) for t in token_ids]
+    span = seq_len - (bos_token_id is not None)
+    count = len(ids) // span
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count < 1:
+        raise ValueError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {span} text tokens")
+    head = [int(bos_token_id)] if bos_token_id is not None else []
+    return [head + ids[w * span:(w + 1) * span] for w in range(count)]

@@ -100,21 +100,23 @@ class StatefulLM:
             out.append(token)
         return out
 
-    def perplexity(self, token_ids: np.ndarray, *, seq_len: int, windows: int) -> float:
-        """exp(Σ NLL / (W·(L−1))) over the first ``windows`` windows (owl_plugin.evaluation's protocol)."""
-        available = len(token_ids) // seq_len
-        windows = min(windows, available)
-        if windows < 1:
-            raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of {seq_len}")
+    def perplexity(self, token_ids: np.ndarray, *, seq_len: int, windows: int,
+                   bos_token_id: int | None = None) -> float:
+        """exp(Σ NLL / (W·(L−1))) over the first ``windows`` windows (owl_plugin.evaluation's protocol), on the
+        windows ``owl_plugin.text.evaluation_windows`` builds (the same in every engine)."""
+        from owl_plugin.text import evaluation_windows
+
+        built = evaluation_windows(np.asarray(token_ids).tolist(), seq_len=seq_len, max_windows=windows,
+                                   bos_token_id=bos_token_id)
         total = 0.0
-        for w in range(windows):
-            window = np.asarray(token_ids[w * seq_len:(w + 1) * seq_len], dtype=np.int64)
+        for ids in built:
+            window = np.asarray(ids, dtype=np.int64)
             self.reset()
             logits = self(window[None])[0, :-1].astype(np.float64)
             peak = logits.max(axis=-1, keepdims=True)
             log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[:, 0]
             total += float((log_z - logits[np.arange(seq_len - 1), window[1:]]).sum())
-        return math.exp(total / (windows * (seq_len - 1)))
+        return math.exp(total / (len(built) * (seq_len - 1)))
 
     def speed_round(self, token_ids: np.ndarray, *, prefill_tokens: int, decode_tokens: int,
                     batch: int) -> dict[str, float]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from owl_plugin.profile import PROFILE_FILENAME, SparsityProfile
-from owl_plugin.text import PYDOC
+from owl_plugin.text import BOS_CHOICES, BOS_HELP, PYDOC
 
 from owl_plugin.integrations.openvino.sparse import DEFAULT_RATE, RATE_KEY, check_rate, ov_config
 
@@ -68,11 +68,16 @@ def load(folder: str | Path, *, ov_config: dict[str, str] | None = None, **kwarg
     return OVModelForCausalLM.from_pretrained(str(folder), ov_config=config, **kwargs)
 
 
-def _calibration_windows(source: str, tokenizer, *, num_samples: int, seq_len: int, seed: int):
-    from owl_plugin.text import calibration_batches, load_text, tokenize
+def _calibration_windows(source: str, tokenizer, *, num_samples: int, seq_len: int, seed: int, bos: str = "auto"):
+    """(windows, protocol): the core's calibration windows, starting with BOS as ``bos`` resolves
+    (``owl_plugin.text.window_protocol``)."""
+    from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
 
+    protocol = window_protocol(tokenizer, bos)
+    logger.info("%s", protocol.describe())
     ids = tokenize(tokenizer, load_text(source))
-    return calibration_batches(ids, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    return calibration_batches(ids, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                               bos_token_id=protocol.bos_token_id), protocol
 
 
 def _source_weights(source: Path, modules: Sequence[str]) -> dict[str, Any]:
@@ -141,6 +146,7 @@ def export_openvino(
     profile: str | Path | None = None,
     overwrite: bool = False,
     torch_dtype: Any = None,
+    bos: str = "auto",
 ) -> dict[str, Any]:
     """Export ``source`` (a transformers checkpoint folder) as an int8 IR into ``output`` (atomic).
 
@@ -152,6 +158,7 @@ def export_openvino(
         num_samples: calibration windows.
         seq_len: tokens per window.
         seed: window sampling seed.
+        bos: auto | on | off, whether calibration windows start with BOS (``owl_plugin.text.window_protocol``).
         sparse_rate: weights with at least this fraction of zeros run the sparse kernels.
         profile: sparsity profile JSON (default ``source/sparsity_profile.json`` if present).
         overwrite: replace an existing ``output``.
@@ -184,7 +191,8 @@ def export_openvino(
     calibration = str(calibration or PYDOC)
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    windows = _calibration_windows(calibration, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    windows, protocol = _calibration_windows(calibration, tokenizer, num_samples=num_samples, seq_len=seq_len,
+                                             seed=seed, bos=bos)
     logger.info("converting %s to OpenVINO (stateful, float)", source)
     dtype_option = {"torch_dtype": torch_dtype} if torch_dtype else {}
     ov_model = OVModelForCausalLM.from_pretrained(str(source), export=True, load_in_8bit=False, compile=False,
@@ -200,7 +208,8 @@ def export_openvino(
         "source": str(source),
         "quantization": {"weights": "int8 symmetric per output channel", "activations": "int8 per tensor (NNCF MIXED)",
                          "not_quantized": ["ScaledDotProductAttention"]},
-        "calibration": {"source": calibration, "num_samples": num_samples, "seq_len": seq_len, "seed": seed},
+        "calibration": {"source": calibration, "num_samples": num_samples, "seq_len": seq_len, "seed": seed,
+                        "windows": protocol.as_dict()},
     }
     with staged_folder(output) as staging:
         ov_model.save_pretrained(staging)
@@ -225,6 +234,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bos", choices=BOS_CHOICES, default="auto", help=BOS_HELP)
     parser.add_argument("--sparse-rate", type=float, default=DEFAULT_RATE,
                         help=f"{RATE_KEY}: weights with at least this fraction of zeros use the sparse kernels "
                              f"(default {DEFAULT_RATE}; 1 = off)")
@@ -239,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = export_openvino(args.source, args.output, calibration=args.calibration,
                                    num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
-                                   sparse_rate=args.sparse_rate, profile=args.profile, overwrite=args.overwrite)
+                                   sparse_rate=args.sparse_rate, profile=args.profile, overwrite=args.overwrite,
+                                   bos=args.bos)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"owl export --format openvino: error: {error}", file=sys.stderr)
         return 2

@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from owl_plugin.profile import SparsityProfile
-from owl_plugin.validation.checks import greedy_check, perplexity_check, reference_of, run_step, runner_main
+from owl_plugin.validation.checks import (
+    engine_windows, greedy_check, perplexity_check, reference_of, run_step, runner_main,
+)
 from owl_plugin.validation.protocol import EngineRequest, EngineResult, SpeedRow
 from owl_plugin.validation.timing import interleaved
 
@@ -114,6 +116,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     profile = SparsityProfile.load(request.pruned)
     tokenizer = AutoTokenizer.from_pretrained(request.pruned)
     text_ids = tokenize(tokenizer, load_text(request.text)).numpy()
+    windows = engine_windows(result, request, tokenizer)
     reference = reference_of(request, "pruned") or {}
     prompt_ids = reference.get("prompt_ids") or [tokenizer(p).input_ids for p in request.prompts]
     tolerances = request.tolerances
@@ -153,8 +156,8 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         result.generated["pruned"] = generated
         greedy_check(result, "agrees/greedy", reference.get("generated_ids"), generated, exact=False,
                      min_prefix=tolerances.greedy_lowp_min_prefix, margins=reference.get("margins"))
-    ppl = run_step(result, "perplexity/pruned", lambda: pruned.perplexity(text_ids, seq_len=request.seq_len,
-                                                                          windows=request.ppl_windows))
+    ppl = run_step(result, "perplexity/pruned", lambda: pruned.perplexity(
+        text_ids, seq_len=request.seq_len, windows=request.ppl_windows, bos_token_id=windows.bos_token_id))
     if ppl is not None:
         result.ppl["pruned"] = ppl
         perplexity_check(result, "agrees/perplexity", ppl, reference.get("ppl"), tolerances.ppl_rel_lowp)
@@ -178,7 +181,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
                 greedy_check(result, "agrees/greedy-baseline", base_ref.get("generated_ids"), generated, exact=False,
                              min_prefix=tolerances.greedy_lowp_min_prefix, margins=base_ref.get("margins"))
             ppl = run_step(result, "perplexity/baseline", lambda: baseline.perplexity(
-                text_ids, seq_len=request.seq_len, windows=request.ppl_windows))
+                text_ids, seq_len=request.seq_len, windows=request.ppl_windows, bos_token_id=windows.bos_token_id))
             if ppl is not None:
                 result.ppl["baseline"] = ppl
                 perplexity_check(result, "agrees/perplexity-baseline", ppl, base_ref.get("ppl"),

@@ -31,7 +31,7 @@ import torch
 
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.validation.checks import (
-    checkpoints_to_load, greedy_check, perplexity_check, run_step, runner_main, sparsity_check,
+    checkpoints_to_load, engine_windows, greedy_check, perplexity_check, run_step, runner_main, sparsity_check,
 )
 from owl_plugin.validation.protocol import EngineRequest, EngineResult
 from owl_plugin.validation.timing import interleaved, speed_rows
@@ -175,6 +175,7 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     prompt_ids = [tokenizer(prompt).input_ids for prompt in request.prompts]
     result.notes["prompt_ids"] = prompt_ids
     text_ids = tokenize(tokenizer, load_text(request.text))
+    windows = engine_windows(result, request, tokenizer)
     margins: dict[str, Any] = {}
     for name, model in models.items():
         generated = run_step(result, f"generate/{name}", lambda m=model: generate_all(m, prompt_ids,
@@ -182,7 +183,8 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         if generated is not None:
             result.generated[name], margins[name] = generated
         ppl = run_step(result, f"perplexity/{name}", lambda m=model: perplexity(
-            m, text_ids, seq_len=request.seq_len, max_windows=request.ppl_windows, progress=False))
+            m, text_ids, seq_len=request.seq_len, max_windows=request.ppl_windows, progress=False,
+            bos_token_id=windows.bos_token_id))
         if ppl is not None:
             result.ppl[name] = ppl
             logger.info("%s: perplexity %.4f", name, ppl)

@@ -47,7 +47,8 @@ from typing import Any
 from owl_plugin.integrations.vllm.check import cleanup as free_engines
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.validation.checks import (
-    checkpoints_to_load, greedy_check, perplexity_check, reference_of, run_step, runner_main, sparsity_check,
+    checkpoints_to_load, engine_windows, greedy_check, perplexity_check, reference_of, run_step, runner_main,
+    sparsity_check,
 )
 from owl_plugin.validation.protocol import EngineRequest, EngineResult, ServeSettings
 from owl_plugin.validation.timing import interleaved, speed_rows
@@ -142,15 +143,16 @@ def generate(llm, prompt_ids: Sequence[Sequence[int]], max_tokens: int) -> list[
     return [list(out.outputs[0].token_ids) for out in outputs]
 
 
-def perplexity(llm, text_ids: Sequence[int], *, seq_len: int, windows: int) -> float:
-    """exp(Σ NLL / (W·(L−1))) over the first W windows, from vLLM's ``prompt_logprobs`` (as owl_plugin.evaluation)."""
+def perplexity(llm, text_ids: Sequence[int], *, seq_len: int, windows: int, bos_token_id: int | None = None) -> float:
+    """exp(Σ NLL / (W·(L−1))) over the first W windows, from vLLM's ``prompt_logprobs`` (as owl_plugin.evaluation),
+    on the windows ``owl_plugin.text.evaluation_windows`` builds (the same in every engine)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    count = min(windows, len(text_ids) // seq_len)
-    if count < 1:
-        raise ValueError(f"the text has {len(text_ids)} tokens, fewer than one window of {seq_len}")
-    prompts = [TokensPrompt(prompt_token_ids=list(text_ids[w * seq_len:(w + 1) * seq_len])) for w in range(count)]
+    from owl_plugin.text import evaluation_windows
+
+    prompts = [TokensPrompt(prompt_token_ids=window) for window in evaluation_windows(
+        text_ids, seq_len=seq_len, max_windows=windows, bos_token_id=bos_token_id)]
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0), use_tqdm=False)
     nll, tokens = 0.0, 0
     for prompt, out in zip(prompts, outputs, strict=True):
@@ -361,7 +363,8 @@ def _check_engine(llm, name: str, request: EngineRequest, result: EngineResult, 
         greedy_check(result, f"agrees/greedy-{name}", reference and reference.get("generated_ids"), generated,
                      margins=reference and reference.get("margins"))
     ppl = run_step(result, f"agrees/perplexity-{name}",
-                   lambda: perplexity(llm, text_ids, seq_len=request.seq_len, windows=request.ppl_windows))
+                   lambda: perplexity(llm, text_ids, seq_len=request.seq_len, windows=request.ppl_windows,
+                                      bos_token_id=result.notes["windows"]["bos_token_id"]))
     if ppl is not None:
         result.ppl[name] = ppl
         perplexity_check(result, f"agrees/perplexity-{name}", ppl, reference and reference.get("ppl"),
@@ -375,14 +378,15 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     import vllm
     from transformers import AutoTokenizer
 
-    from owl_plugin.text import load_text
+    from owl_plugin.text import load_text, tokenize
 
     result.versions = {"vllm": vllm.__version__, "torch": torch.__version__}
     profile = SparsityProfile.load(request.pruned)
     tokenizer = AutoTokenizer.from_pretrained(request.pruned)
     reference = reference_of(request, "pruned") or {}
     prompt_ids = reference.get("prompt_ids") or [tokenizer(p).input_ids for p in request.prompts]
-    text_ids = tokenizer(load_text(request.text), add_special_tokens=False).input_ids
+    text_ids = tokenize(tokenizer, load_text(request.text)).tolist()
+    engine_windows(result, request, tokenizer)
     max_model_len = _max_model_len(request, prompt_ids)
     seqs = max(len(prompt_ids), request.ppl_windows, request.speed.batch if request.speed else 1)
     engines: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.spectra import XMIN_RULES, esd, fit_power_law
 from owl_plugin.statistics import collect_input_sq_means
+from owl_plugin.text import WindowProtocol
 from owl_plugin.tuning.cache import (
     StatisticsCache,
     cache_key,
@@ -95,14 +96,15 @@ class TuneResult:
 
 
 def split_calibration(
-    token_ids: torch.Tensor, settings: TuneSettings
+    token_ids: torch.Tensor, settings: TuneSettings, *, bos_token_id: int | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(statistics windows from the head, held-out windows from the tail) of one token stream.
 
     The tail is the last ``heldout_fraction`` of the tokens, or more if the held-out windows
-    need it; the two parts never overlap.
+    need it; the two parts never overlap. Both are built by ``owl_plugin.text`` (with
+    ``bos_token_id``, every window is that token + L − 1 text tokens).
     """
-    from owl_plugin.text import calibration_batches
+    from owl_plugin.text import calibration_batches, evaluation_windows
 
     n = token_ids.numel()
     tail = max(int(n * settings.heldout_fraction), settings.heldout_windows * settings.heldout_seq_len)
@@ -113,10 +115,10 @@ def split_calibration(
             "use a longer text or fewer/shorter windows"
         )
     head, held = token_ids[: n - tail], token_ids[n - tail:]
-    heldout = [held[i * settings.heldout_seq_len:(i + 1) * settings.heldout_seq_len].unsqueeze(0).clone()
-               for i in range(settings.heldout_windows)]
+    heldout = [torch.tensor([w], dtype=token_ids.dtype) for w in evaluation_windows(
+        held, seq_len=settings.heldout_seq_len, max_windows=settings.heldout_windows, bos_token_id=bos_token_id)]
     batches = calibration_batches(head, num_samples=settings.num_samples, seq_len=settings.seq_len,
-                                  seed=settings.seed)
+                                  seed=settings.seed, bos_token_id=bos_token_id)
     return batches, heldout
 
 
@@ -150,6 +152,7 @@ def tune(
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
     refine: RefineSettings | None = None,
+    windows: WindowProtocol | None = None,
 ) -> TuneResult:
     """Search the hyperparameters of ``methods`` for ``model`` at target sparsity ``target``.
 
@@ -164,6 +167,8 @@ def tune(
         provenance: extra facts recorded in the best profile's params (e.g. the calibration source).
         refine: when given with ``generations > 0``, refine the best candidate block by block
             (``owl_plugin.tuning.refine``); the result is one more candidate, ``refined``.
+        windows: how every window starts (``owl_plugin.text.window_protocol``); None: raw windows.
+            Recorded in the cache (a resume across a protocol change is refused) and the profile.
 
     Returns:
         ``TuneResult`` with every candidate's record, the best one and its profile.
@@ -183,11 +188,15 @@ def tune(
         configs += candidates(method, budget, target=target, num_blocks=len(blocks), bounds=settings.bounds,
                               granularity=settings.granularity)
 
-    batches, heldout = split_calibration(token_ids, settings)
+    protocol = (windows or WindowProtocol(choice="off", bos_token_id=None, tokenizer_adds_bos=False)).as_dict()
+    batches, heldout = split_calibration(token_ids, settings, bos_token_id=protocol["bos_token_id"])
     key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds")}
+    if protocol["bos"]:  # raw windows keep the keys (and caches) they had before the protocol was recorded
+        key_settings["windows"] = protocol
     key = cache_key(model_fingerprint(model), tokens_fingerprint(batches), tokens_fingerprint(heldout), key_settings,
                     code_hash=code_fingerprint(), numerics=numerics_fingerprint(next(model.parameters()).device))
     cache = StatisticsCache(cache_root or cache_dir(), key)
+    check_protocol(cache, protocol)
     cached: dict[str, bool] = {}
 
     stats = cache.get_tensors("input_sq_means.safetensors")
@@ -234,7 +243,7 @@ def tune(
         records.append(refined_record)
         best = min(records, key=lambda r: r["kl"])
     tuned = {"proxy": PROXY_NAME, "kl": best["kl"], "heldout_ppl": best["ppl"], "budget": budget,
-             "methods": methods, "candidates": len(records), "settings": asdict(settings)}
+             "methods": methods, "candidates": len(records), "settings": asdict(settings), "windows": protocol}
     if best["method"] == "refined":
         profile = shifted(start, *refined, method="refined", params={
             "from": {"method": start.method, **dict(start.params)}, "refine": asdict(refine),
@@ -243,7 +252,26 @@ def tune(
         profile = _profile(blocks, target, best_config, stats, alphas, provenance={**(provenance or {}),
                                                                                    "tuned": tuned})
     return TuneResult(target=target, records=records, best=best, profile=profile, cache_folder=cache.folder,
-                      cached=cached, proxy=describe_proxy(settings))
+                      cached=cached, proxy=f"{describe_proxy(settings)}; {describe_windows(protocol)}")
+
+
+WINDOWS_FILE = "windows.json"
+
+
+def check_protocol(cache: StatisticsCache, protocol: Mapping[str, Any]) -> None:
+    """Record the window protocol in the cache folder; refuse to resume a log measured with another one."""
+    recorded = cache.get_json(WINDOWS_FILE)
+    if recorded is None:
+        cache.put_json(WINDOWS_FILE, dict(protocol))
+        return
+    fields = ("bos", "bos_token_id")
+    if any(recorded.get(f) != protocol.get(f) for f in fields):
+        raise ValueError(
+            f"the tune cache {cache.folder} was measured with windows {{bos: {recorded.get('bos')}, bos_token_id: "
+            f"{recorded.get('bos_token_id')}}} but this run builds {{bos: {protocol['bos']}, bos_token_id: "
+            f"{protocol['bos_token_id']}}}; scores under different window protocols are not comparable, so the "
+            "run is not resumed from it: pass the --bos it was measured with, or another --cache folder"
+        )
 
 
 def _refine(start: SparsityProfile, start_record: Mapping[str, Any], proxy: WandaProxy, refine: RefineSettings,
@@ -299,6 +327,12 @@ def describe_proxy(settings: TuneSettings) -> str:
             f"windows of {settings.heldout_seq_len} tokens (the last {settings.heldout_fraction:.0%}+ of the "
             f"calibration text); Wanda masks from dense statistics of {settings.num_samples}x{settings.seq_len} "
             "calibration tokens; lower is better")
+
+
+def describe_windows(protocol: Mapping[str, Any]) -> str:
+    """The window protocol of a tune run, for its log (``WindowProtocol.as_dict()``)."""
+    how = f"[BOS={protocol['bos_token_id']}] + L-1 text tokens" if protocol["bos"] else "raw L text tokens"
+    return f"every window is {how} (--bos {protocol['choice']})"
 
 
 def ranked(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -165,6 +165,27 @@ def perplexity_check(result: EngineResult, name: str, ppl: float, reference: flo
     return passed
 
 
+def engine_windows(result: EngineResult, request: EngineRequest, tokenizer):
+    """The window protocol this engine scores with (``owl_plugin.text.window_protocol`` of the checkpoint's
+    tokenizer and ``request.bos``), recorded in ``result.notes["windows"]``. If the transformers
+    reference was scored with other windows, a failed ``agrees/windows`` check says so: perplexities
+    under different window protocols are not compared as if they were one measurement."""
+    from owl_plugin.text import window_protocol
+
+    protocol = window_protocol(tokenizer, request.bos)
+    result.notes["windows"] = protocol.as_dict()
+    theirs = next((r.get("windows") for r in (request.reference or {}).values() if r and r.get("windows")), None)
+    if theirs is not None:
+        same = (theirs.get("bos"), theirs.get("bos_token_id")) == (protocol.bos, protocol.bos_token_id)
+        result.add("agrees/windows", same,
+                   f"{protocol.describe()}, as the transformers reference" if same else
+                   f"this engine builds windows with bos={protocol.bos} (bos_token_id {protocol.bos_token_id}) but "
+                   f"the transformers reference used bos={theirs.get('bos')} (bos_token_id "
+                   f"{theirs.get('bos_token_id')}): its perplexities are not comparable; pass the same --bos "
+                   "and tokenizer to every engine", windows=protocol.as_dict(), reference=theirs)
+    return protocol
+
+
 def checkpoints_to_load(request: EngineRequest, result: EngineResult) -> list[tuple[str, str]]:
     """(name, path) of the pruned, compact and baseline checkpoints an engine loads, in that order.
 

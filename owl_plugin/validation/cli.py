@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from owl_plugin.text import BOS_CHOICES, BOS_HELP
 from owl_plugin.validation.engines import ENGINES, parse_engines, parse_pairs
 from owl_plugin.validation.protocol import ServeSettings, SpeedSettings, Tolerances
 from owl_plugin.validation.suite import DEFAULT_PROMPTS, DEFAULT_TIMEOUT, ValidationOptions
@@ -51,6 +52,7 @@ def register(sub) -> None:
                                                     "(default: ../shared/data/wikitext2-valid.tokens.txt)")
     agree.add_argument("--ppl-windows", type=int, default=8, help="perplexity windows (default 8)")
     agree.add_argument("--seq-len", type=int, default=512, help="perplexity window length (default 512)")
+    agree.add_argument("--bos", choices=BOS_CHOICES, default="auto", help=BOS_HELP)
     agree.add_argument("--ppl-tolerance", type=float, default=Tolerances.ppl_rel,
                        help=f"relative perplexity tolerance for fp32 (default {Tolerances.ppl_rel})")
     agree.add_argument("--ppl-tolerance-lowp", type=float, default=Tolerances.ppl_rel_lowp,
@@ -86,7 +88,7 @@ def options_from_args(args: argparse.Namespace) -> ValidationOptions:
         pruned=Path(args.pruned), report_dir=Path(args.report), engines=parse_engines(args.engines),
         baseline=Path(resolve_model(args.baseline)) if args.baseline else None, prompts=list(args.prompts),
         max_new_tokens=args.max_new_tokens, text=args.text, ppl_windows=args.ppl_windows, seq_len=args.seq_len,
-        speed=speed, serve=serve,
+        bos=args.bos, speed=speed, serve=serve,
         tolerances=Tolerances(ppl_rel=args.ppl_tolerance, ppl_rel_lowp=args.ppl_tolerance_lowp,
                               greedy_lowp_min_prefix=args.greedy_min_prefix),
         venvs=parse_pairs(args.venv, "--venv"), timeouts=parse_pairs(args.engine_timeout, "--engine-timeout",

@@ -100,8 +100,10 @@ class EngineRequest:
     speed: SpeedSettings | None = None
     serve: ServeSettings | None = None
     tolerances: Tolerances = field(default_factory=Tolerances)
+    bos: str = "auto"  # owl_plugin.text.window_protocol: auto | on | off
 
     def __post_init__(self) -> None:
+        _require(self.bos in ("auto", "on", "off"), f"bos={self.bos!r} must be one of auto, on, off")
         _require(bool(self.prompts), "at least one prompt is needed")
         _require(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1")
         _require(self.ppl_windows >= 1 and self.seq_len >= 2,

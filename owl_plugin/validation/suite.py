@@ -55,6 +55,7 @@ class ValidationOptions:
     text: str | None = None
     ppl_windows: int = 8
     seq_len: int = 512
+    bos: str = "auto"
     speed: SpeedSettings | None = field(default_factory=SpeedSettings)
     serve: ServeSettings | None = None
     tolerances: Tolerances = field(default_factory=Tolerances)
@@ -187,7 +188,8 @@ def _reference(result: EngineResult | None) -> dict[str, Any] | None:
         if model in result.generated:
             reference[model] = {"generated_ids": result.generated[model], "ppl": result.ppl.get(model),
                                 "margins": result.notes.get("margins", {}).get(model),
-                                "prompt_ids": result.notes.get("prompt_ids")}
+                                "prompt_ids": result.notes.get("prompt_ids"),
+                                "windows": result.notes.get("windows")}
         else:
             reference[model] = None
     return reference
@@ -258,7 +260,7 @@ def validate(options: ValidationOptions) -> SuiteReport:
     compact, export_check = _export_compact(pruned, work)
     settings = {
         "engines": list(options.engines), "prompts": list(options.prompts), "max_new_tokens": options.max_new_tokens,
-        "text": str(text), "ppl_windows": options.ppl_windows, "seq_len": options.seq_len,
+        "text": str(text), "ppl_windows": options.ppl_windows, "seq_len": options.seq_len, "bos": options.bos,
         "speed": asdict(options.speed) if options.speed else None,
         "serve": asdict(options.serve) if options.serve else None, "tolerances": asdict(options.tolerances),
         "timeout": options.timeout, "timeouts": dict(options.timeouts), "min_speedup": dict(options.min_speedup),
@@ -273,7 +275,7 @@ def validate(options: ValidationOptions) -> SuiteReport:
             compact=str(compact) if compact else None, work_dir=str(work / engine), prompts=list(options.prompts),
             max_new_tokens=options.max_new_tokens, reference=None if engine == REFERENCE else reference,
             text=str(text), ppl_windows=options.ppl_windows, seq_len=options.seq_len, speed=options.speed,
-            serve=options.serve if engine == "vllm" else None, tolerances=options.tolerances,
+            serve=options.serve if engine == "vllm" else None, tolerances=options.tolerances, bos=options.bos,
         )
         engine_report, result = run_engine(engine, request, python=venv_python(engine, options.venvs),
                                            timeout=options.timeouts.get(engine, options.timeout), work=work)
