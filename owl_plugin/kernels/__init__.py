@@ -1,0 +1,49 @@
+"""Sparse CPU linear kernels over the owl_sparse bitmask layout: ``y = x @ Wᵀ (+ bias)``.
+
+One op, two entry points:
+
+- ``sparse_linear(x, packed, bias=None)``: Python API over a :class:`PackedLinear`.
+- ``torch.ops.owl.sparse_linear(x, bias, masks, values, row_offsets, out_features, in_features)``
+  (also :func:`sparse_linear_op`): the raw custom op on plain tensors, with a fake impl, so
+  ``torch.compile`` (vLLM) traces through it. Tensor order is ``pack.TENSOR_ORDER``.
+
+Dispatch (see ``dispatch.py``): rows of ``x`` ≤ ``SPARSE_MAX_BATCH`` → the C++ sparse kernel
+(AVX-512 VBMI2+BF16 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced with
+``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); larger batches → decompress tile by
+tile into a scratch buffer and run dense ``F.linear`` on each tile (no dense copy stays resident).
+
+Example:
+    >>> w = torch.randn(64, 96) * (torch.rand(64, 96) > 0.7)
+    >>> packed = pack_dense(w)
+    >>> y = sparse_linear(torch.randn(3, 96), packed)   # == x @ w.T
+"""
+
+from owl_plugin.kernels.dispatch import (
+    SPARSE_MAX_BATCH,
+    kernel_info,
+    sparse_linear,
+    sparse_linear_op,
+)
+from owl_plugin.kernels.pack import (
+    TENSOR_ORDER,
+    PackedLinear,
+    SparseFormatError,
+    SparseInputError,
+    decompress_rows,
+    pack_compact,
+    pack_dense,
+)
+
+__all__ = [
+    "SPARSE_MAX_BATCH",
+    "TENSOR_ORDER",
+    "PackedLinear",
+    "SparseFormatError",
+    "SparseInputError",
+    "decompress_rows",
+    "kernel_info",
+    "pack_compact",
+    "pack_dense",
+    "sparse_linear",
+    "sparse_linear_op",
+]

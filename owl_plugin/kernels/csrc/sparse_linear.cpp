@@ -1,0 +1,361 @@
+// owl-plugin sparse CPU kernels: y[b, r] = sum_c x[b, c] * W[r, c] over the packed bitmask layout
+// (owl_plugin/kernels/pack.py): masks int32 [out, nblk] (32 columns per word), values (non-zeros,
+// row-major, PAD zeros at the end), row_offsets int64 [out + 1].
+//
+// Paths, chosen at run time by the caller (isa argument): 3 = AVX-512 + VBMI2 + BF16 (vpexpandw,
+// vdpbf16ps), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry permute LUT),
+// 0 = portable C++. Each SIMD function carries its own target attribute, so one binary runs on
+// an AVX2-only CPU as long as the caller never asks for a path the CPU lacks.
+//
+// x arrives padded to nblk*32 columns (zeros), so every 32-wide x load is in bounds.
+// Rows are walked R at a time (independent popcount->pointer chains), NB batch rows per pass.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int BLOCK = 32;
+constexpr int R = 4;    // rows in flight
+constexpr int NBMAX = 4;  // batch rows per pass
+
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ---------------------------------------------------------------- portable
+template <typename T>
+inline float load_f(const T* p) { return static_cast<float>(*p); }
+template <>
+inline float load_f<uint16_t>(const uint16_t* p) { return bf16_to_f32(*p); }
+
+// T = float (fp32 weights) or uint16_t (bf16 weights); x is fp32 padded [B, xs]
+template <typename T>
+void rows_portable(const uint32_t* masks, int64_t nblk, const T* vals, const int64_t* offs,
+                   int64_t r0, int64_t r1, const float* x, int64_t xs, int64_t B, float* y, int64_t ys) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float acc[16] = {0};
+    const T* p = vals + offs[r];
+    const uint32_t* m = masks + r * nblk;
+    for (int64_t k = 0; k < nblk; ++k) {
+      uint32_t mk = m[k];
+      while (mk) {
+        int j = __builtin_ctz(mk);
+        float w = load_f(p++);
+        const float* xc = x + k * BLOCK + j;
+        for (int64_t b = 0; b < B; ++b) acc[b] += w * xc[b * xs];
+        mk &= mk - 1;
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) y[b * ys + r] = acc[b];
+  }
+}
+
+// ---------------------------------------------------------------- AVX2
+struct Avx2Lut {
+  alignas(32) int32_t idx[256][8];
+  alignas(32) int32_t keep[256][8];
+  Avx2Lut() {
+    for (int m = 0; m < 256; ++m) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j) {
+        if (m & (1 << j)) { idx[m][j] = n++; keep[m][j] = -1; }
+        else { idx[m][j] = 0; keep[m][j] = 0; }
+      }
+    }
+  }
+};
+const Avx2Lut& avx2_lut() { static Avx2Lut lut; return lut; }
+
+template <typename T>
+__attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const T* p);
+template <>
+__attribute__((target("avx2,fma"))) inline __m256 avx2_load8<float>(const float* p) { return _mm256_loadu_ps(p); }
+template <>
+__attribute__((target("avx2,fma"))) inline __m256 avx2_load8<uint16_t>(const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <typename T, int NR, int NB>
+__attribute__((target("avx2,fma"))) void group_avx2(const uint32_t* masks, int64_t nblk, const T* vals,
+                                                    const int64_t* offs, int64_t r0, const float* x, int64_t xs,
+                                                    float* y, int64_t ys) {
+  const Avx2Lut& lut = avx2_lut();
+  __m256 acc[NB][NR];
+  const T* p[NR];
+  const uint32_t* m[NR];
+  for (int r = 0; r < NR; ++r) {
+    p[r] = vals + offs[r0 + r];
+    m[r] = masks + (r0 + r) * nblk;
+    for (int b = 0; b < NB; ++b) acc[b][r] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < nblk; ++k) {
+    for (int q = 0; q < 4; ++q) {
+      __m256 xv[NB];
+      for (int b = 0; b < NB; ++b) xv[b] = _mm256_loadu_ps(x + b * xs + k * BLOCK + q * 8);
+      for (int r = 0; r < NR; ++r) {
+        uint32_t mb = (m[r][k] >> (8 * q)) & 0xff;
+        __m256 v = avx2_load8<T>(p[r]);
+        __m256 w = _mm256_permutevar8x32_ps(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.idx[mb])));
+        w = _mm256_and_ps(w, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[mb]))));
+        p[r] += __builtin_popcount(mb);
+        for (int b = 0; b < NB; ++b) acc[b][r] = _mm256_fmadd_ps(w, xv[b], acc[b][r]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r) {
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
+      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+      s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+      y[b * ys + r0 + r] = _mm_cvtss_f32(s);
+    }
+}
+
+// ---------------------------------------------------------------- AVX-512F (16-lane expand of fp32)
+template <typename T>
+__attribute__((target("avx512f"))) inline __m512 avx512_load16(const T* p);
+template <>
+__attribute__((target("avx512f"))) inline __m512 avx512_load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+__attribute__((target("avx512f"))) inline __m512 avx512_load16<uint16_t>(const uint16_t* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename T, int NR, int NB>
+__attribute__((target("avx512f"))) void group_avx512(const uint32_t* masks, int64_t nblk, const T* vals,
+                                                     const int64_t* offs, int64_t r0, const float* x, int64_t xs,
+                                                     float* y, int64_t ys) {
+  __m512 acc[NB][NR];
+  const T* p[NR];
+  const uint32_t* m[NR];
+  for (int r = 0; r < NR; ++r) {
+    p[r] = vals + offs[r0 + r];
+    m[r] = masks + (r0 + r) * nblk;
+    for (int b = 0; b < NB; ++b) acc[b][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < nblk; ++k) {
+    __m512 xl[NB], xh[NB];
+    for (int b = 0; b < NB; ++b) {
+      xl[b] = _mm512_loadu_ps(x + b * xs + k * BLOCK);
+      xh[b] = _mm512_loadu_ps(x + b * xs + k * BLOCK + 16);
+    }
+    for (int r = 0; r < NR; ++r) {
+      uint32_t mk = m[r][k];
+      __mmask16 lo = static_cast<__mmask16>(mk & 0xffff), hi = static_cast<__mmask16>(mk >> 16);
+      __m512 wl = _mm512_maskz_expand_ps(lo, avx512_load16<T>(p[r]));
+      p[r] += __builtin_popcount(lo);
+      __m512 wh = _mm512_maskz_expand_ps(hi, avx512_load16<T>(p[r]));
+      p[r] += __builtin_popcount(hi);
+      for (int b = 0; b < NB; ++b) {
+        acc[b][r] = _mm512_fmadd_ps(wl, xl[b], acc[b][r]);
+        acc[b][r] = _mm512_fmadd_ps(wh, xh[b], acc[b][r]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r) y[b * ys + r0 + r] = _mm512_reduce_add_ps(acc[b][r]);
+}
+
+// ---------------------------------------------------------------- AVX-512 VBMI2 + BF16 (bf16 weights, bf16 x)
+template <int NR, int NB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16"))) void group_bf16dp(
+    const uint32_t* masks, int64_t nblk, const uint16_t* vals, const int64_t* offs, int64_t r0, const uint16_t* x,
+    int64_t xs, float* y, int64_t ys) {
+  __m512 acc[NB][NR];
+  const uint16_t* p[NR];
+  const uint32_t* m[NR];
+  for (int r = 0; r < NR; ++r) {
+    p[r] = vals + offs[r0 + r];
+    m[r] = masks + (r0 + r) * nblk;
+    for (int b = 0; b < NB; ++b) acc[b][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < nblk; ++k) {
+    __m512i xv[NB];
+    for (int b = 0; b < NB; ++b) xv[b] = _mm512_loadu_si512(x + b * xs + k * BLOCK);
+    for (int r = 0; r < NR; ++r) {
+      uint32_t mk = m[r][k];
+      __m512i w = _mm512_maskz_expand_epi16(static_cast<__mmask32>(mk), _mm512_loadu_si512(p[r]));
+      p[r] += __builtin_popcount(mk);
+      for (int b = 0; b < NB; ++b) acc[b][r] = _mm512_dpbf16_ps(acc[b][r], (__m512bh)w, (__m512bh)xv[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r) y[b * ys + r0 + r] = _mm512_reduce_add_ps(acc[b][r]);
+}
+
+// ---------------------------------------------------------------- drivers
+// calls G<NR, NB>(...) for a group of NR rows and a batch chunk of NB rows (runtime NB -> template)
+#define OWL_DISPATCH_NB(NB_RT, FN, NR, ...) \
+  switch (NB_RT) {                          \
+    case 1: FN<NR, 1>(__VA_ARGS__); break;  \
+    case 2: FN<NR, 2>(__VA_ARGS__); break;  \
+    case 3: FN<NR, 3>(__VA_ARGS__); break;  \
+    default: FN<NR, 4>(__VA_ARGS__); break; \
+  }
+
+template <int NR, int NB> void g512_f(const uint32_t* a, int64_t b, const float* c, const int64_t* d, int64_t e,
+                                      const float* f, int64_t g, float* h, int64_t i) {
+  group_avx512<float, NR, NB>(a, b, c, d, e, f, g, h, i);
+}
+template <int NR, int NB> void g512_h(const uint32_t* a, int64_t b, const uint16_t* c, const int64_t* d, int64_t e,
+                                      const float* f, int64_t g, float* h, int64_t i) {
+  group_avx512<uint16_t, NR, NB>(a, b, c, d, e, f, g, h, i);
+}
+template <int NR, int NB> void g2_f(const uint32_t* a, int64_t b, const float* c, const int64_t* d, int64_t e,
+                                    const float* f, int64_t g, float* h, int64_t i) {
+  group_avx2<float, NR, NB>(a, b, c, d, e, f, g, h, i);
+}
+template <int NR, int NB> void g2_h(const uint32_t* a, int64_t b, const uint16_t* c, const int64_t* d, int64_t e,
+                                    const float* f, int64_t g, float* h, int64_t i) {
+  group_avx2<uint16_t, NR, NB>(a, b, c, d, e, f, g, h, i);
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
+                  const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in_f && x.is_contiguous(), "x must be contiguous [B, in_features]");
+  TORCH_CHECK(masks.scalar_type() == at::kInt && masks.dim() == 2 && masks.size(0) == out_f &&
+                  masks.size(1) == (in_f + BLOCK - 1) / BLOCK && masks.is_contiguous(),
+              "masks must be contiguous int32 [out, ceil(in/32)]");
+  TORCH_CHECK(row_offsets.scalar_type() == at::kLong && row_offsets.numel() == out_f + 1 &&
+                  row_offsets.is_contiguous(), "row_offsets must be contiguous int64 [out+1]");
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be contiguous 1-D");
+  TORCH_CHECK(values.numel() >= row_offsets[out_f].item<int64_t>() + BLOCK, "values must hold nnz + 32 padding");
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "x and values must share a dtype");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "dtype must be float32 or bfloat16");
+}
+
+}  // namespace
+
+// y [B, out] (x's dtype) = x [B, in] @ W^T
+at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
+                       const at::Tensor& row_offsets, int64_t out_f, int64_t in_f, int64_t isa) {
+  check_inputs(x, masks, values, row_offsets, out_f, in_f);
+  const int64_t B = x.size(0);
+  const int64_t nblk = masks.size(1);
+  const int64_t xs = nblk * BLOCK;
+  const bool bf16 = values.scalar_type() == at::kBFloat16;
+  const bool dp = bf16 && isa >= 3;
+  at::Tensor xp = at::zeros({B, xs}, x.options().dtype(dp ? at::kBFloat16 : at::kFloat));
+  xp.narrow(1, 0, in_f).copy_(x);
+  at::Tensor y = at::empty({B, out_f}, x.options().dtype(at::kFloat));
+  const uint32_t* M = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
+  const int64_t* O = row_offsets.data_ptr<int64_t>();
+  float* Y = y.data_ptr<float>();
+  const float* XF = dp ? nullptr : xp.data_ptr<float>();
+  const uint16_t* XH = dp ? reinterpret_cast<const uint16_t*>(xp.data_ptr<at::BFloat16>()) : nullptr;
+  const float* VF = bf16 ? nullptr : values.data_ptr<float>();
+  const uint16_t* VH = bf16 ? reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>()) : nullptr;
+  const int64_t ngroups = (out_f + R - 1) / R;
+  // grain: ~64k weights per task keeps the per-task overhead small
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, in_f * R));
+  at::parallel_for(0, ngroups, grain, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t r0 = g * R;
+      const int64_t nr = std::min<int64_t>(R, out_f - r0);
+      for (int64_t b0 = 0; b0 < B; b0 += NBMAX) {
+        const int64_t nb = std::min<int64_t>(NBMAX, B - b0);
+        float* yb = Y + b0 * out_f;
+        if (isa == 0) {
+          if (bf16) rows_portable<uint16_t>(M, nblk, VH, O, r0, r0 + nr, XF + b0 * xs, xs, nb, yb, out_f);
+          else rows_portable<float>(M, nblk, VF, O, r0, r0 + nr, XF + b0 * xs, xs, nb, yb, out_f);
+          continue;
+        }
+        for (int64_t r = r0; r < r0 + nr; r += (nr == R ? R : 1)) {
+          const bool full = nr == R;
+          if (dp) {
+            const uint16_t* xb = XH + b0 * xs;
+            if (full) { OWL_DISPATCH_NB(nb, group_bf16dp, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            else { OWL_DISPATCH_NB(nb, group_bf16dp, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+          } else if (isa == 2) {
+            const float* xb = XF + b0 * xs;
+            if (bf16) {
+              if (full) { OWL_DISPATCH_NB(nb, g512_h, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+              else { OWL_DISPATCH_NB(nb, g512_h, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            } else {
+              if (full) { OWL_DISPATCH_NB(nb, g512_f, R, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+              else { OWL_DISPATCH_NB(nb, g512_f, 1, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+            }
+          } else if (isa == 3) {  // fp32 weights on the bf16 machine: AVX-512F path
+            const float* xb = XF + b0 * xs;
+            if (full) { OWL_DISPATCH_NB(nb, g512_f, R, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+            else { OWL_DISPATCH_NB(nb, g512_f, 1, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+          } else {
+            const float* xb = XF + b0 * xs;
+            if (bf16) {
+              if (full) { OWL_DISPATCH_NB(nb, g2_h, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+              else { OWL_DISPATCH_NB(nb, g2_h, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            } else {
+              if (full) { OWL_DISPATCH_NB(nb, g2_f, R, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+              else { OWL_DISPATCH_NB(nb, g2_f, 1, M, nblk, VF, O, r, xb, xs, yb, out_f) }
+            }
+          }
+        }
+      }
+    }
+  });
+  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
+}
+
+// dense rows W[r0:r1] written into out [r1-r0, in] (a reusable scratch tile), values' dtype
+void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, const at::Tensor& row_offsets,
+                          int64_t r0, int64_t r1, at::Tensor out) {
+  const int64_t nblk = masks.size(1);
+  const int64_t in_f = out.size(1);
+  TORCH_CHECK(r0 >= 0 && r1 <= masks.size(0) && r0 <= r1 && out.size(0) >= r1 - r0 && out.is_contiguous() &&
+                  in_f <= nblk * BLOCK && out.element_size() == values.element_size(),
+              "decompress_rows_into: bad range or scratch tile");
+  const uint32_t* M = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
+  const int64_t* O = row_offsets.data_ptr<int64_t>();
+  const int64_t es = values.element_size();
+  const char* V = static_cast<const char*>(values.data_ptr());
+  char* D = static_cast<char*>(out.data_ptr());
+  at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r) {
+      char* row = D + (r - r0) * in_f * es;
+      std::memset(row, 0, in_f * es);
+      const char* p = V + O[r] * es;
+      for (int64_t k = 0; k < nblk; ++k) {
+        uint32_t mk = masks.size(1) ? M[r * nblk + k] : 0;
+        while (mk) {
+          int j = __builtin_ctz(mk);
+          std::memcpy(row + (k * BLOCK + j) * es, p, es);
+          p += es;
+          mk &= mk - 1;
+        }
+      }
+    }
+  });
+}
+
+// bit 0: avx2+fma, bit 1: avx512f, bit 2: avx512 vbmi2+bf16 (+bw, vl)
+int64_t cpu_features() {
+  __builtin_cpu_init();
+  int64_t f = 0;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) f |= 1;
+  if (__builtin_cpu_supports("avx512f")) f |= 2;
+  if (__builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bf16") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    f |= 4;
+  return f;
+}
+
+TORCH_LIBRARY(owl_ext, m) {
+  m.def("sparse_gemm(Tensor x, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
+        "int in_features, int isa) -> Tensor");
+  m.def("decompress_rows_into(Tensor masks, Tensor values, Tensor row_offsets, int r0, int r1, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {
+  m.impl("sparse_gemm", &sparse_gemm);
+  m.impl("decompress_rows_into", &decompress_rows_into);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("cpu_features", &cpu_features, "bit0 avx2+fma, bit1 avx512f, bit2 vbmi2+bf16"); }

@@ -1,0 +1,159 @@
+"""The ``owl::sparse_linear`` custom op: path choice (ISA, batch threshold) and the tiled dense path."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from owl_plugin.kernels.build import _STATE, load_extension
+from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
+
+# Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
+# Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
+SPARSE_MAX_BATCH = 16
+# scratch tile of the dense path: about this many bytes of dense weight at a time
+TILE_BYTES = 1 << 21
+
+ISAS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3}
+_ISA_FEATURE_BIT = {"avx2": 1, "avx512": 2, "avx512_bf16": 4}
+
+
+class SparseKernelUnavailable(RuntimeError):
+    """OWL_SPARSE_ISA asks for a path this CPU (or this build) cannot run."""
+
+
+def cpu_supported_isas() -> list[str]:
+    """The C++ paths this CPU can run, best first ([] when the extension is unavailable)."""
+    ext = load_extension()
+    if ext is None:
+        return []
+    feats = int(ext.cpu_features())
+    return [name for name in ("avx512_bf16", "avx512", "avx2") if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
+
+
+def selected_isa() -> str:
+    """The path in use: OWL_SPARSE_ISA if set (checked against the CPU), else the best supported."""
+    forced = os.environ.get("OWL_SPARSE_ISA", "").strip().lower()
+    supported = cpu_supported_isas()
+    if forced == "torch" or not supported:
+        return "torch-fallback"
+    if forced:
+        if forced not in ISAS:
+            raise SparseKernelUnavailable(
+                f"OWL_SPARSE_ISA={forced!r} is not a path; allowed: {sorted(ISAS)} or 'torch'")
+        if forced not in supported:
+            raise SparseKernelUnavailable(f"OWL_SPARSE_ISA={forced!r} but this CPU supports only {supported}")
+        return forced
+    return supported[0]
+
+
+def kernel_info() -> dict:
+    """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch"}``."""
+    isa = selected_isa()
+    return {
+        "isa": isa,
+        "op": "owl::sparse_linear",
+        "threads": torch.get_num_threads(),
+        "extension": _STATE.get("path"),
+        "extension_error": _STATE.get("error"),
+        "sparse_max_batch": SPARSE_MAX_BATCH,
+    }
+
+
+def _check(x, bias, masks, values, row_offsets, out_features: int, in_features: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise SparseInputError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise SparseInputError(f"x must have shape [..., {in_features}], got {tuple(x.shape)}")
+    if x.dtype != values.dtype:
+        raise SparseInputError(f"x dtype {x.dtype} differs from the weight dtype {values.dtype}; cast x first")
+    if not x.is_contiguous():
+        raise SparseInputError(
+            f"x must be contiguous (shape {tuple(x.shape)}, strides {x.stride()}); call .contiguous()")
+    if x.device.type != "cpu":
+        raise SparseInputError(f"x must be on CPU, got {x.device}")
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype != x.dtype):
+        raise SparseInputError(
+            f"bias must be [{out_features}] {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+    nblk = (in_features + BLOCK - 1) // BLOCK
+    if masks.dtype != torch.int32 or tuple(masks.shape) != (out_features, nblk):
+        raise SparseInputError(f"masks must be int32 [{out_features}, {nblk}], got {masks.dtype} {tuple(masks.shape)}")
+    if row_offsets.dtype != torch.int64 or row_offsets.numel() != out_features + 1:
+        raise SparseInputError(f"row_offsets must be int64 [{out_features + 1}], got {row_offsets.dtype} "
+                               f"{tuple(row_offsets.shape)}")
+
+
+def _tile_torch(masks, values, row_offsets, r0: int, r1: int, in_features: int) -> torch.Tensor:
+    bits = (masks[r0:r1].unsqueeze(-1) >> torch.arange(BLOCK, dtype=torch.int32)) & 1
+    mask = bits.reshape(r1 - r0, -1)[:, :in_features].bool()
+    dense = torch.zeros(r1 - r0, in_features, dtype=values.dtype)
+    dense[mask] = values[int(row_offsets[r0]): int(row_offsets[r1])]
+    return dense
+
+
+def _tiled_dense(x2, masks, values, row_offsets, out_features: int, in_features: int, ext) -> torch.Tensor:
+    """y = x W^T by decompressing ``TILE_BYTES`` of W at a time into one scratch tile."""
+    rows = max(1, min(out_features, TILE_BYTES // max(1, in_features * values.element_size())))
+    y = torch.empty(x2.shape[0], out_features, dtype=x2.dtype)
+    scratch = torch.empty(rows, in_features, dtype=values.dtype) if ext is not None else None
+    for r0 in range(0, out_features, rows):
+        r1 = min(out_features, r0 + rows)
+        if ext is not None:
+            torch.ops.owl_ext.decompress_rows_into(masks, values, row_offsets, r0, r1, scratch)
+            tile = scratch[: r1 - r0]
+        else:
+            tile = _tile_torch(masks, values, row_offsets, r0, r1, in_features)
+        y[:, r0:r1] = F.linear(x2, tile)
+    return y
+
+
+@torch.library.custom_op("owl::sparse_linear", mutates_args=())
+def sparse_linear_op(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    masks: torch.Tensor,
+    values: torch.Tensor,
+    row_offsets: torch.Tensor,
+    out_features: int,
+    in_features: int,
+) -> torch.Tensor:
+    """Raw op ``torch.ops.owl.sparse_linear``: ``y[..., out] = x[..., in] @ Wᵀ (+ bias)``.
+
+    Args:
+        x: ``[..., in_features]``, contiguous, same dtype as ``values`` (float32 / bfloat16 / float16).
+        bias: ``[out_features]`` or None.
+        masks, values, row_offsets: ``PackedLinear.tensors`` in ``TENSOR_ORDER`` (see pack.py).
+    Raises:
+        SparseInputError: bad x / bias / packed tensors, naming the bad value.
+    """
+    _check(x, bias, masks, values, row_offsets, out_features, in_features)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features)
+    isa = selected_isa()
+    ext = load_extension() if isa != "torch-fallback" else None
+    if ext is not None and x2.shape[0] <= SPARSE_MAX_BATCH and values.dtype in (torch.float32, torch.bfloat16) \
+            and x2.shape[0] > 0:
+        y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
+    else:
+        y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, out_features)
+
+
+@sparse_linear_op.register_fake
+def _(x, bias, masks, values, row_offsets, out_features, in_features):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+def sparse_linear(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x @ Wᵀ (+ bias)`` for ``x`` of shape ``[..., in_features]`` and the packed sparse ``W``.
+
+    Same numbers as ``F.linear(x, W, bias)`` up to fp32 accumulation order (bf16 inputs are
+    accumulated in fp32 and rounded once).
+    """
+    if not isinstance(packed, PackedLinear):
+        raise SparseInputError(f"packed must be a PackedLinear (use pack_dense / pack_compact), got {type(packed)}")
+    return sparse_linear_op(x, bias, *packed.ordered(), packed.out_features, packed.in_features)
