@@ -23,6 +23,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+MARKER = ".owl-output"  # in every folder publish() writes; --overwrite replaces only folders holding it
+KILL_ENV = "OWL_KILL_AT"  # crash tests: SIGKILL this process at the named stage
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -66,6 +68,56 @@ def _umask() -> int:
     return mask
 
 
+def kill_point(stage: str) -> None:
+    """SIGKILL this process if ``$OWL_KILL_AT`` names ``stage`` (crash tests; a no-op otherwise)."""
+    if os.environ.get(KILL_ENV) == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _writable_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_destination(target: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (),
+                      overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Refuse a destination before any work is done; return it as an absolute path.
+
+    Allowed: an absent path whose nearest existing parent is a writable folder, an empty folder,
+    or (with ``overwrite``) a folder holding ``MARKER``. Refused: the working directory, an input
+    or a folder holding one, a file, a non-empty folder without ``overwrite``, a folder owl did not
+    write (no ``MARKER``) even with ``overwrite``.
+
+    Raises:
+        ValueError, FileExistsError, NotADirectoryError, PermissionError: naming the path and the fix.
+    """
+    target = Path(target).absolute()
+    resolved = target.resolve()
+    protected = [Path.cwd().resolve()] + [Path(p).resolve() for p in inputs if p is not None and Path(p).exists()]
+    for other in protected:
+        if resolved == other or resolved in other.parents:
+            what = "the working directory" if other == protected[0] else f"the input {other}"
+            raise ValueError(f"output {target} is or contains {what}; choose a new folder (e.g. {target}/out)")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise NotADirectoryError(f"output {target} exists and is not a folder; remove it or choose another output")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output {target} exists and is not empty; pass {flag} to replace it "
+                                  "or choose another output")
+        if not (target / MARKER).is_file():
+            raise FileExistsError(f"output {target} was not written by owl (no {MARKER} marker), so {flag} will not "
+                                  "replace it; remove it yourself or choose another output")
+    anchor = _writable_ancestor(target.parent)
+    if not anchor.is_dir():
+        raise NotADirectoryError(f"output {target}: {anchor} is not a folder; choose another output")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise PermissionError(f"output {target}: {anchor} is not writable; choose a writable output folder")
+    return target
+
+
 def remove_stale(target: Path) -> None:
     """Delete hidden staging folders of ``target`` left by processes that no longer run."""
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
@@ -93,6 +145,7 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     remove_stale(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
+        kill_point("staging-created")
         yield staging
     finally:
         if staging.exists():
@@ -112,6 +165,8 @@ def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False
         NotADirectoryError: ``target`` exists and is not a folder.
     """
     target = Path(target).absolute()
+    kill_point("files-written")
+    (staging / MARKER).write_text(f"written by owl-plugin (pid {os.getpid()})\n")
     mask = _umask()  # temporary files are private (0600/0700); the published folder gets the usual modes
     for path in staging.rglob("*"):
         if path.is_file():
@@ -122,7 +177,14 @@ def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False
             path.chmod(0o777 & ~mask)
     staging.chmod(0o777 & ~mask)
     _fsync_dir(staging)
-    exists_message = f"{target} already exists; pass overwrite=True (owl export --overwrite) to replace it"
+    kill_point("fsynced")
+    exists_message = (f"{target} already exists (another run may have published it first); pass --overwrite "
+                      "to replace it")
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        try:  # an empty folder holds nothing to lose: take its place with the no-replace rename below
+            target.rmdir()
+        except OSError:
+            pass
     if not target.exists() and not target.is_symlink():
         try:
             renamed = _renameat2(staging, target, _RENAME_NOREPLACE)
@@ -134,8 +196,10 @@ def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False
             os.rename(staging, target)
     elif not overwrite:
         raise FileExistsError(exists_message)
-    elif not target.is_dir():
+    elif not target.is_dir() or target.is_symlink():
         raise NotADirectoryError(f"{target} exists and is not a folder; remove it or choose another output")
+    elif not (target / MARKER).is_file():
+        raise FileExistsError(f"{target} was not written by owl (no {MARKER} marker); it is left as it was")
     elif _renameat2(staging, target, _RENAME_EXCHANGE):
         shutil.rmtree(staging)  # now holds the previous target
     else:
@@ -143,4 +207,5 @@ def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False
         os.rename(target, old / target.name)
         os.rename(staging, target)
         shutil.rmtree(old)
+    kill_point("renamed")
     _fsync_dir(target.parent)
