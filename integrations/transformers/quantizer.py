@@ -5,14 +5,22 @@ Loading a compact checkpoint goes: ``update_tp_plan`` removes the load guard fro
 checks every compressed tensor against SPEC.md and the model; a ``WeightConverter`` maps
 ``<module>.weight_values/_bitmask/_shape`` (patterns anchored with ``$``) onto
 ``<module>.weight`` through ``OwlSparseDecompress``; afterwards the converter is dropped from
-the model's conversion list and the quantization config removed, so the model is an ordinary
-dense model (``save_pretrained`` writes a dense checkpoint).
+the model's conversion list and the quantization config removed, and every compressed module's
+``nn.Linear`` is replaced by :class:`~owl_plugin.integrations.transformers.sparse_linear.OwlSparseLinear`,
+which holds only the packed weight and calls the project's sparse kernel (``owl_plugin.kernels``).
+``save_pretrained`` writes an ordinary dense checkpoint (the packed weights unpack exactly).
+
+``OWL_SPARSE_DENSE=1`` in the environment keeps the dense ``nn.Linear`` layers (the behaviour before
+the kernels); so does a machine or dtype the kernels cannot take (logged).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
+
+import torch
 
 from transformers.core_model_loading import WeightConverter
 from transformers.quantizers.base import HfQuantizer
@@ -21,9 +29,11 @@ from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFF
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 
 from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
+from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
 from owl_plugin.integrations.transformers.validation import validate_checkpoint
 
 logger = logging.getLogger(__name__)
+DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": keep dense nn.Linear layers (no sparse kernels)
 
 
 class OwlSparseHfQuantizer(HfQuantizer):
@@ -61,6 +71,8 @@ class OwlSparseHfQuantizer(HfQuantizer):
             if not any(isinstance(op, OwlSparseDecompress) for op in getattr(c, "operations", ()))
         ]
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
+        if not dense_requested():
+            swap_in_sparse_linears(model, self.quantization_config.compressed_modules)
         return model
 
     def is_serializable(self) -> bool:
@@ -69,5 +81,44 @@ class OwlSparseHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        """Dense weights: trainable as usual."""
-        return True
+        """Only with dense weights (``OWL_SPARSE_DENSE=1``): packed weights have no gradient."""
+        return dense_requested()
+
+
+def dense_requested() -> bool:
+    """True when ``OWL_SPARSE_DENSE=1`` asks for dense ``nn.Linear`` layers instead of the sparse kernels."""
+    value = os.environ.get(DENSE_ENV, "0").strip().lower()
+    if value not in {"0", "1", "", "false", "true"}:
+        raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
+    return value in {"1", "true"}
+
+
+def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
+    """Replace each listed ``nn.Linear`` of ``model`` by an :class:`OwlSparseLinear`; returns how many.
+
+    Raises:
+        ValueError: a listed module is missing or is not an ``nn.Linear``.
+    """
+    try:
+        from owl_plugin.kernels import kernel_info
+    except ImportError as error:
+        logger.warning("owl_sparse: the sparse kernels are unavailable (%s); weights stay dense", error)
+        return 0
+    swapped = 0
+    for name in modules:
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError as error:
+            raise ValueError(f"{name}: listed in compressed_modules but not a module of the model") from error
+        if not isinstance(linear, torch.nn.Linear):
+            raise ValueError(f"{name}: listed in compressed_modules but is a {type(linear).__name__}, not nn.Linear")
+        try:
+            sparse = OwlSparseLinear.from_linear(linear)
+        except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
+            logger.warning("owl_sparse: cannot pack %s (%s); it stays dense", name, error)
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, sparse)
+        swapped += 1
+    logger.info("owl_sparse: %d of %d linear layers run on the sparse kernel %s", swapped, len(modules), kernel_info())
+    return swapped

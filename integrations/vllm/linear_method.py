@@ -10,12 +10,21 @@ q/k/v and gate/up placement and tensor-parallel slicing apply exactly as for a d
 After loading it checks that every listed shard arrived (vLLM does not check completeness for
 quantized checkpoints) and drops the placeholders.
 
-The weights in memory are dense: the format saves disk and download, not RAM or compute.
+Then :meth:`~OwlSparseLinearMethod.process_weights_after_loading` repacks the layer's local (fused,
+tensor-parallel-sliced) dense weight with ``owl_plugin.kernels.pack_dense`` into the sparse kernel
+layout, registers the packed tensors as buffers ``owl_packed_<name>`` and deletes the dense
+``weight``: the weights stay compressed in memory, and :meth:`~OwlSparseLinearMethod.apply` computes
+``y = x W^T (+ b)`` with ``owl_plugin.kernels.sparse_linear`` (a ``torch.ops.owl`` op with a fake
+implementation, so vLLM's torch.compile traces it). ``OWL_SPARSE_DENSE=1`` in the environment keeps
+the old behaviour (dense weight, vLLM's own dense GEMM), as does a dtype or CPU the kernels do not
+support (logged once).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -25,6 +34,9 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
 
+logger = logging.getLogger(__name__)
+DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": keep dense weights and vLLM's dense GEMM (the behaviour before the kernels)
+PACKED_PREFIX = "owl_packed_"  # buffer names of the packed tensors on the layer
 PIECES = {"values": VALUES_SUFFIX, "bitmask": BITMASK_SUFFIX, "shape": SHAPE_SUFFIX}  # piece → parameter name
 _FIX = "export the checkpoint again with `owl export MODEL --format compact`"
 
@@ -127,4 +139,50 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
                 f"{'/'.join(PIECES.values())} are not in the checkpoint; {_FIX}")
         for name in PIECES.values():
             delattr(layer, name)
-        super().process_weights_after_loading(layer)
+        packed = None if dense_requested() else _pack(layer.weight.data, self.prefix)
+        if packed is None:
+            super().process_weights_after_loading(layer)
+            return
+        for name, tensor in packed.tensors.items():
+            layer.register_buffer(f"{PACKED_PREFIX}{name}", tensor, persistent=False)
+        layer.owl_packed = packed  # plain attribute: the op's arguments, same tensors as the buffers
+        del layer.weight  # the dense copy is not kept
+        self.packed = True
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x W^T (+ bias)`` with the sparse kernel when the layer was packed, else vLLM's dense GEMM."""
+        packed = getattr(layer, "owl_packed", None)
+        if packed is None:
+            return super().apply(layer, x, bias)
+        from owl_plugin.kernels import sparse_linear
+
+        return sparse_linear(x, packed, bias)
+
+
+def dense_requested() -> bool:
+    """True when ``OWL_SPARSE_DENSE=1`` asks for dense weights instead of the sparse kernels."""
+    value = os.environ.get(DENSE_ENV, "0").strip().lower()
+    if value not in {"0", "1", "", "false", "true"}:
+        raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
+    return value in {"1", "true"}
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def _pack(weight: torch.Tensor, prefix: str):
+    """The kernel layout of ``weight``, or None (logged once) when the kernels cannot take it here."""
+    try:
+        from owl_plugin.kernels import kernel_info, pack_dense
+    except ImportError as error:
+        _warn_once(f"owl_sparse: the sparse kernels are unavailable ({error}); weights stay dense")
+        return None
+    try:
+        packed = pack_dense(weight)
+    except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
+        _warn_once(f"owl_sparse: cannot pack {prefix} ({error}); such layers stay dense")
+        return None
+    _warn_once(f"owl_sparse: sparse kernel path {kernel_info()}")
+    return packed

