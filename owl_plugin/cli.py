@@ -53,6 +53,14 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-samples", type=int, default=128, help="calibration windows (default 128)")
     group.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     group.add_argument("--seed", type=int, default=0, help="window sampling seed (default 0)")
+    add_bos_argument(group)
+
+
+def add_bos_argument(parser) -> None:
+    """``--bos auto|on|off``: how every calibration / evaluation window starts (owl_plugin.text.window_protocol)."""
+    from owl_plugin.text import BOS_CHOICES, BOS_HELP
+
+    parser.add_argument("--bos", choices=BOS_CHOICES, default="auto", help=BOS_HELP)
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,21 +105,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from owl_plugin.allocate import allocate
     from owl_plugin.models import load_model
     from owl_plugin.plot import plot_profiles
-    from owl_plugin.text import calibration_batches, load_text, tokenize
+    from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
 
     config = config_from_args(args)
-    model, tokenizer = load_model(args.model)
+    reads_text = config.method in ("owl", "dlp")  # alpha, atp, uniform read no text: no tokenizer needed
+    model, tokenizer = load_model(args.model, tokenizer=reads_text)
     calibration, provenance = None, {}
-    if config.method in ("owl", "dlp"):
+    if reads_text:
+        protocol = window_protocol(tokenizer, args.bos)
+        print(protocol.describe())
         ids = tokenize(tokenizer, load_text(args.calibration))
-        calibration = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
+        calibration = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
+                                          bos_token_id=protocol.bos_token_id)
         provenance = {"calibration": {"source": str(args.calibration), "num_samples": args.num_samples,
-                                      "seq_len": args.seq_len, "seed": args.seed}}
+                                      "seq_len": args.seq_len, "seed": args.seed, "windows": protocol.as_dict()}}
     profile = allocate(model, args.sparsity, config, calibration=calibration, provenance=provenance)
     output = Path(args.output)
     path = profile.save(output / "sparsity_profile.json")
     plot = plot_profiles(profile, output / "sparsity_profile.png")
     print(profile.summary())
+    covered = profile.params["coverage"]
+    print(f"covers {covered['share']:.2%} of the decoder's prunable parameters "
+          f"({covered['covered_params']:,} of {covered['decoder_params']:,})")
     for block, ratio in profile.block_sparsities().items():
         score = profile.scores.get(block)
         print(f"  {block:<24} {ratio:.4f}" + (f"   score {score:.4f}" if score is not None else ""))
@@ -121,7 +136,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from owl_plugin.models import load_model
-    from owl_plugin.text import load_text, tokenize
+    from owl_plugin.staging import check_destination
+    from owl_plugin.text import load_text, tokenize, window_protocol
     from owl_plugin.tuning.report import markdown_table, write_outputs
     from owl_plugin.tuning.refine import RefineSettings
     from owl_plugin.tuning.search import TuneSettings, tune
@@ -135,12 +151,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     refine = RefineSettings(generations=args.refine, step=args.refine_step, offspring=args.refine_offspring,
                             seed=args.refine_seed)
+    check_destination(args.output, inputs=(args.model, args.calibration), overwrite=args.overwrite)  # before work
     model, tokenizer = load_model(args.model)
+    protocol = window_protocol(tokenizer, args.bos)
+    print(protocol.describe())
     ids = tokenize(tokenizer, load_text(args.calibration))
     result = tune(model, ids, target=args.sparsity, methods=methods, budget=args.budget, settings=settings,
                   cache_root=args.cache, provenance={"calibration": {"source": str(args.calibration)}},
-                  refine=refine)
-    output = write_outputs(result, args.output)
+                  refine=refine, windows=protocol)
+    output = write_outputs(result, args.output, overwrite=args.overwrite)
     where = "loaded from the cache" if result.statistics_cached else "collected and cached"
     print(f"statistics: {where} ({result.cache_folder})")
     print(markdown_table(result))
@@ -153,12 +172,15 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from owl_plugin.evaluation import perplexity
     from owl_plugin.models import load_model
     from owl_plugin.paths import default_eval_text
-    from owl_plugin.text import load_text, tokenize
+    from owl_plugin.text import load_text, tokenize, window_protocol
 
     model, tokenizer = load_model(args.model)
+    protocol = window_protocol(tokenizer, args.bos)
+    print(protocol.describe())
     ids = tokenize(tokenizer, load_text(args.text or default_eval_text()))
-    ppl = perplexity(model, ids, seq_len=args.seq_len, max_windows=args.windows)
-    print(f"perplexity {ppl:.4f} ({args.windows} windows of {args.seq_len} tokens)")
+    ppl = perplexity(model, ids, seq_len=args.seq_len, max_windows=args.windows, bos_token_id=protocol.bos_token_id)
+    each = f", each BOS + {args.seq_len - 1} text tokens" if protocol.bos else ""
+    print(f"perplexity {ppl:.4f} ({args.windows} windows of {args.seq_len} tokens{each})")
     return 0
 
 
@@ -199,7 +221,8 @@ def export_openvino(args: argparse.Namespace) -> int:
     from owl_plugin.models import resolve_model
 
     command = [str(openvino_python(args.openvino_venv)), "-m", OPENVINO_EXPORTER, resolve_model(args.model),
-               "--output", str(args.output), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len)]
+               "--output", str(args.output), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
+               "--bos", args.bos]
     if args.calibration:
         command += ["--calibration", str(Path(args.calibration).absolute()) if Path(args.calibration).exists()
                     else args.calibration]
@@ -315,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--cache", default=None, metavar="DIR",
                       help="statistics cache root (default $OWL_PLUGIN_CACHE or ~/.cache/owl_plugin)")
     tune.add_argument("--output", "-o", default="owl-tune", help="output folder (default ./owl-tune)")
+    tune.add_argument("--overwrite", action="store_true", help="replace an output folder an earlier owl tune wrote")
     tune.set_defaults(func=cmd_tune)
 
     ppl = sub.add_parser("perplexity", help="perplexity on a text in non-overlapping windows")
@@ -322,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--text", default=None, help="text file or hub dataset (default: WikiText-2 validation)")
     ppl.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
     ppl.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
+    add_bos_argument(ppl)
     ppl.set_defaults(func=cmd_perplexity)
 
     model = sub.add_parser("model", help="convert the default model once and print its folder")
@@ -358,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: pydoc, disjoint from the evaluation text)")
     openvino.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     openvino.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default 128)")
+    add_bos_argument(openvino)
     openvino.add_argument("--openvino-venv", default=None, metavar="DIR",
                           help=f"venv with openvino, nncf, optimum-intel (default: ${OPENVINO_VENV_ENV}, "
                                "else .venv-openvino from `make setup-openvino`)")
@@ -388,11 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"owl {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    from owl_plugin.errors import run
+
+    return run(args.func, args, command=args.command, verbose=args.verbose)  # user errors: one line, exit 2
 
 
 if __name__ == "__main__":

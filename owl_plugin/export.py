@@ -39,7 +39,7 @@ from owl_plugin.model_card import Results, check_license, check_repo_id, write_m
 from owl_plugin.profile import PROFILE_FILENAME, ModuleSparsity, SparsityProfile
 from owl_plugin.pruned_modules import block_of, candidate_modules, decoder_prefix
 from owl_plugin.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
-from owl_plugin.staging import publish, staged_folder
+from owl_plugin.staging import check_destination, publish, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +295,8 @@ def export_checkpoint(
         folder = source.folder.resolve()
         if folder == target.resolve() or target.resolve() in folder.parents:
             raise ValueError(f"output {target} would contain or replace the source {folder}; choose another output")
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target} already exists; pass overwrite=True (owl export --overwrite) to replace it")
+        check_destination(target, inputs=(folder,), overwrite=overwrite,
+                          flag="overwrite=True (owl export --overwrite)")
         check_source_config(source.config, source=str(folder))
         chosen = _resolve_profile(profile, folder)
         names = source.dense_names()

@@ -110,6 +110,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     """``"default"`` / ``"smollm2-135m"`` → the converted default model; anything else unchanged."""
     if str(name_or_path) in DEFAULT_ALIASES:
         return str(default_model_path())
+    from owl_plugin.inputs import check_model_folder
+
+    check_model_folder(name_or_path)  # a missing folder, bad config.json or truncated shard: named, before loading
     return str(name_or_path)
 
 

@@ -126,7 +126,7 @@ def test_overwrite_rules(sources, tmp_path) -> None:
     (output / "marker.txt").write_text("previous export")
     before = {p.name: p.read_bytes() for p in output.iterdir()}
 
-    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match="exists and is not empty; pass overwrite=True"):
         export_checkpoint(sources["fp32"], output, format="compact")
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before  # untouched
 
@@ -143,7 +143,7 @@ def test_cli_export(sources, tmp_path, capsys) -> None:
     assert f"compact export in {output}" in printed
     assert "(ratio 0." in printed  # the pruned-weights and whole-checkpoint size ratios are printed
     assert main(["export", str(sources["bf16"]), "--format", "dense", "--output", str(output)]) == 2
-    assert "already exists; pass overwrite=True (owl export --overwrite)" in capsys.readouterr().err
+    assert "exists and is not empty; pass overwrite=True (owl export --overwrite)" in capsys.readouterr().err
     assert main(["export", str(sources["bf16"]), "--format", "dense", "--output", str(output), "--overwrite"]) == 0
     assert "quantization_config" not in _config(output)
 

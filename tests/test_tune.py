@@ -243,7 +243,9 @@ def test_cli_tune_writes_outputs_and_never_reads_the_evaluation_file(tiny_checkp
         assert (output / png).read_bytes()[:8] == PNG_SIGNATURE
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".tuned")]  # no staging leftovers
 
-    assert main(argv) == 0  # the second run reads statistics from the cache
+    assert main(argv) == 2  # the output now exists: refused before any work, naming the folder and the flag
+    assert f"output {output} exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # the second run reads statistics from the cache
     assert "statistics: loaded from the cache" in capsys.readouterr().out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from owl_plugin.text import BOS_CHOICES, BOS_HELP
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,6 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--num-samples", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bos", choices=BOS_CHOICES, default="auto", help=BOS_HELP)
     parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.set_defaults(func=run)
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from owl_plugin.integrations.llmcompressor.prune import prune
 
     result = prune(args.model, args.recipe, args.output, dataset=args.dataset, num_samples=args.num_samples,
-                   seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite)
+                   seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite, bos=args.bos)
     print(result.profile.summary())
     from owl_plugin.integrations.llmcompressor.prune import nm_summary
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from owl_plugin.coverage import check_supported
 from owl_plugin.models import load_model
 from owl_plugin.plot import plot_profiles
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
-from owl_plugin.text import calibration_batches, load_text, tokenize
+from owl_plugin.staging import check_destination, kill_point, publish, staged_folder
+from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
 from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches
 
 import llmcompressor  # noqa: F401,I001  first: its start-up hook imports .modifiers → .base whole, not half-imported
@@ -37,12 +37,14 @@ class PruneResult:
     measured_sparsity: float
 
 
-def calibration_dataset(tokenizer, source: str, *, num_samples: int, seq_len: int, seed: int):
-    """A ``datasets.Dataset`` of ``num_samples`` token windows (input_ids, attention_mask)."""
+def calibration_dataset(tokenizer, source: str, *, num_samples: int, seq_len: int, seed: int,
+                        bos_token_id: int | None = None):
+    """A ``datasets.Dataset`` of ``num_samples`` token windows (input_ids, attention_mask), each starting
+    with ``bos_token_id`` if given (``owl_plugin.text.calibration_batches``)."""
     from datasets import Dataset
 
     batches = calibration_batches(tokenize(tokenizer, load_text(source)), num_samples=num_samples,
-                                  seq_len=seq_len, seed=seed)
+                                  seq_len=seq_len, seed=seed, bos_token_id=bos_token_id)
     ids = [b[0].tolist() for b in batches]
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
 
@@ -85,26 +87,34 @@ def prune(
     seq_len: int = 512,
     seed: int = 0,
     overwrite: bool = False,
+    bos: str = "auto",
 ) -> PruneResult:
     """Prune ``model`` with ``recipe`` through ``llmcompressor.oneshot`` and save it to ``output``.
 
     The output folder holds the transformers checkpoint (dense tensors with zeros),
     ``sparsity_profile.json``, ``sparsity_profile.png`` and ``recipe.yaml``. It is written to
     a temporary folder beside ``output`` and renamed into place only after the measured
-    per-module sparsity has been checked against the profile.
+    per-module sparsity has been checked against the profile. ``bos`` (auto | on | off) says whether
+    calibration windows start with the model's BOS (``owl_plugin.text.window_protocol``); the choice
+    is recorded in the profile's ``params["calibration"]["windows"]``.
     """
     from owl_plugin.integrations.llmcompressor import register_modifiers
     from llmcompressor import oneshot
 
     register_modifiers()
 
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"output folder {str(output)!r} exists; pass --overwrite to replace it")
+    output = check_destination(output, inputs=(model, recipe), overwrite=overwrite,  # before any work
+                               flag="overwrite=True (owl prune --overwrite)")
     recipe_text, _ = read_recipe(recipe)
     pretrained, tokenizer = load_model(model)
-    data = calibration_dataset(tokenizer, dataset, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    kill_point("model-loaded")
+    check_supported(pretrained)  # before calibration: fused 3-D experts etc. are refused by name, not left dense
+    protocol = window_protocol(tokenizer, bos)
+    logger.info("%s", protocol.describe())
+    data = calibration_dataset(tokenizer, dataset, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                               bos_token_id=protocol.bos_token_id)
 
+    kill_point("calibration-ready")
     APPLIED_PROFILES.clear()
     pruned = oneshot(
         model=pretrained, processor=tokenizer, dataset=data, recipe=str(recipe),
@@ -114,7 +124,8 @@ def prune(
         raise ValueError(f"the recipe allocated {len(APPLIED_PROFILES)} times; use one allocation modifier")
     profile = APPLIED_PROFILES[0] if APPLIED_PROFILES else measured_profile(pruned)
     profile = SparsityProfile(**{**profile.__dict__, "params": {**profile.params, "calibration": {
-        "source": dataset, "num_samples": num_samples, "seq_len": seq_len, "seed": seed}}})
+        "source": dataset, "num_samples": num_samples, "seq_len": seq_len, "seed": seed,
+        "windows": protocol.as_dict()}}})
 
     measured = measured_sparsities(pruned, profile)
     mismatches = profile_mismatches(profile, measured)
@@ -132,15 +143,16 @@ def prune(
     if nm_summary(profile):
         logger.warning("%s", nm_summary(profile))
 
+    kill_point("pruned")
     _save(pruned, tokenizer, profile, recipe_text, output, overwrite=overwrite)
     return PruneResult(output=output, profile=profile, measured_sparsity=achieved)
 
 
 def _save(model, tokenizer, profile: SparsityProfile, recipe_text: str, output: Path, *, overwrite: bool) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    """Stage beside ``output``, fsync, publish with a no-replace rename (``owl_plugin.staging``)."""
+    with staged_folder(output) as staging:
         model.save_pretrained(staging)
+        kill_point("weights-saved")
         tokenizer.save_pretrained(staging)
         _strip_sparsity_config(staging / "config.json")
         profile.save(staging)
@@ -148,15 +160,7 @@ def _save(model, tokenizer, profile: SparsityProfile, recipe_text: str, output: 
         (staging / "recipe.yaml").write_text(recipe_text)
         if not any(staging.glob("*.safetensors")):
             raise RuntimeError(f"{staging}: no safetensors weights were written")
-        if output.exists():  # overwrite: move the old folder away only once the new one is complete
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old)
-        else:
-            staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, output, overwrite=overwrite)
 
 
 def _strip_sparsity_config(config_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from owl_plugin.plot import plot_profiles
-from owl_plugin.staging import publish, staged_folder
+from owl_plugin.staging import check_destination, publish, staged_folder
 from owl_plugin.tuning.proxy import PROXY_NAME
 from owl_plugin.tuning.search import TuneResult, block_spread, ranked, uniform_record
 from owl_plugin.tuning.space import PLOT_AXIS
@@ -99,9 +99,11 @@ def plot_scores(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *
     return path
 
 
-def write_outputs(result: TuneResult, output: str | os.PathLike, *, overwrite: bool = True) -> Path:
-    """Write the best profile, its plot, the candidates table (md + JSON) and the score plot, atomically."""
-    output = Path(output)
+def write_outputs(result: TuneResult, output: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the best profile, its plot, the candidates table (md + JSON) and the score plot, atomically.
+
+    An existing ``output`` is replaced only with ``overwrite`` and only if owl wrote it (``staging.MARKER``)."""
+    output = check_destination(output, overwrite=overwrite, flag="overwrite=True (owl tune --overwrite)")
     with staged_folder(output) as staging:
         result.profile.save(staging / "sparsity_profile.json")
         plot_profiles(result.profile, staging / "sparsity_profile.png",
