@@ -5,8 +5,8 @@ module of ``quantization_config.compressed_modules`` for an :class:`OwlSparseLin
 :meth:`OwlSparseLinear.from_linear`: the dense weight is packed with ``owl_plugin.kernels.pack_dense``
 and dropped, and ``forward`` computes ``y = x W^T (+ b)`` with ``owl_plugin.kernels.sparse_linear``.
 
-Saving: :meth:`_save_to_state_dict` writes the dense ``weight`` again (``W^T = sparse_linear(I, W)``,
-exact: every output is one product with 1), so ``state_dict()`` and ``save_pretrained`` give an
+Saving: :meth:`_save_to_state_dict` writes the dense ``weight`` again (unpacked exactly by
+``owl_plugin.kernels.decompress_rows``), so ``state_dict()`` and ``save_pretrained`` give an
 ordinary dense checkpoint, bit-identical to the one that was exported. Loading a state dict into an
 :class:`OwlSparseLinear` is refused (load the checkpoint with ``from_pretrained`` instead).
 """
@@ -17,9 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-CHUNK = 1024  # rows of the identity per call when unpacking (bounds the temporary memory)
-
 
 class OwlSparseLinear(nn.Module):
     """A linear layer whose weight is held only in the kernel's packed layout.
@@ -54,20 +51,13 @@ class OwlSparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from owl_plugin.kernels import sparse_linear
 
-        return sparse_linear(x, self.packed, self.bias)
+        return sparse_linear(x.contiguous(), self.packed, self.bias)  # no copy when already contiguous
 
     def dense_weight(self) -> torch.Tensor:
         """The dense ``out_features x in_features`` weight, rebuilt exactly from the packed one."""
-        from owl_plugin.kernels import sparse_linear
+        from owl_plugin.kernels import decompress_rows
 
-        rows = []
-        with torch.no_grad():
-            for start in range(0, self.in_features, CHUNK):
-                stop = min(start + CHUNK, self.in_features)
-                eye = torch.zeros(stop - start, self.in_features, dtype=self.packed.dtype)
-                eye[:, start:stop] = torch.eye(stop - start, dtype=self.packed.dtype)
-                rows.append(sparse_linear(eye, self.packed))  # (stop-start) x out = W^T[start:stop]
-        return torch.cat(rows).T.contiguous()
+        return decompress_rows(self.packed)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.dense_weight()

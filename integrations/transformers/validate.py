@@ -77,7 +77,8 @@ def read_back(model: torch.nn.Module, profile: SparsityProfile) -> dict[str, tup
     measured = {}
     for name in profile.modules:
         module = modules.get(name)
-        weight = getattr(module, "weight", None)
+        dense_weight = getattr(module, "dense_weight", None)  # OwlSparseLinear holds only the packed weight
+        weight = dense_weight() if callable(dense_weight) else getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
             measured[name] = (int((weight == 0).sum()), weight.numel(), int(weight.shape[1]))
     return measured

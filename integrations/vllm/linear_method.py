@@ -156,7 +156,7 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
             return super().apply(layer, x, bias)
         from owl_plugin.kernels import sparse_linear
 
-        return sparse_linear(x, packed, bias)
+        return sparse_linear(x.contiguous(), packed, bias)  # no copy when already contiguous
 
 
 def dense_requested() -> bool:

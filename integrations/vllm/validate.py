@@ -87,6 +87,11 @@ def _engine_weight(module) -> Any:
     """
     import torch
 
+    packed = getattr(module, "owl_packed", None)
+    if packed is not None:  # owl_sparse layer running the sparse kernels: no dense copy is held
+        from owl_plugin.kernels import decompress_rows
+
+        return decompress_rows(packed)
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.numel() > 0:
         return weight.detach()
@@ -113,6 +118,8 @@ def _read_back(model) -> dict[str, Any]:
         for param_name, param in module.named_parameters(recurse=False):
             digests[f"{name}.{param_name}"] = _digest(weight if param_name == "weight" and weight is not None
                                                       else param)
+        if weight is not None and f"{name}.weight" not in digests:  # packed layers hold no weight parameter
+            digests[f"{name}.weight"] = _digest(weight)
         if weight is None:
             continue
         parent, _, leaf = name.rpartition(".")
