@@ -93,7 +93,8 @@ def _tile_torch(masks, values, row_offsets, r0: int, r1: int, in_features: int) 
     return dense
 
 
-def _tiled_dense(x2, masks, values, row_offsets, out_features: int, in_features: int, ext) -> torch.Tensor:
+def _tiled_dense(x2, masks, values, row_offsets, out_features: int, in_features: int, ext,
+                 isa: str = "portable") -> torch.Tensor:
     """y = x W^T by decompressing ``TILE_BYTES`` of W at a time into one scratch tile."""
     rows = max(1, min(out_features, TILE_BYTES // max(1, in_features * values.element_size())))
     y = torch.empty(x2.shape[0], out_features, dtype=x2.dtype)
@@ -101,7 +102,7 @@ def _tiled_dense(x2, masks, values, row_offsets, out_features: int, in_features:
     for r0 in range(0, out_features, rows):
         r1 = min(out_features, r0 + rows)
         if ext is not None:
-            torch.ops.owl_ext.decompress_rows_into(masks, values, row_offsets, r0, r1, scratch)
+            torch.ops.owl_ext.decompress_rows_into(masks, values, row_offsets, r0, r1, scratch, ISAS[isa])
             tile = scratch[: r1 - r0]
         else:
             tile = _tile_torch(masks, values, row_offsets, r0, r1, in_features)
@@ -137,7 +138,7 @@ def sparse_linear_op(
             and x2.shape[0] > 0:
         y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
     else:
-        y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext)
+        y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext, isa)
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, out_features)

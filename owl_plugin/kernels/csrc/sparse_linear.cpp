@@ -304,32 +304,97 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
   return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
+// ---------------------------------------------------------------- decompression (the tiled dense path)
+// One row of W: block k's values start where block k-1's ended; the last block stores only the
+// in_f - 32k columns that exist. Reads may run up to 32 values past a row's end (PAD in pack.py).
+template <typename T>
+void decompress_row_portable(const uint32_t* m, int64_t nblk, const T* p, T* row, int64_t in_f) {
+  for (int64_t k = 0; k < nblk; ++k) {
+    T block[BLOCK] = {};
+    uint32_t mk = m[k];
+    while (mk) {
+      block[__builtin_ctz(mk)] = *p++;
+      mk &= mk - 1;
+    }
+    std::memcpy(row + k * BLOCK, block, std::min<int64_t>(BLOCK, in_f - k * BLOCK) * sizeof(T));
+  }
+}
+
+inline uint32_t tail_mask(int64_t n) { return n >= 32 ? 0xffffffffu : ((1u << n) - 1u); }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void decompress_row_vbmi2_16(
+    const uint32_t* m, int64_t nblk, const uint16_t* p, uint16_t* row, int64_t in_f) {
+  for (int64_t k = 0; k < nblk; ++k) {
+    const uint32_t mk = m[k];
+    __m512i w = _mm512_maskz_expand_epi16(static_cast<__mmask32>(mk), _mm512_loadu_si512(p));
+    p += __builtin_popcount(mk);
+    _mm512_mask_storeu_epi16(row + k * BLOCK, static_cast<__mmask32>(tail_mask(in_f - k * BLOCK)), w);
+  }
+}
+
+// 16-bit values without VBMI2: widen 16 lanes to 32 bits, expand, narrow back
+__attribute__((target("avx512f"))) void decompress_row_512_16(const uint32_t* m, int64_t nblk, const uint16_t* p,
+                                                              uint16_t* row, int64_t in_f) {
+  for (int64_t k = 0; k < nblk; ++k) {
+    const uint32_t mk = m[k], keep = tail_mask(in_f - k * BLOCK);
+    for (int h = 0; h < 2; ++h) {
+      const __mmask16 part = static_cast<__mmask16>(mk >> (16 * h));
+      __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      __m256i w = _mm512_cvtepi32_epi16(_mm512_maskz_expand_epi32(part, wide));
+      p += __builtin_popcount(part);
+      const uint32_t store = (keep >> (16 * h)) & 0xffffu;
+      if (store == 0xffffu) _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k * BLOCK + 16 * h), w);
+      else if (store) {
+        alignas(32) uint16_t tmp[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), w);
+        std::memcpy(row + k * BLOCK + 16 * h, tmp, __builtin_popcount(store) * sizeof(uint16_t));
+      }
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void decompress_row_512_32(const uint32_t* m, int64_t nblk, const uint32_t* p,
+                                                              uint32_t* row, int64_t in_f) {
+  for (int64_t k = 0; k < nblk; ++k) {
+    const uint32_t mk = m[k], keep = tail_mask(in_f - k * BLOCK);
+    for (int h = 0; h < 2; ++h) {
+      const __mmask16 part = static_cast<__mmask16>(mk >> (16 * h));
+      __m512i w = _mm512_maskz_expand_epi32(part, _mm512_loadu_si512(p));
+      p += __builtin_popcount(part);
+      _mm512_mask_storeu_epi32(row + k * BLOCK + 16 * h, static_cast<__mmask16>(keep >> (16 * h)), w);
+    }
+  }
+}
+
 // dense rows W[r0:r1] written into out [r1-r0, in] (a reusable scratch tile), values' dtype
 void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, const at::Tensor& row_offsets,
-                          int64_t r0, int64_t r1, at::Tensor out) {
+                          int64_t r0, int64_t r1, at::Tensor out, int64_t isa) {
   const int64_t nblk = masks.size(1);
   const int64_t in_f = out.size(1);
   TORCH_CHECK(r0 >= 0 && r1 <= masks.size(0) && r0 <= r1 && out.size(0) >= r1 - r0 && out.is_contiguous() &&
-                  in_f <= nblk * BLOCK && out.element_size() == values.element_size(),
-              "decompress_rows_into: bad range or scratch tile");
+                  in_f <= nblk * BLOCK && in_f > (nblk - 1) * BLOCK && out.element_size() == values.element_size() &&
+                  (values.element_size() == 2 || values.element_size() == 4) && values.is_contiguous(),
+              "decompress_rows_into: bad range, scratch tile or dtype");
+  TORCH_CHECK(row_offsets.scalar_type() == at::kLong && row_offsets.numel() == masks.size(0) + 1 &&
+                  values.numel() >= row_offsets[masks.size(0)].item<int64_t>() + BLOCK,
+              "decompress_rows_into: row_offsets must be int64 [out+1] and values hold nnz + 32 padding");
   const uint32_t* M = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
   const int64_t* O = row_offsets.data_ptr<int64_t>();
-  const int64_t es = values.element_size();
-  const char* V = static_cast<const char*>(values.data_ptr());
-  char* D = static_cast<char*>(out.data_ptr());
+  const bool half = values.element_size() == 2;
   at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t b) {
     for (int64_t r = a; r < b; ++r) {
-      char* row = D + (r - r0) * in_f * es;
-      std::memset(row, 0, in_f * es);
-      const char* p = V + O[r] * es;
-      for (int64_t k = 0; k < nblk; ++k) {
-        uint32_t mk = masks.size(1) ? M[r * nblk + k] : 0;
-        while (mk) {
-          int j = __builtin_ctz(mk);
-          std::memcpy(row + (k * BLOCK + j) * es, p, es);
-          p += es;
-          mk &= mk - 1;
-        }
+      const uint32_t* m = M + r * nblk;
+      if (half) {
+        const uint16_t* p = static_cast<const uint16_t*>(values.data_ptr()) + O[r];
+        uint16_t* row = static_cast<uint16_t*>(out.data_ptr()) + (r - r0) * in_f;
+        if (isa >= 3) decompress_row_vbmi2_16(m, nblk, p, row, in_f);
+        else if (isa == 2) decompress_row_512_16(m, nblk, p, row, in_f);
+        else decompress_row_portable<uint16_t>(m, nblk, p, row, in_f);
+      } else {
+        const uint32_t* p = static_cast<const uint32_t*>(values.data_ptr()) + O[r];
+        uint32_t* row = static_cast<uint32_t*>(out.data_ptr()) + (r - r0) * in_f;
+        if (isa >= 2) decompress_row_512_32(m, nblk, p, row, in_f);
+        else decompress_row_portable<uint32_t>(m, nblk, p, row, in_f);
       }
     }
   });
@@ -350,7 +415,8 @@ int64_t cpu_features() {
 TORCH_LIBRARY(owl_ext, m) {
   m.def("sparse_gemm(Tensor x, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
         "int in_features, int isa) -> Tensor");
-  m.def("decompress_rows_into(Tensor masks, Tensor values, Tensor row_offsets, int r0, int r1, Tensor(a!) out) -> ()");
+  m.def("decompress_rows_into(Tensor masks, Tensor values, Tensor row_offsets, int r0, int r1, Tensor(a!) out, "
+        "int isa) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {

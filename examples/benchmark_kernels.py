@@ -1,0 +1,195 @@
+"""Micro-benchmark of owl_plugin.kernels: sparse ``y = x Wᵀ`` against dense ``F.linear`` on the same weights.
+
+    .venv/bin/python examples/benchmark_kernels.py [--quick] [--sparsity 0.5 0.7] [--dtypes bfloat16 float32]
+        [--batches 1 2 4 8 16 32 64] [--out examples/results/kernels]
+
+For every layer shape, dtype, sparsity and batch (rows of x) it times, **interleaved** (each round
+runs every variant once, in a rotating order; the table gives the median over rounds):
+
+* ``dense``:  ``F.linear(x, W)`` on the dense weight (what transformers runs; the baseline);
+* ``sparse``: the compiled sparse kernel on the packed weight (the op's path up to ``SPARSE_MAX_BATCH``);
+* ``tiled``:  decompress ``TILE_BYTES`` of W at a time + dense ``F.linear`` (the op's path above it).
+
+Weights stream from memory as in decode: each variant cycles through enough distinct layers of
+the shape to exceed ``--stream-mb`` (default 512 MB of dense weight), so no layer is still in cache
+when it is used again. Threads: torch's pool (``torch.get_num_threads()``).
+
+Printed and written (``<out>.md``, ``<out>.json``, ``<out>.png``): per row the medians in µs, the
+speed-ups ``dense / sparse`` and ``dense / tiled``, the resident bytes ``packed / dense``, and the
+dispatch threshold: the largest batch at which the sparse kernel still beats the tiled path in every
+measured shape (``dispatch.SPARSE_MAX_BATCH`` is set from it). Not a test: nothing asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from owl_plugin.kernels import kernel_info, pack_dense
+from owl_plugin.kernels.dispatch import ISAS, _tiled_dense, selected_isa
+from owl_plugin.kernels.build import load_extension
+
+# (name, out, in): SmolLM2-135M's MLP, the 1B Llama of benchmark_serving.py, LLaMA-7B's q and MLP
+SHAPES = [("smollm2 up", 1536, 576), ("smollm2 down", 576, 1536), ("llama1b up", 5632, 2048),
+          ("llama1b down", 2048, 5632), ("llama7b q", 4096, 4096), ("llama7b up", 11008, 4096)]
+QUICK_SHAPES = SHAPES[:3]
+
+
+def layers(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, stream_mb: int, seed: int):
+    """Enough distinct random layers (dense weight, packed weight) to exceed ``stream_mb`` of dense bytes."""
+    count = max(2, -(-stream_mb * 2**20 // (out_f * in_f * torch.finfo(dtype).bits // 8)))
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        w = (torch.randn(out_f, in_f, generator=g) * (torch.rand(out_f, in_f, generator=g) >= sparsity)).to(dtype)
+        out.append((w, pack_dense(w)))
+    return out
+
+
+def timed(fn, rounds: int) -> float:
+    """Median seconds of one call over ``rounds`` calls (after one warm-up)."""
+    fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
+    name, out_f, in_f = shape
+    stack = layers(out_f, in_f, sparsity, dtype, args.stream_mb, seed=out_f + in_f)
+    dense_bytes = out_f * in_f * stack[0][0].element_size()
+    packed_bytes = stack[0][1].nbytes()
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, in_f).to(dtype)
+        ring = itertools.cycle(stack)  # a different layer each call, as in a forward pass
+
+        def run_dense(x=x, ring=ring):
+            F.linear(x, next(ring)[0])
+
+        def run_sparse(x=x, ring=ring):
+            torch.ops.owl_ext.sparse_gemm(x, *next(ring)[1].ordered(), out_f, in_f, ISAS[isa])
+
+        def run_tiled(x=x, ring=ring):
+            _tiled_dense(x, *next(ring)[1].ordered(), out_f, in_f, ext, isa)
+
+        variants = {"dense": run_dense, "sparse": run_sparse, "tiled": run_tiled}
+        samples = {k: [] for k in variants}
+        order = list(variants)
+        for r in range(args.rounds):  # interleaved: each round times every variant, rotating the order
+            for key in order[r % 3:] + order[:r % 3]:
+                samples[key].append(timed(variants[key], args.calls))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows.append({"shape": name, "out": out_f, "in": in_f, "dtype": str(dtype).removeprefix("torch."),
+                     "sparsity": sparsity, "batch": batch,
+                     **{f"{k}_us": round(v * 1e6, 2) for k, v in med.items()},
+                     "speedup_sparse": round(med["dense"] / med["sparse"], 3),
+                     "speedup_tiled": round(med["dense"] / med["tiled"], 3),
+                     "bytes_ratio": round(packed_bytes / dense_bytes, 3)})
+    return rows
+
+
+def threshold(rows: list[dict]) -> int:
+    """Largest batch b such that for every measured (shape, dtype, sparsity) the sparse kernel beats the
+    tiled path at every batch ≤ b."""
+    batches = sorted({r["batch"] for r in rows})
+    best = 0
+    for b in batches:
+        if all(r["sparse_us"] <= r["tiled_us"] for r in rows if r["batch"] <= b):
+            best = b
+        else:
+            break
+    return best
+
+
+def markdown(rows: list[dict], info: dict, args) -> str:
+    lines = [f"# owl_plugin.kernels micro-benchmark ({time.strftime('%Y-%m-%d')})", "",
+             f"CPU: {platform.processor() or platform.machine()}, {info['threads']} threads, path `{info['isa']}`, "
+             f"torch {torch.__version__}; medians of {args.rounds} interleaved rounds × {args.calls} calls, weights "
+             f"streamed from memory (≥ {args.stream_mb} MB of distinct layers per variant).", "",
+             "| shape | out×in | dtype | sparsity | batch | dense µs | sparse µs | tiled µs | dense/sparse | "
+             "dense/tiled | packed/dense bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['out']}×{r['in']} | {r['dtype']} | {r['sparsity']:.2f} | {r['batch']} | "
+                     f"{r['dense_us']:.1f} | {r['sparse_us']:.1f} | {r['tiled_us']:.1f} | "
+                     f"**{r['speedup_sparse']:.2f}×** | {r['speedup_tiled']:.2f}× | {r['bytes_ratio']:.3f} |")
+    lines += ["", f"Dispatch threshold (largest batch where the sparse kernel beats the tiled path in every row): "
+                  f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["shape"], r["dtype"], r["sparsity"]) for r in rows}, key=str)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key in keys:
+        sel = [r for r in rows if (r["shape"], r["dtype"], r["sparsity"]) == key]
+        ax.plot([r["batch"] for r in sel], [r["speedup_sparse"] for r in sel], marker="o",
+                label=f"{key[0]} {key[1]} {key[2]:.0%}")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (rows of x)")
+    ax.set_ylabel("speed-up of the sparse kernel over dense F.linear")
+    ax.set_title("owl_plugin.kernels: sparse vs dense, same weights")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 shapes, batches 1 4 16 32, 5 rounds")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.7])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed sample (median of those)")
+    parser.add_argument("--stream-mb", type=int, default=512)
+    parser.add_argument("--out", default="examples/results/kernels", help="path prefix of .md/.json/.png")
+    args = parser.parse_args(argv)
+    shapes = SHAPES
+    if args.quick:
+        shapes, args.batches, args.rounds = QUICK_SHAPES, [1, 4, 16, 32], 5
+    ext = load_extension()
+    if ext is None:
+        print(f"the C++ extension is unavailable ({kernel_info()['extension_error']}); nothing to measure",
+              file=sys.stderr)
+        return 1
+    isa, info = selected_isa(), kernel_info()
+    rows = []
+    todo = [(s, getattr(torch, d), sp) for s in shapes for d in args.dtypes for sp in args.sparsity]
+    for shape, dtype, sparsity in tqdm(todo, desc="shapes", unit="shape"):
+        rows += measure(shape, dtype, sparsity, args.batches, args, ext, isa)
+    text = markdown(rows, info, args)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"kernel": info, "rows": rows, "threshold": threshold(rows)},
+                                                   indent=1))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')}, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""owl_plugin.kernels: the packed layout and every compiled path compute ``x @ Wᵀ (+ b)`` of the dense weight.
+
+Each C++ path (AVX-512 VBMI2+BF16, AVX-512F, AVX2, portable) is forced with ``OWL_SPARSE_ISA`` and
+compared with ``F.linear`` on the dense weight, over shapes that hit every edge of the layout (``in``
+not a multiple of 32, all-zero rows, fully dense rows, fewer rows than the 4 walked at once), every
+batch chunking (1-4 rows per pass, the sparse/tiled threshold) and both dtypes. Paths the CPU lacks
+are skipped with the reason; the pure-torch twin runs everywhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from owl_plugin.formats.compact import compress
+from owl_plugin.kernels import (
+    SPARSE_MAX_BATCH,
+    SparseFormatError,
+    SparseInputError,
+    decompress_rows,
+    kernel_info,
+    pack_compact,
+    pack_dense,
+    sparse_linear,
+)
+from owl_plugin.kernels.build import load_extension
+from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_isas
+
+COMPILED = ("avx512_bf16", "avx512", "avx2", "portable")
+SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
+BATCHES = [1, 2, 3, 4, 5, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40]
+
+
+def sparse_weight(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random weight with ``sparsity`` zeros, plus one all-zero row and one fully dense row when there is room."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g) * (torch.rand(out_f, in_f, generator=g) >= sparsity)
+    if out_f >= 3:
+        w[1] = 0.0
+        w[2] = torch.randn(in_f, generator=g)
+    return w.to(dtype)
+
+
+def isa_or_skip(isa: str) -> None:
+    if isa == "torch":
+        return
+    if load_extension() is None:
+        pytest.skip(f"the C++ extension could not be built here: {kernel_info()['extension_error']}")
+    if isa not in cpu_supported_isas():
+        pytest.skip(f"this CPU lacks the {isa} path (it supports {cpu_supported_isas()})")
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.float(), w.float(), None if bias is None else bias.float())
+
+
+def tolerance(dtype: torch.dtype, in_f: int) -> dict[str, float]:
+    # fp32: accumulation order only; bf16: x and W are exact bf16, the sum is fp32, the output rounds once
+    return {"atol": 1e-5 * in_f ** 0.5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pack_dense_round_trips_exactly(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    w = sparse_weight(*shape, 0.7, dtype)
+    packed = pack_dense(w)
+    assert packed.nnz == int((w != 0).sum())
+    assert torch.equal(decompress_rows(packed), w)
+    if shape[0] > 2:
+        assert torch.equal(decompress_rows(packed, 1, 3), w[1:3])
+
+
+def test_negative_zero_is_a_zero() -> None:
+    w = torch.tensor([[0.0, -0.0, 1.5], [-0.0, 2.0, 0.0]])
+    packed = pack_dense(w)
+    assert packed.nnz == 2
+    assert torch.equal(decompress_rows(packed), torch.tensor([[0.0, 0.0, 1.5], [0.0, 2.0, 0.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pack_compact_reads_the_checkpoint_pieces(dtype: torch.dtype) -> None:
+    w = sparse_weight(37, 70, 0.6, dtype)
+    parts = compress(w)
+    packed = pack_compact(parts["values"], parts["bitmask"], parts["shape"])
+    assert torch.equal(decompress_rows(packed), w)
+    for name, tensor in pack_dense(w).tensors.items():
+        assert torch.equal(packed.tensors[name], tensor), name
+
+
+def test_pack_compact_names_the_disagreeing_piece() -> None:
+    parts = compress(sparse_weight(8, 40, 0.5, torch.float32))
+    with pytest.raises(SparseFormatError, match="popcount"):
+        pack_compact(parts["values"][:-1], parts["bitmask"], parts["shape"])
+    with pytest.raises(SparseFormatError, match="bytes"):
+        pack_compact(parts["values"], parts["bitmask"][:-1], parts["shape"])
+    with pytest.raises(SparseFormatError, match=r"\[out, in\]"):
+        pack_compact(parts["values"], parts["bitmask"], [8, 40, 1])
+    with pytest.raises(SparseFormatError, match="dtype"):
+        pack_compact(parts["values"].double(), parts["bitmask"], parts["shape"])
+    with pytest.raises(SparseFormatError, match="2-D"):
+        pack_dense(torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- every path computes x W^T
+
+
+@pytest.mark.parametrize("isa", [*COMPILED, "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_path_matches_dense_linear(isa: str, dtype: torch.dtype, shape: tuple[int, int],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    isa_or_skip(isa)
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
+    out_f, in_f = shape
+    w = sparse_weight(out_f, in_f, 0.7, dtype, seed=out_f)
+    bias = torch.randn(out_f).to(dtype)
+    packed = pack_dense(w)
+    for batch in BATCHES:
+        x = torch.randn(batch, in_f).to(dtype)
+        for b in (None, bias):
+            y = sparse_linear(x, packed, b)
+            assert y.dtype == dtype and y.shape == (batch, out_f)
+            torch.testing.assert_close(y.float(), reference(x, w, b), **tolerance(dtype, in_f),
+                                       msg=lambda m, n=batch: f"{isa} batch {n}: {m}")
+
+
+@pytest.mark.parametrize("isa", COMPILED)
+def test_real_layer_shapes_and_sparsities(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2-135M's MLP shapes at the sparsities the allocators hand out, fp32 and bf16."""
+    isa_or_skip(isa)
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
+    for (out_f, in_f), sparsity in [((1536, 576), 0.5), ((576, 1536), 0.7), ((1536, 576), 0.9), ((576, 576), 0.0)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            w = sparse_weight(out_f, in_f, sparsity, dtype)
+            x = torch.randn(3, 1, in_f).to(dtype)  # leading dims are kept
+            y = sparse_linear(x, pack_dense(w))
+            assert y.shape == (3, 1, out_f)
+            torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f))
+
+
+def test_float16_weights_run_the_tiled_path() -> None:
+    w = sparse_weight(50, 70, 0.7, torch.float16)
+    x = torch.randn(2, 70).half()
+    torch.testing.assert_close(sparse_linear(x, pack_dense(w)).float(), reference(x, w, None), atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("isa", COMPILED)  # (the torch twin's dense GEMM may split a dot product)
+def test_results_do_not_depend_on_the_thread_count(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    isa_or_skip(isa)
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
+    packed = pack_dense(sparse_weight(257, 300, 0.7, torch.float32))
+    x = torch.randn(5, 300)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = sparse_linear(x, packed)
+        torch.set_num_threads(max(2, threads))
+        assert torch.equal(sparse_linear(x, packed), single)  # rows are split, never a row's sum
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_empty_batch() -> None:
+    packed = pack_dense(sparse_weight(9, 40, 0.5, torch.float32))
+    assert sparse_linear(torch.zeros(0, 40), packed).shape == (0, 9)
+
+
+# --------------------------------------------------------------------------- bad input names the bad value
+
+
+def test_bad_activations_are_refused_by_name() -> None:
+    packed = pack_dense(sparse_weight(9, 40, 0.5, torch.float32))
+    with pytest.raises(SparseInputError, match=r"\[\.\.\., 40\], got \(2, 41\)"):
+        sparse_linear(torch.zeros(2, 41), packed)
+    with pytest.raises(SparseInputError, match="torch.bfloat16 differs from the weight dtype torch.float32"):
+        sparse_linear(torch.zeros(2, 40, dtype=torch.bfloat16), packed)
+    with pytest.raises(SparseInputError, match="contiguous"):
+        sparse_linear(torch.zeros(40, 2).T, packed)
+    with pytest.raises(SparseInputError, match=r"bias must be \[9\]"):
+        sparse_linear(torch.zeros(2, 40), packed, torch.zeros(8))
+    with pytest.raises(SparseInputError, match="PackedLinear"):
+        sparse_linear(torch.zeros(2, 40), torch.zeros(9, 40))  # type: ignore[arg-type]
+
+
+def test_forcing_a_path_the_cpu_lacks_or_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    packed = pack_dense(sparse_weight(9, 40, 0.5, torch.float32))
+    monkeypatch.setenv("OWL_SPARSE_ISA", "avx1024")
+    with pytest.raises(SparseKernelUnavailable, match="'avx1024' is not a path"):
+        sparse_linear(torch.zeros(1, 40), packed)
+    missing = [isa for isa in COMPILED if isa not in cpu_supported_isas()]
+    if load_extension() is not None and missing:
+        monkeypatch.setenv("OWL_SPARSE_ISA", missing[0])
+        with pytest.raises(SparseKernelUnavailable, match=f"'{missing[0]}' but this CPU supports only"):
+            sparse_linear(torch.zeros(1, 40), packed)
+
+
+# --------------------------------------------------------------------------- torch.compile traces through the op
+
+
+def test_custom_op_passes_torch_opcheck() -> None:
+    packed = pack_dense(sparse_weight(33, 70, 0.6, torch.float32))
+    for x, bias in [(torch.randn(3, 70), torch.randn(33)), (torch.randn(2, 4, 70), None)]:
+        torch.library.opcheck(torch.ops.owl.sparse_linear.default,
+                              (x, bias, *packed.ordered(), packed.out_features, packed.in_features))
+
+
+def test_torch_compile_traces_through_the_op() -> None:
+    """Inductor (what vLLM compiles with), dynamic batch: one graph, no break, the same numbers (~15 s)."""
+    w = sparse_weight(48, 64, 0.7, torch.float32)
+    packed = pack_dense(w)
+
+    def mlp(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(sparse_linear(x, packed)) * 2.0
+
+    compiled = torch.compile(mlp, fullgraph=True, dynamic=True)  # fullgraph: a graph break fails the test
+    for batch in (1, 3, SPARSE_MAX_BATCH + 4):
+        x = torch.randn(batch, 64)
+        torch.testing.assert_close(compiled(x), torch.relu(x @ w.T) * 2.0, atol=1e-5, rtol=1e-5)
