@@ -237,6 +237,7 @@ def test_prune_refuses_flat_recipe_file_and_existing_output(tmp_path, tiny_dir):
         prune(str(tiny_dir), flat, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "mine.txt").write_text("a user's file")  # an empty folder is accepted
     good = tmp_path / "good.yaml"
     good.write_text(f"s_stage:\n  s_modifiers:\n    WandaPruningModifier: {{sparsity: 0.5, targets: ['{LAYERS}']}}\n")
     with pytest.raises(FileExistsError, match="--overwrite"):
