@@ -225,3 +225,45 @@ def test_truncated_file_is_reported_with_the_file_and_tensor_name(checkpoints, t
         AutoModelForCausalLM.from_pretrained(broken)
     assert str(error.value).startswith(f"{path} is truncated: {size - 3000} bytes, but its header needs {size}; "
                                        f"tensor '{cut[0]}' is cut off ({len(cut)} of {len(header)} tensors")
+
+
+# -- sparse kernels behind from_pretrained --------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compact_load_runs_on_the_sparse_kernels_and_holds_no_dense_weight(checkpoints, dtype, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from owl_plugin.formats.compact_config import compressed_modules
+    from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
+
+    compact = checkpoints[f"{dtype}-compact"]
+    listed = compressed_modules(json.loads((compact / "config.json").read_text())["quantization_config"])
+    monkeypatch.delenv("OWL_SPARSE_DENSE", raising=False)
+    sparse = AutoModelForCausalLM.from_pretrained(compact)
+    swapped = {name for name, module in sparse.named_modules() if isinstance(module, OwlSparseLinear)}
+    assert swapped == set(listed) and len(swapped) == 4 * 7
+
+    monkeypatch.setenv("OWL_SPARSE_DENSE", "1")  # the opt-out: today's dense nn.Linear layers
+    dense = AutoModelForCausalLM.from_pretrained(compact)
+    assert not any(isinstance(module, OwlSparseLinear) for module in dense.modules())
+
+    def resident(model) -> int:
+        return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+    held = {name: sum(t.numel() * t.element_size() for t in m.buffers()) for name, m in sparse.named_modules()
+            if name in swapped}
+    dense_bytes = {name: dense.get_submodule(name).weight.numel() * dense.get_submodule(name).weight.element_size()
+                   for name in swapped}
+    assert sum(held.values()) < 0.6 * sum(dense_bytes.values())  # 70% zeros: values + 1 bit each + offsets
+    assert resident(sparse) < resident(dense)
+
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        ours, theirs = sparse(ids).logits.float(), dense(ids).logits.float()
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == "fp32" else {"atol": 5e-2, "rtol": 5e-2}
+    torch.testing.assert_close(ours, theirs, **tol)  # prefill (48 rows > SPARSE_MAX_BATCH): tiled path
+    prompt = ids[:1, :8]
+    greedy = {name: model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)[0].tolist()
+              for name, model in (("sparse", sparse), ("dense", dense))}  # decode: batch 1, the sparse kernel
+    if dtype == "fp32":
+        assert greedy["sparse"] == greedy["dense"]
+    assert_state_equal(sparse.state_dict(), dense.state_dict())  # saving unpacks the exact dense weights
