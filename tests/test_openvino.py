@@ -1,9 +1,13 @@
-"""OpenVINO export for real: `owl export --format openvino` (core → .venv-openvino subprocess),
-the int8 IR's weights read back against the profile, and a plain `OVModelForCausalLM.from_pretrained`
-compiling with the stored sparse-kernel setting (and running the sparse kernels on CPUs with AMX).
+"""OpenVINO export for real: `owl export --format openvino` (core → .venv-openvino subprocess) in both
+modes (``weights``, the default: int8 weights, f32 activations; ``static``: int8 weights and
+activations), the int8 IR's weights read back against the profile, the export's own float-vs-int8
+perplexity check, and a plain `OVModelForCausalLM.from_pretrained` compiling with the stored
+properties (f32 precision everywhere; in static mode the sparse-kernel rate, whose kernels run on
+CPUs with AMX).
 
 The model is a small random Llama (hidden 256, 2 blocks) magnitude-pruned to 60 % / 70 % per block,
-so the whole module takes about a minute of CPU.
+so the whole module takes about a minute of CPU. The int8 accuracy on the real model is what
+tests/test_validate.py's full run checks (the main job's agreement checks).
 """
 
 from __future__ import annotations
@@ -73,30 +77,65 @@ def pruned_checkpoint(tmp_path_factory, default_model_path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def exported(pruned_checkpoint, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("ov-export") / "ir"
-    # no --calibration: the default must be pydoc, not the WikiText-2 text perplexity is measured on
-    result = run_cli("export", str(pruned_checkpoint), "--format", "openvino", "--output", str(output),
-                     "--num-samples", "4", "--seq-len", "32", timeout=900)
+PRECISION = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+
+
+def export(checkpoint: Path, output: Path, *args: str) -> Path:
+    result = run_cli("export", str(checkpoint), "--format", "openvino", "--output", str(output), *args, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "int8 linears" in result.stdout
+    assert "int8 linears" in result.stdout and "perplexity int8" in result.stdout, result.stdout
     return output
 
 
-def test_export_writes_a_verified_int8_ir(exported, pruned_checkpoint):
-    names = {p.name for p in exported.iterdir()}
+@pytest.fixture(scope="module")
+def exported(pruned_checkpoint, tmp_path_factory) -> Path:
+    """The default export: --mode weights, no calibration text."""
+    return export(pruned_checkpoint, tmp_path_factory.mktemp("ov-export") / "ir", "--check-windows", "2")
+
+
+@pytest.fixture(scope="module")
+def exported_static(pruned_checkpoint, tmp_path_factory) -> Path:
+    # no --calibration and no calibration text in the profile: pydoc, not the WikiText-2 text the check scores
+    return export(pruned_checkpoint, tmp_path_factory.mktemp("ov-export-static") / "ir", "--mode", "static",
+                  "--num-samples", "4", "--seq-len", "32", "--check-windows", "2")
+
+
+@pytest.fixture(params=["weights", "static"])
+def any_export(request, exported, exported_static) -> Path:
+    return exported if request.param == "weights" else exported_static
+
+
+def test_export_writes_a_verified_int8_ir(any_export, pruned_checkpoint):
+    names = {p.name for p in any_export.iterdir()}
     assert {"openvino_model.xml", "openvino_model.bin", "config.json", "owl_openvino.json",
             "sparsity_profile.json", "tokenizer.json"} <= names
-    assert (exported / "sparsity_profile.json").read_text() == (pruned_checkpoint / "sparsity_profile.json").read_text()
-    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
-    settings = json.loads((exported / "owl_openvino.json").read_text())
-    assert settings["ov_config"] == {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": "0.5"}
+    assert (any_export / "sparsity_profile.json").read_text() == \
+        (pruned_checkpoint / "sparsity_profile.json").read_text()
+    assert not [p for p in any_export.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    settings = json.loads((any_export / "owl_openvino.json").read_text())
     assert settings["verification"]["int8_linears"] == 15  # 14 decoder linears + lm_head
-    assert settings["calibration"]["source"] == "pydoc"
+    accuracy = settings["accuracy"]
+    assert accuracy["windows"] == 2 and accuracy["seq_len"] == 512 and accuracy["compile_properties"] == \
+        settings["ov_config"]
+    assert accuracy["rel_gap"] == pytest.approx(accuracy["ppl_int8"] / accuracy["ppl_float"] - 1)
+    if settings["mode"] == "weights":
+        assert settings["ov_config"] == {**PRECISION, "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+        assert settings["calibration"] is None and settings["quantization"]["activations"] == "float (f32)"
+    else:
+        assert settings["mode"] == "static"
+        assert settings["ov_config"] == {**PRECISION, "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": "0.5"}
+        assert settings["calibration"]["source"] == "pydoc" and settings["calibration"]["num_samples"] == 4
+        assert "no calibration text in the profile" in settings["calibration"]["chosen_by"]
 
 
-def test_ir_int8_weights_keep_every_pruned_zero_and_match_the_profile(exported, pruned_checkpoint):
+def test_weight_only_int8_stays_close_to_float_even_on_a_random_model(exported):
+    """int8 weights only change a weight by at most half a step (max|w_row| / 254): the perplexity of
+    even a random model moves by well under 1 %."""
+    accuracy = json.loads((exported / "owl_openvino.json").read_text())["accuracy"]
+    assert abs(accuracy["rel_gap"]) < 0.01, accuracy
+
+
+def test_ir_int8_weights_keep_every_pruned_zero_and_match_the_profile(any_export, pruned_checkpoint):
     report = ov_run("""
         import json, sys
         import openvino as ov
@@ -113,7 +152,7 @@ def test_ir_int8_weights_keep_every_pruned_zero_and_match_the_profile(exported, 
             out[module] = {"shape": list(data.shape), "ir_zeros": int((data == 0).sum()),
                            "revived": int((zero & (data != 0)).sum()), "source_zeros": int(zero.sum())}
         print(json.dumps(out))
-    """, str(exported), str(pruned_checkpoint))
+    """, str(any_export), str(pruned_checkpoint))
     profile = SparsityProfile.load(pruned_checkpoint)
     assert set(profile.modules) <= set(report)  # (lm_head is int8 too, unpruned)
     for module, entry in profile.modules.items():
@@ -125,7 +164,7 @@ def test_ir_int8_weights_keep_every_pruned_zero_and_match_the_profile(exported, 
         assert entry.sparsity <= got["ir_zeros"] / numel <= entry.sparsity + 0.02, (module, got)
 
 
-def test_plain_from_pretrained_compiles_with_the_sparse_setting(exported):
+def test_plain_from_pretrained_compiles_with_the_stored_properties(any_export):
     report = ov_run("""
         import json, sys
         import torch
@@ -135,19 +174,28 @@ def test_plain_from_pretrained_compiles_with_the_sparse_setting(exported):
         ids = torch.arange(100, 132)[None]
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
         compiled = model.request.get_compiled_model()
-        print(json.dumps({"rate": float(compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE")),
+        keys = ("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE", "INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION",
+                "DYNAMIC_QUANTIZATION_GROUP_SIZE")
+        print(json.dumps({**{k: str(compiled.get_property(k)) for k in keys},
                           "new_tokens": out.shape[1] - ids.shape[1], "exec_types": exec_type_counts([model.request])}))
-    """, str(exported))
-    assert report["rate"] == pytest.approx(0.5)  # the stored setting, not the plugin's default 1.0
+    """, str(any_export))
     assert report["new_tokens"] == 3
-    assert any("I8" in kind for kind in report["exec_types"]), report  # int8 linears ran
+    # f32 whatever the CPU: the plugin's own default is bf16 where AVX512_BF16 / AMX exist
+    assert report["INFERENCE_PRECISION_HINT"] == "<Type: 'float32'>" and report["KV_CACHE_PRECISION"] == \
+        "<Type: 'float32'>", report
+    if any_export.parent.name.startswith("ov-export-static"):
+        assert float(report["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"]) == pytest.approx(0.5), report  # not 1.0
+        assert any("I8" in kind for kind in report["exec_types"]), report  # int8 x int8 linears ran
+    else:
+        assert report["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0", report  # activations stay float
+        assert not any("I8" in kind for kind in report["exec_types"]), report
 
 
 AMX = "amx_int8" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 
 
 @pytest.mark.skipif(not AMX, reason="this CPU has no AMX: OpenVINO's sparse int8 kernels exist only for AMX")
-def test_sparse_kernels_run_on_amx(exported):
+def test_sparse_kernels_run_on_amx(exported_static):
     report = ov_run("""
         import json, sys
         import numpy as np
@@ -162,7 +210,7 @@ def test_sparse_kernels_run_on_amx(exported):
             model.greedy(list(range(100, 164)), 2)
             counts[rate] = model.exec_types()
         print(json.dumps(counts))
-    """, str(exported))
+    """, str(exported_static))
     assert any("sparse" in kind for kind in report["stored"]), report
     assert not any("sparse" in kind for kind in report["1"]), report
 
@@ -184,4 +232,12 @@ def test_export_errors_name_the_fix(tmp_path, pruned_checkpoint):
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
 
     done = run_cli("export", str(tmp_path / "missing"), "--format", "openvino", "--output", str(tmp_path / "o2"))
-    assert done.returncode == 2 and "missing" in done.stderr and "config.json" in done.stderr
+    assert done.returncode == 2 and "missing' does not exist" in done.stderr, done.stderr
+
+    done = run_cli("export", str(pruned_checkpoint), "--format", "openvino", "--output", str(tmp_path / "o3"),
+                   "--calibration", "pydoc")
+    assert done.returncode == 2 and "--calibration pydoc applies to --mode static" in done.stderr, done.stderr
+    done = run_cli("export", str(pruned_checkpoint), "--format", "openvino", "--output", str(tmp_path / "o4"),
+                   "--mode", "int4")
+    assert done.returncode == 2 and "int4" in done.stderr and "weights" in done.stderr
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()

@@ -55,15 +55,19 @@ def cpu_name() -> str:
 
 
 class StatefulLM:
-    """A compiled stateful causal LM and one infer request (see the module docstring)."""
+    """A compiled stateful causal LM and one infer request (see the module docstring).
 
-    def __init__(self, xml: str | os.PathLike, config: Mapping[str, str], *, core=None):
+    ``model`` is the IR's ``.xml`` path or an ``openvino.Model`` in memory.
+    """
+
+    def __init__(self, model: str | os.PathLike | Any, config: Mapping[str, str], *, core=None):
         import openvino as ov
 
         core = core or ov.Core()
         before = rss_mib()
         started = time.perf_counter()
-        self.compiled = core.compile_model(str(xml), "CPU", dict(config))
+        source = str(model) if isinstance(model, (str, os.PathLike)) else model
+        self.compiled = core.compile_model(source, "CPU", dict(config))
         self.request = self.compiled.create_infer_request()
         self.inputs = {port.get_any_name() for port in self.compiled.inputs}
         self.compile_seconds = time.perf_counter() - started

@@ -1,11 +1,16 @@
-"""int8 weights and activations for an OpenVINO causal LM (NNCF post-training quantization).
+"""int8 quantization of an OpenVINO causal LM with NNCF: weights only, or weights and activations.
 
-The CPU plugin's sparse kernels multiply int8 activations by int8 weights, so both are quantized:
+``compress_int8_weights`` (the export's default ``--mode weights``): NNCF ``compress_weights``
+with ``INT8_SYM``, data-free. Per output channel ``s = max|w_row| / 127``, ``w_q = round(w / s)``,
+no zero point, so a pruned weight (0) stays exactly 0; activations stay float.
 
-* weights: per output channel, symmetric, ``w_q = round(w / s)`` with ``s = max|w_row| / 127`` and
-  no zero point, so a pruned weight (0) stays exactly 0 and the sparsity survives quantization;
+``quantize_int8`` (``--mode static``): the CPU plugin's sparse kernels multiply int8 activations by
+int8 weights, so both are quantized:
+
+* weights: per output channel, symmetric, as above;
 * activations: per tensor, ranges from calibration windows of local text (NNCF's ``MIXED``
-  preset: asymmetric activations, symmetric weights; ``ModelType.TRANSFORMER``).
+  preset: asymmetric activations, symmetric weights; ``ModelType.TRANSFORMER``, which smooths
+  activation outliers into the weights first, SmoothQuant arXiv 2211.10438, alpha 0.95).
 
 Attention stays out of the scope: NNCF's transformer default also quantizes the inputs of
 ``ScaledDotProductAttention``, which splits the CPU plugin's fused (stateful) attention node
@@ -47,18 +52,35 @@ def input_names(model) -> list[str]:
     return [port.get_any_name() for port in model.inputs]
 
 
-def quantize_int8(model, windows: Sequence[Any]):
+def compress_int8_weights(model):
+    """``model`` (an ``openvino.Model``; NNCF may change it in place) with int8 weights (symmetric per
+    output channel, no zero point) and float activations; needs no data. ``openvino.save_model`` stores
+    the weights as int8 constants (``Constant(i8) -> Convert -> Multiply(scale) -> MatMul``, what
+    ``ir.py`` reads)."""
+    import nncf
+
+    logger.info("compressing weights to int8 (symmetric per output channel; activations stay float)")
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+
+
+def quantize_int8(model, windows: Sequence[Any], *, smooth_quant_alpha: float | None = None,
+                  float_modules: Sequence[str] = ()):
     """An int8 (weights and activations) copy of ``model`` (an ``openvino.Model``), attention excluded.
 
     Args:
         model: the float OpenVINO model (e.g. ``OVModelForCausalLM(...).model`` before compiling).
         windows: calibration token windows, each (1, L); all of them are used (``subset_size``).
+        smooth_quant_alpha: SmoothQuant's migration strength for the linears (NNCF's transformer
+            default, 0.95, when None; a negative value turns SmoothQuant off).
+        float_modules: regular expressions over module names (e.g. ``"mlp[.]down_proj"``) whose
+            linears stay float (weights and activations), for the most sensitive ones.
 
     Returns:
         The quantized ``openvino.Model`` (FakeQuantize on weights; ``openvino.save_model`` stores
         those weights as int8 constants).
     """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
 
     if not windows:
         raise ValueError("int8 quantization needs at least one calibration window; pass --num-samples >= 1")
@@ -69,10 +91,14 @@ def quantize_int8(model, windows: Sequence[Any]):
     dataset = nncf.Dataset(list(calibration_inputs(windows, names)))
     present = {op.get_type_name() for op in model.get_ops()}
     ignored = [kind for kind in IGNORED_TYPES if kind in present]
+    patterns = [rf"__module\..*{pattern}.*" for pattern in float_modules]
     logger.info("quantizing to int8 (weights symmetric per channel, activations per tensor) on %d windows; "
-                "not quantized: %s", len(windows), ignored or "nothing")
+                "not quantized: %s", len(windows), [*ignored, *float_modules] or "nothing")
+    advanced = {"disable_bias_correction": True}
+    if smooth_quant_alpha is not None:
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)
     return nncf.quantize(
         model, dataset, preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(windows), ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
+        subset_size=len(windows), ignored_scope=nncf.IgnoredScope(types=ignored, patterns=patterns, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(**advanced),
     )

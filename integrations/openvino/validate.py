@@ -3,26 +3,32 @@
     .venv-openvino/bin/python -m owl_plugin.integrations.openvino.validate REQUEST.json RESULT.json
 
 What it checks, on the int8 IR a user gets from ``owl export --format openvino`` (exported into
-``work_dir`` unless ``pruned`` already is an IR folder; calibrated on ``pydoc``, not on the
-evaluation text):
+``work_dir`` unless ``pruned`` already is an IR folder) in the export's default mode, ``weights``
+(int8 weights, f32 activations); ``OWL_OPENVINO_MODE=static`` checks the int8-activation mode
+instead (calibrated on ``pydoc``, not on the evaluation text):
 
 * ``export/pruned-ir``: the export succeeded (its own verification: no pruned zero lost);
 * ``sparsity/pruned-ir``: every profile module is an int8 weight of the IR whose fraction of zeros
   is within ``1/row + 0.02`` above and ``1/row`` below the allocated ratio (int8 rounding may
   zero a few small survivors; it may never revive a pruned weight);
-* ``loads/pruned-ir``: it compiles with the stored sparse setting, which the plugin reports back;
-* ``kernels/sparse`` (only on CPUs with AMX, where the kernels exist): the performance counters
-  show sparse brgemm kernels; elsewhere ``notes.sparse_kernels`` says why none ran;
+* ``loads/pruned-ir``: it compiles with the stored properties, which the plugin reports back;
+* ``kernels/sparse`` (only in ``static`` mode on CPUs with AMX, where the kernels exist): the
+  performance counters show sparse brgemm kernels; elsewhere ``notes.sparse_kernels`` says why none ran;
 * ``agrees/greedy``: int8 vs the transformers fp32 reference: first divergence no earlier than
   ``tolerances.greedy_lowp_min_prefix · max_new_tokens`` (default 12.5 %), first divergence reported;
 * ``agrees/perplexity``: |ppl − ref| / ref ≤ ``tolerances.ppl_rel_lowp`` (default 15 %);
 * the same two for the baseline when the request has its reference.
 
-Speed (when requested, with a baseline): dense int8 baseline, pruned int8 with sparse kernels on
-(``int8+sparse``) and off (``int8``), interleaved rounds (``owl_plugin.validation.timing``),
-medians with min/max. The baseline holds no weight at the sparse rate, so the sparse setting
-compiles it exactly like the plain one (the recorded execTypes show it): its samples stand for
-both variants, so the orchestrator pairs pruned ``int8+sparse`` and ``int8`` with it.
+``notes.int8_vs_fp32`` states the measured gap per model: ``ppl_int8 / ppl_fp32 − 1`` against the
+transformers fp32 reference.
+
+Speed (when requested, with a baseline), interleaved rounds (``owl_plugin.validation.timing``),
+medians with min/max: in ``weights`` mode, pruned vs dense int8-weight IR (variant ``int8-weights``;
+no sparse kernel exists for float activations). In ``static`` mode: dense int8 baseline, pruned
+int8 with sparse kernels on (``int8+sparse``) and off (``int8``). The baseline holds no weight at
+the sparse rate, so the sparse setting compiles it exactly like the plain one (the recorded
+execTypes show it): its samples stand for both variants, so the orchestrator pairs pruned
+``int8+sparse`` and ``int8`` with it.
 """
 
 from __future__ import annotations
@@ -46,26 +52,36 @@ from owl_plugin.validation.timing import interleaved
 from owl_plugin.integrations.openvino.engine import StatefulLM, cpu_has_amx, cpu_name, rss_mib
 from owl_plugin.integrations.openvino.export import export_openvino, read_settings, stored_ov_config
 from owl_plugin.integrations.openvino.ir import IR_NAME, check_against_profile, read_ir_weights
+from owl_plugin.integrations.openvino.modes import DEFAULT_MODE, PRECISION, mode_of
 from owl_plugin.integrations.openvino.sparse import OFF_RATE, PERF_KEY, RATE_KEY, sparse_summary
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION = "pydoc"  # activation ranges from other text than the evaluation text
+MODE_ENV = "OWL_OPENVINO_MODE"  # which export mode the runner checks (default: the export's default)
+CALIBRATION = "pydoc"  # static mode: activation ranges from other text than the evaluation text
 CALIBRATION_SAMPLES = int(os.environ.get("OWL_OPENVINO_CALIBRATION_SAMPLES", "32"))
 
 
-def ensure_ir(checkpoint: str, work_dir: Path, name: str) -> Path:
-    """An int8 IR of ``checkpoint``: the folder itself if it is one, else a (cached) export in ``work_dir``."""
+def ensure_ir(checkpoint: str, work_dir: Path, name: str, mode: str = DEFAULT_MODE) -> Path:
+    """An int8 IR of ``checkpoint``: the folder itself if it is one, else a (cached) ``mode`` export in ``work_dir``."""
     folder = Path(checkpoint).absolute()
     if (folder / IR_NAME).is_file():
         return folder
     target = work_dir / f"{name}-ir"
     settings = read_settings(target) if (target / IR_NAME).is_file() else None
-    if settings and settings.get("source") == str(folder):
+    if settings and settings.get("source") == str(folder) and settings.get("mode") == mode:
         logger.info("reusing %s (exported from %s)", target, folder)
         return target
-    export_openvino(folder, target, calibration=CALIBRATION, num_samples=CALIBRATION_SAMPLES, overwrite=True)
+    calibration = {"calibration": CALIBRATION, "num_samples": CALIBRATION_SAMPLES} if mode_of(mode).calibrated else {}
+    export_openvino(folder, target, mode=mode, overwrite=True, **calibration)
     return target
+
+
+def gap(ppl: float | None, reference: float | None) -> dict[str, float] | None:
+    """``{"ppl_int8", "ppl_fp32", "rel_gap"}`` with ``rel_gap = ppl_int8 / ppl_fp32 − 1`` (None without both)."""
+    if ppl is None or not reference:
+        return None
+    return {"ppl_int8": ppl, "ppl_fp32": reference, "rel_gap": ppl / reference - 1.0}
 
 
 def _versions() -> dict[str, str]:
@@ -99,9 +115,11 @@ def _load(result: EngineResult, name: str, ir: Path, config: dict[str, str], pro
     model = StatefulLM(ir / IR_NAME, config)
     model.greedy(probe.tolist(), 2)  # one prefill + one decode step: fills the performance counters
     rate = float(model.property(RATE_KEY))
-    result.add(name, True, f"{ir} compiled in {model.compile_seconds:.1f} s with {RATE_KEY}={rate:g} "
-                           f"(RSS +{model.compile_rss_mib:.0f} MiB)", rate=rate, compile_seconds=model.compile_seconds,
-               rss_mib=model.compile_rss_mib, exec_types=model.exec_types())
+    precision = {key: str(model.property(key)) for key in PRECISION}  # what the plugin really applies
+    result.add(name, True, f"{ir} compiled in {model.compile_seconds:.1f} s with {RATE_KEY}={rate:g}, "
+                           + ", ".join(f"{k}={v}" for k, v in precision.items())
+                           + f" (RSS +{model.compile_rss_mib:.0f} MiB)", rate=rate, precision=precision,
+               compile_seconds=model.compile_seconds, rss_mib=model.compile_rss_mib, exec_types=model.exec_types())
     return model
 
 
@@ -121,14 +139,21 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     prompt_ids = reference.get("prompt_ids") or [tokenizer(p).input_ids for p in request.prompts]
     tolerances = request.tolerances
     amx = cpu_has_amx()
-    result.notes.update({"cpu": cpu_name(), "amx": amx, "calibration": CALIBRATION, "rss_mib": {"start": rss_mib()}})
+    mode = mode_of(os.environ.get(MODE_ENV, DEFAULT_MODE))
+    result.notes.update({"cpu": cpu_name(), "amx": amx, "mode": mode.describe(),
+                         "calibration": CALIBRATION if mode.calibrated else None, "rss_mib": {"start": rss_mib()}})
 
     started = time.perf_counter()
-    pruned_ir = run_step(result, "export/pruned-ir", lambda: ensure_ir(request.pruned, work_dir, "pruned"))
+    pruned_ir = run_step(result, "export/pruned-ir", lambda: ensure_ir(request.pruned, work_dir, "pruned", mode.name))
     if pruned_ir is None:
         return
-    result.add("export/pruned-ir", True, f"int8 IR at {pruned_ir} ({time.perf_counter() - started:.0f} s)",
-               folder=str(pruned_ir), settings=read_settings(pruned_ir))
+    settings = read_settings(pruned_ir) or {}
+    if settings:  # an IR folder given as PRUNED_DIR says its own mode (version 1 exports were all static)
+        mode = mode_of(settings.get("mode", "static"))
+    result.notes["mode"] = mode.describe()
+    result.add("export/pruned-ir", True, f"int8 IR ({mode.name} mode) at {pruned_ir} "
+                                         f"({time.perf_counter() - started:.0f} s)", folder=str(pruned_ir),
+               settings=settings)
     run_step(result, "sparsity/pruned-ir", lambda: _sparsity(result, pruned_ir, profile))
 
     stored = stored_ov_config(pruned_ir)
@@ -140,7 +165,10 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         return
     kernels = sparse_summary(pruned.exec_types())
     kernels["rate"] = stored.get(RATE_KEY)
-    if amx:
+    if not mode.sparse_kernels:
+        kernels["reason"] = (f"{mode.name} mode: activations stay float, and OpenVINO's sparse kernels multiply int8 "
+                             "activations by int8 weights (--mode static, on CPUs with AMX)")
+    elif amx:
         result.add("kernels/sparse", kernels["used"],
                    f"{kernels['sparse_nodes']} linears ran sparse kernels: {kernels['execTypes']}", **kernels)
     else:
@@ -161,11 +189,12 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     if ppl is not None:
         result.ppl["pruned"] = ppl
         perplexity_check(result, "agrees/perplexity", ppl, reference.get("ppl"), tolerances.ppl_rel_lowp)
+    result.notes["int8_vs_fp32"] = {"pruned": gap(ppl, reference.get("ppl"))}
 
     baseline = None
     if request.baseline:
         baseline_ir = run_step(result, "export/baseline-ir",
-                               lambda: ensure_ir(request.baseline, work_dir, "baseline"))
+                               lambda: ensure_ir(request.baseline, work_dir, "baseline", mode.name))
         if baseline_ir is not None:
             baseline = run_step(result, "loads/baseline-ir", lambda: _load(
                 result, "loads/baseline-ir", baseline_ir, sparse_on, probe))
@@ -186,37 +215,42 @@ def run(request: EngineRequest, result: EngineResult) -> None:
                 result.ppl["baseline"] = ppl
                 perplexity_check(result, "agrees/perplexity-baseline", ppl, base_ref.get("ppl"),
                                  tolerances.ppl_rel_lowp)
+            result.notes["int8_vs_fp32"]["baseline"] = gap(ppl, base_ref.get("ppl"))
 
     if request.speed is None or baseline is None:
         return
-    dense_kernels = StatefulLM(pruned_ir / IR_NAME, sparse_off)
-    dense_kernels.greedy(probe.tolist(), 2)
-    result.notes["pruned_sparse_off_exec_types"] = dense_kernels.exec_types()
-    result.notes["rss_mib"]["pruned_int8_sparse_off"] = dense_kernels.compile_rss_mib
     settings = request.speed
     needed = max(settings.prefill_tokens, settings.batch * 16)
     if len(text_ids) < needed:
         result.add("speed", False, f"the text has {len(text_ids)} tokens; speed needs {needed}")
         return
+    if mode.sparse_kernels:
+        dense_kernels = StatefulLM(pruned_ir / IR_NAME, sparse_off)
+        dense_kernels.greedy(probe.tolist(), 2)
+        result.notes["pruned_sparse_off_exec_types"] = dense_kernels.exec_types()
+        result.notes["rss_mib"]["pruned_int8_sparse_off"] = dense_kernels.compile_rss_mib
+        variants = {"int8+sparse": pruned, "int8": dense_kernels}
+        result.notes["speed_baseline_note"] = (
+            "the dense baseline has no weight at the sparse rate, so it compiles the same with and without the "
+            "sparse setting; one set of samples serves both variants")
+    else:
+        variants = {"int8-weights": pruned}
     options = {"prefill_tokens": settings.prefill_tokens, "decode_tokens": settings.decode_tokens,
                "batch": settings.batch}
-    models = {"baseline": baseline, "pruned/int8+sparse": pruned, "pruned/int8": dense_kernels}
+    models = {"baseline": baseline, **{f"pruned/{variant}": model for variant, model in variants.items()}}
     rounds = {name: (lambda m=model: m.speed_round(text_ids, **options)) for name, model in models.items()}
     samples = run_step(result, "speed", lambda r=rounds: interleaved(r, settings.repetitions))
     if samples is None:
         return
     rows = []
     for metric, values in samples["baseline"].items():
-        rows += [SpeedRow.from_samples("baseline", variant, metric, values) for variant in ("int8+sparse", "int8")]
-    for name in ("pruned/int8+sparse", "pruned/int8"):
-        rows += [SpeedRow.from_samples("pruned", name.split("/")[1], metric, values)
-                 for metric, values in samples[name].items()]
+        rows += [SpeedRow.from_samples("baseline", variant, metric, values) for variant in variants]
+    for variant in variants:
+        rows += [SpeedRow.from_samples("pruned", variant, metric, values)
+                 for metric, values in samples[f"pruned/{variant}"].items()]
     result.speed = rows
-    result.notes["speed_baseline_note"] = ("the dense baseline has no weight at the sparse rate, so it compiles the "
-                                           "same with and without the sparse setting; one set of samples serves both "
-                                           "variants")
     result.notes["threads"] = int(baseline.property("INFERENCE_NUM_THREADS"))
-    del models, rounds
+    del models, rounds, variants
     gc.collect()
 
 

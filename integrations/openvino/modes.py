@@ -1,0 +1,78 @@
+"""What an OpenVINO export quantizes (``--mode``) and the CPU compile properties it stores with the IR.
+
+``weights`` (default): int8 weights, float activations. NNCF ``compress_weights`` (``INT8_SYM``),
+data-free: per output channel ``s = max|w_row| / 127``, ``w_q = round(w / s)`` with no zero point,
+so a pruned weight stays exactly 0; at run time the CPU plugin multiplies ``s · w_q`` with float
+activations. Measured on SmolLM2-135M (``examples/results/openvino_int8.md``): perplexity within
+about 1 % of fp32, dense and OWL-pruned, on AVX-512 and AVX2 paths alike.
+
+``static``: int8 weights *and* activations (NNCF ``quantize``, ranges from calibration windows,
+``quantize.py``). OpenVINO's sparse int8 kernels (``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``) need
+int8 activations and a CPU with AMX, so this is the mode for AMX machines; it costs accuracy
+(per-tensor activation ranges: perplexity +15-30 % on SmolLM2-135M), which the export measures
+and records.
+
+Precision. The CPU plugin picks its numerics from the CPU unless told: ``INFERENCE_PRECISION_HINT``
+defaults to bf16 where AVX512_BF16 or AMX exists (f32 elsewhere), the KV cache is stored as u8,
+and weight-compressed linears quantize their activations to int8 on the fly in groups of 32
+(``DYNAMIC_QUANTIZATION_GROUP_SIZE``). The same IR then gives different perplexities on
+different machines. The export pins f32 activations and an f32 KV cache (``PRECISION``), so the
+int8 weights (and, in ``static``, the calibrated activation ranges) are the only approximation,
+whatever the CPU; a caller's explicit ``ov_config`` entries still win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from owl_plugin.integrations.openvino.sparse import RATE_KEY, check_rate
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One ``--mode``: what is int8, whether it needs calibration text, whether sparse kernels can run."""
+
+    name: str
+    weights: str
+    activations: str
+    calibrated: bool
+    sparse_kernels: bool
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": self.name, "weights": self.weights, "activations": self.activations,
+                "calibrated": self.calibrated, "sparse_kernels": self.sparse_kernels}
+
+
+WEIGHTS = Mode("weights", "int8 symmetric per output channel (NNCF compress_weights INT8_SYM, data-free)",
+               "float (f32)", calibrated=False, sparse_kernels=False)
+STATIC = Mode("static", "int8 symmetric per output channel (NNCF quantize, MIXED preset)",
+              "int8 per tensor, static ranges from calibration windows", calibrated=True, sparse_kernels=True)
+MODES = {mode.name: mode for mode in (WEIGHTS, STATIC)}
+DEFAULT_MODE = WEIGHTS.name
+MODE_HELP = ("weights (default): int8 weights, float activations, data-free, close to fp32; static: int8 weights "
+             "and activations from calibration text, what OpenVINO's sparse int8 kernels need (CPUs with AMX), "
+             "less accurate")
+
+#: compile properties every export stores: f32 activations and KV cache on every CPU (see the module docstring)
+PRECISION = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+#: weight-only int8 keeps its activations float (no on-the-fly int8 activation groups)
+NO_DYNAMIC_QUANTIZATION = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
+
+def mode_of(name: str) -> Mode:
+    """The ``Mode`` called ``name`` (ValueError naming the choices)."""
+    if name not in MODES:
+        raise ValueError(f"OpenVINO export mode {name!r} is not one of {', '.join(MODES)} "
+                         "(weights: int8 weights only; static: int8 weights and activations, for AMX sparse kernels)")
+    return MODES[name]
+
+
+def compile_properties(mode: Mode, rate: float) -> dict[str, str]:
+    """The CPU properties stored in ``owl_openvino.json`` for ``mode``: the precision pins, plus the
+    sparse-kernel rate in ``static`` mode (the only mode whose int8 x int8 linears can use it)."""
+    config = dict(PRECISION)
+    if mode.sparse_kernels:
+        config[RATE_KEY] = f"{check_rate(rate):g}"
+    else:
+        config.update(NO_DYNAMIC_QUANTIZATION)
+    return config
