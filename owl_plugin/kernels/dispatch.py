@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,11 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
 # Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
 SPARSE_MAX_BATCH = 16
-# scratch tile of the dense path: about this many bytes of dense weight at a time
-TILE_BYTES = 1 << 21
+# scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
+# of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
+# leave the cache)
+TILE_BYTES = 1 << 23
+_SCRATCH = threading.local()  # one reused tile per thread and dtype: a fresh one costs page faults per call
 
 ISAS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3}
 _ISA_FEATURE_BIT = {"avx2": 1, "avx512": 2, "avx512_bf16": 4}
@@ -93,12 +97,23 @@ def _tile_torch(masks, values, row_offsets, r0: int, r1: int, in_features: int) 
     return dense
 
 
+def _scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A reused flat buffer of at least ``numel`` elements of ``dtype`` for this thread."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel]
+
+
 def _tiled_dense(x2, masks, values, row_offsets, out_features: int, in_features: int, ext,
                  isa: str = "portable") -> torch.Tensor:
     """y = x W^T by decompressing ``TILE_BYTES`` of W at a time into one scratch tile."""
     rows = max(1, min(out_features, TILE_BYTES // max(1, in_features * values.element_size())))
     y = torch.empty(x2.shape[0], out_features, dtype=x2.dtype)
-    scratch = torch.empty(rows, in_features, dtype=values.dtype) if ext is not None else None
+    scratch = _scratch(rows * in_features, values.dtype).view(rows, in_features) if ext is not None else None
     for r0 in range(0, out_features, rows):
         r1 = min(out_features, r0 + rows)
         if ext is not None:
