@@ -10,7 +10,8 @@ Steps (each prints what it did; results land in --output):
    checking every weight is bit-identical to the pruned dense checkpoint;
 4. evaluate dense and pruned perplexity on the first 40×512 tokens of WikiText-2 validation;
 5. run the validation suite, ``owl validate`` (engines transformers and vLLM, plus OpenVINO when
-   ``.venv-openvino`` exists; serving under load with ``--serve``), into ``validate/``, and write
+   ``.venv-openvino`` exists: the default int8-weight export, whose perplexity gap to fp32, dense and
+   pruned, the summary states; serving under load with ``--serve``), into ``validate/``, and write
    ``summary.md`` with the numbers, the per-layer sparsity plot and a link to the suite's report.
    The job exits non-zero when the suite fails.
 """
@@ -61,6 +62,22 @@ def run_validation(pruned: Path, baseline: Path, report: Path, *, serve: bool) -
     return status, json.loads(path.read_text())
 
 
+def openvino_gap_lines(report: dict) -> list[str]:
+    """The OpenVINO int8 export's perplexity against transformers fp32, dense and pruned (the runner's
+    ``notes.int8_vs_fp32``), as summary lines; nothing when OpenVINO did not run."""
+    engine = next((e for e in report["engines"] if e["engine"] == "openvino"), None)
+    if engine is None:
+        return []
+    gaps = (engine.get("notes") or {}).get("int8_vs_fp32") or {}
+    mode = ((engine.get("notes") or {}).get("mode") or {}).get("mode", "?")
+    lines = [f"- OpenVINO int8 ({mode} mode) vs transformers fp32, WikiText-2 perplexity on the suite's windows:"]
+    for name, key in (("dense", "baseline"), ("pruned", "pruned")):
+        gap = gaps.get(key)
+        lines.append(f"  - {name}: {gap['ppl_int8']:.3f} vs {gap['ppl_fp32']:.3f} ({100 * gap['rel_gap']:+.2f} %)"
+                     if gap else f"  - {name}: not measured (see the report)")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/main")
@@ -104,7 +121,9 @@ def main() -> None:
     status, report = run_validation(result.output, dense_dir, output / "validate", serve=not args.no_serve)
     verdict = "passed" if report["passed"] else "FAILED"
     print(f"      {verdict}; report: {output / 'validate' / 'report.md'}")
-    speed = [f"{s['engine']} {s['metric']} {s['speedup']:.2f}×" for s in report["speedups"]
+    for line in openvino_gap_lines(report)[:-1]:
+        print(f"      {line}")
+    speed = [f"{s['engine']} ({s['variant']}) {s['metric']} {s['speedup']:.2f}×" for s in report["speedups"]
              if s["metric"] == "decode_tok_s"]
     summary = [
         "# Main job: SmolLM2-135M pruned with an OWL recipe", "",
@@ -115,6 +134,7 @@ def main() -> None:
         f"- validation suite (`owl validate`, engines {', '.join(e['engine'] for e in report['engines'])}): "
         f"**{verdict}** — [report](validate/report.md) ([JSON](validate/report.json)); decode speed-up "
         f"{', '.join(speed) or 'not measured'}", "",
+        *openvino_gap_lines(report),
         "| model | WikiText-2 ppl (40×512) |", "|---|---|",
         *[f"| {name} | {ppl:.3f} |" for name, ppl in rows], "",
         "![per-layer sparsity](pruned/sparsity_profile.png)", "",

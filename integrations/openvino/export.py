@@ -7,9 +7,10 @@
 
 Steps: optimum-intel converts the checkpoint to a stateful IR (KV cache inside); NNCF quantizes it
 (``modes.py``): ``--mode weights`` (default) makes the weights int8 and keeps activations float
-(data-free, about 1 % perplexity from fp32); ``--mode static`` makes weights and activations int8
-(calibrated; what OpenVINO's sparse int8 kernels need, on CPUs with AMX). Both keep every pruned
-zero exactly zero (symmetric weights). The export then measures what the quantization cost:
+(data-free; SmolLM2-135M: +0.2 % perplexity dense, +4.6 % at 70 %); ``--mode static`` makes
+weights and activations int8 (calibrated; what OpenVINO's sparse int8 kernels need, on CPUs with
+AMX). Both keep every pruned zero exactly zero (symmetric weights). The export then measures what
+the quantization cost:
 perplexity of the float IR and of the int8 IR on ``--check-windows`` windows of evaluation text
 (WikiText-2 validation when present, else pydoc; disjoint from the calibration windows), both
 compiled with the stored properties. The IR is saved in a hidden staging folder with the
