@@ -208,11 +208,16 @@ def test_forcing_a_path_the_cpu_lacks_or_a_wrong_name_is_refused(monkeypatch: py
 # --------------------------------------------------------------------------- torch.compile traces through the op
 
 
-def test_custom_op_passes_torch_opcheck() -> None:
+def test_custom_ops_pass_torch_opcheck() -> None:
+    """The Python op (pure-torch twin) and the C++ op the compiled path calls: schema, fake impl, dispatch."""
     packed = pack_dense(sparse_weight(33, 70, 0.6, torch.float32))
-    for x, bias in [(torch.randn(3, 70), torch.randn(33)), (torch.randn(2, 4, 70), None)]:
+    for x, bias in [(torch.randn(3, 70), torch.randn(33)), (torch.randn(2, 4, 70), None), (torch.randn(40, 70), None)]:
         torch.library.opcheck(torch.ops.owl.sparse_linear.default,
                               (x, bias, *packed.ordered(), packed.out_features, packed.in_features))
+        if load_extension() is not None:
+            torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
+                                  (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
+                                   SPARSE_MAX_BATCH, 1 << 20))
 
 
 def test_torch_compile_traces_through_the_op() -> None:

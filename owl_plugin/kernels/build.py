@@ -50,6 +50,17 @@ def build_dir() -> Path:
     return root / "kernels" / tag
 
 
+def _register_fakes() -> None:
+    """Shape-only twins of the C++ ops, so torch.compile (vLLM) traces through them."""
+    @torch.library.register_fake("owl_ext::sparse_linear")
+    def _(x, bias, masks, values, row_offsets, out_features, in_features, max_batch, tile_bytes):
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    @torch.library.register_fake("owl_ext::sparse_gemm")
+    def _(x, masks, values, row_offsets, out_features, in_features, isa):
+        return x.new_empty((x.shape[0], out_features))
+
+
 def load_extension(*, verbose: bool = False) -> ModuleType | None:
     """The compiled extension (building it if needed), or ``None`` if it cannot be built."""
     if "module" in _STATE:
@@ -73,6 +84,7 @@ def load_extension(*, verbose: bool = False) -> ModuleType | None:
                 verbose=verbose,
             )
             _STATE["path"] = module.__file__
+            _register_fakes()
         except Exception as exc:  # compiler/ninja missing or build error: the torch twin still works
             log.warning("owl sparse kernels: C++ extension unavailable (%s); using the pure-torch path", exc)
             _STATE["error"] = f"{type(exc).__name__}: {exc}"

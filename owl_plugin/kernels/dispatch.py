@@ -33,12 +33,18 @@ def cpu_supported_isas() -> list[str]:
     ext = load_extension()
     if ext is None:
         return []
-    feats = int(ext.cpu_features())
+    if "features" not in _STATE:
+        _STATE["features"] = int(ext.cpu_features())
+    feats = int(_STATE["features"])  # type: ignore[arg-type]
     return [name for name in ("avx512_bf16", "avx512", "avx2") if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
 
 
 def selected_isa() -> str:
-    """The path in use: OWL_SPARSE_ISA if set (checked against the CPU), else the best supported."""
+    """The path in use: OWL_SPARSE_ISA if set (checked against the CPU), else the best supported.
+
+    Raises:
+        SparseKernelUnavailable: OWL_SPARSE_ISA names no path, or one this CPU lacks.
+    """
     forced = os.environ.get("OWL_SPARSE_ISA", "").strip().lower()
     supported = cpu_supported_isas()
     if forced == "torch" or not supported:
@@ -164,12 +170,35 @@ def _(x, bias, masks, values, row_offsets, out_features, in_features):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
+_CHECKED_ENV: dict[str, object] = {}  # OWL_SPARSE_ISA value → the compiled extension (or None: torch twin)
+
+
+def compiled_extension():
+    """The compiled extension when a C++ path runs, or None for the pure-torch twin (no compiler, or
+    ``OWL_SPARSE_ISA=torch``). ``OWL_SPARSE_ISA`` is validated once per value (eagerly); while
+    ``torch.compile`` traces, the extension loaded in eager mode is used as it is."""
+    if torch.compiler.is_compiling():
+        return _STATE.get("module")
+    forced = os.environ.get("OWL_SPARSE_ISA", "")
+    if forced not in _CHECKED_ENV:
+        isa = selected_isa()  # raises SparseKernelUnavailable naming a bad value
+        _CHECKED_ENV[forced] = None if isa == "torch-fallback" else load_extension()
+    return _CHECKED_ENV[forced]
+
+
 def sparse_linear(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x @ Wᵀ (+ bias)`` for ``x`` of shape ``[..., in_features]`` and the packed sparse ``W``.
 
     Same numbers as ``F.linear(x, W, bias)`` up to fp32 accumulation order (bf16 inputs are
-    accumulated in fp32 and rounded once).
+    accumulated in fp32 and rounded once). With the compiled extension the whole call runs in C++
+    (``torch.ops.owl_ext.sparse_linear``: path choice, batch threshold, tiled dense path, bias), so
+    a decode step pays no Python per layer beyond this function; without it, the pure-torch twin.
     """
     if not isinstance(packed, PackedLinear):
         raise SparseInputError(f"packed must be a PackedLinear (use pack_dense / pack_compact), got {type(packed)}")
-    return sparse_linear_op(x, bias, *packed.ordered(), packed.out_features, packed.in_features)
+    tensors = packed.ordered()
+    if compiled_extension() is None:
+        return sparse_linear_op(x, bias, *tensors, packed.out_features, packed.in_features)
+    _check(x, bias, *tensors, packed.out_features, packed.in_features)
+    return torch.ops.owl_ext.sparse_linear(x, bias, *tensors, packed.out_features, packed.in_features,
+                                           SPARSE_MAX_BATCH, TILE_BYTES)

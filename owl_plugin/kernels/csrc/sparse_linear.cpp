@@ -13,7 +13,11 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -412,16 +416,74 @@ int64_t cpu_features() {
   return f;
 }
 
+// ---------------------------------------------------------------- the whole op in C++ (no Python per call)
+// isa: OWL_SPARSE_ISA when set (checked against the CPU), else the best path the CPU has.
+int64_t resolve_isa() {
+  static const int64_t feats = cpu_features();
+  const char* forced = std::getenv("OWL_SPARSE_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    const std::string name(forced);
+    int64_t isa = -1, need = 0;
+    if (name == "avx512_bf16") { isa = 3; need = 4; }
+    else if (name == "avx512") { isa = 2; need = 2; }
+    else if (name == "avx2") { isa = 1; need = 1; }
+    else if (name == "portable") { isa = 0; need = 0; }
+    TORCH_CHECK(isa >= 0, "OWL_SPARSE_ISA='", name, "' is not a compiled path; allowed: avx512_bf16, avx512, avx2, "
+                "portable (or torch, handled in Python)");
+    TORCH_CHECK((feats & need) == need, "OWL_SPARSE_ISA='", name, "' but this CPU lacks it");
+    return isa;
+  }
+  return (feats & 4) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
+}
+
+// y = x W^T by decompressing ~tile_bytes of W at a time into a reused per-thread scratch tile
+at::Tensor tiled_dense(const at::Tensor& x2, const at::Tensor& masks, const at::Tensor& values,
+                       const at::Tensor& row_offsets, int64_t out_f, int64_t in_f, int64_t isa, int64_t tile_bytes) {
+  thread_local at::Tensor scratch;
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(out_f, tile_bytes / std::max<int64_t>(
+      1, in_f * values.element_size())));
+  if (!scratch.defined() || scratch.scalar_type() != values.scalar_type() || scratch.numel() < rows * in_f)
+    scratch = at::empty({rows * in_f}, values.options());
+  at::Tensor tile_all = scratch.narrow(0, 0, rows * in_f).view({rows, in_f});
+  at::Tensor y = at::empty({x2.size(0), out_f}, x2.options());
+  for (int64_t r0 = 0; r0 < out_f; r0 += rows) {
+    const int64_t r1 = std::min<int64_t>(out_f, r0 + rows);
+    decompress_rows_into(masks, values, row_offsets, r0, r1, tile_all, isa);
+    y.narrow(1, r0, r1 - r0).copy_(at::linear(x2, tile_all.narrow(0, 0, r1 - r0)));
+  }
+  return y;
+}
+
+// y[..., out] = x[..., in] W^T (+ bias): the sparse kernel up to max_batch rows of x, tiled dense above
+at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& masks,
+                         const at::Tensor& values, const at::Tensor& row_offsets, int64_t out_f, int64_t in_f,
+                         int64_t max_batch, int64_t tile_bytes) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_f && x.is_contiguous(), "x must be contiguous [..., ", in_f, "]");
+  const at::Tensor x2 = x.reshape({-1, in_f});
+  const int64_t isa = resolve_isa();
+  const bool kernel = x2.size(0) > 0 && x2.size(0) <= max_batch &&
+                      (values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16);
+  at::Tensor y = kernel ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
+                        : tiled_dense(x2, masks, values, row_offsets, out_f, in_f, isa, tile_bytes);
+  if (bias.has_value() && bias->defined()) y.add_(*bias);
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes.back() = out_f;
+  return y.view(sizes);
+}
+
 TORCH_LIBRARY(owl_ext, m) {
   m.def("sparse_gemm(Tensor x, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
         "int in_features, int isa) -> Tensor");
   m.def("decompress_rows_into(Tensor masks, Tensor values, Tensor row_offsets, int r0, int r1, Tensor(a!) out, "
         "int isa) -> ()");
+  m.def("sparse_linear(Tensor x, Tensor? bias, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
+        "int in_features, int max_batch, int tile_bytes) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {
   m.impl("sparse_gemm", &sparse_gemm);
   m.impl("decompress_rows_into", &decompress_rows_into);
+  m.impl("sparse_linear", &sparse_linear);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("cpu_features", &cpu_features, "bit0 avx2+fma, bit1 avx512f, bit2 vbmi2+bf16"); }
