@@ -17,7 +17,6 @@ the kernels); so does a machine or dtype the kernels cannot take (logged).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ import torch
 from transformers.core_model_loading import WeightConverter
 from transformers.quantizers.base import HfQuantizer
 
+from owl_plugin.kernels.report import dense_requested
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, WEIGHT_SUFFIX
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 
@@ -33,7 +33,6 @@ from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
 from owl_plugin.integrations.transformers.validation import validate_checkpoint
 
 logger = logging.getLogger(__name__)
-DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": keep dense nn.Linear layers (no sparse kernels)
 
 
 class OwlSparseHfQuantizer(HfQuantizer):
@@ -83,14 +82,6 @@ class OwlSparseHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         """Only with dense weights (``OWL_SPARSE_DENSE=1``): packed weights have no gradient."""
         return dense_requested()
-
-
-def dense_requested() -> bool:
-    """True when ``OWL_SPARSE_DENSE=1`` asks for dense ``nn.Linear`` layers instead of the sparse kernels."""
-    value = os.environ.get(DENSE_ENV, "0").strip().lower()
-    if value not in {"0", "1", "", "false", "true"}:
-        raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
-    return value in {"1", "true"}
 
 
 def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:

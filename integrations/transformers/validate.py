@@ -14,7 +14,9 @@
   recording the top1 − top2 log-probability margin at each step — the reference ids, prompt ids
   and margins go to RESULT.json for the other engines;
 * computes perplexity over ``ppl_windows`` windows of ``seq_len`` tokens (``owl_plugin.evaluation``);
-* with ``speed``: times the dense baseline and the pruned model interleaved
+* for the compact load, which layers run the sparse kernels and on which ISA path (``kernels/compact``);
+* with ``speed``: times the dense baseline and the compact model (sparse kernels; the dense pruned
+  model when there is no compact export) interleaved
   (``owl_plugin.validation.timing``): prefill of a ``prefill_tokens`` prompt, batch-1 decode and
   batch-``batch`` throughput.
 """
@@ -31,7 +33,8 @@ import torch
 
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.validation.checks import (
-    checkpoints_to_load, engine_windows, greedy_check, perplexity_check, run_step, runner_main, sparsity_check,
+    checkpoints_to_load, engine_windows, greedy_check, kernel_check, perplexity_check, run_step, runner_main,
+    sparsity_check,
 )
 from owl_plugin.validation.protocol import EngineRequest, EngineResult
 from owl_plugin.validation.timing import interleaved, speed_rows
@@ -160,6 +163,10 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         tokenizer = tokenizer or tok
         result.add(f"loads/{name}", True, f"{path} loaded in {time.perf_counter() - started:.1f} s "
                                           f"({type(models[name]).__name__}, float32)")
+        if name == "compact":
+            from owl_plugin.kernels import sparse_layer_report
+
+            kernel_check(result, "kernels/compact", sparse_layer_report(models[name]))
         if name in ("pruned", "compact"):
             step = f"sparsity/{name}"
             run_step(result, step, lambda m=models[name], s=step: sparsity_check(
@@ -196,20 +203,27 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     if "compact" in result.ppl:
         perplexity_check(result, "agrees/perplexity-compact", result.ppl["compact"], result.ppl.get("pruned"),
                          request.tolerances.ppl_rel)
-    models.pop("compact", None)
+    timed = "compact" if "compact" in models else "pruned"  # the compact load runs the sparse kernels
+    if request.speed is None or timed != "compact":
+        models.pop("compact", None)
+    models.pop("pruned" if timed == "compact" else "", None)
     gc.collect()
 
-    if request.speed is not None and "pruned" in models and "baseline" in models:
+    if request.speed is not None and timed in models and "baseline" in models:
         settings = request.speed
         needed = max(settings.prefill_tokens, settings.batch * SHORT_PROMPT)
         if text_ids.numel() < needed:
             result.add("speed", False, f"the text has {text_ids.numel()} tokens; speed needs {needed}")
             return
-        rounds = {name: (lambda m=models[name]: speed_round(m, text_ids, settings)) for name in ("baseline", "pruned")}
+        rounds = {"baseline": lambda: speed_round(models["baseline"], text_ids, settings),
+                  "pruned": lambda: speed_round(models[timed], text_ids, settings)}
         samples = run_step(result, "speed", lambda: interleaved(rounds, settings.repetitions))
         if samples is not None:
             result.speed = speed_rows(samples, VARIANT)
             result.notes["threads"] = torch.get_num_threads()
+            result.notes["speed_models"] = {"pruned": f"{timed} checkpoint" + (
+                " (sparse kernels, packed weights)" if timed == "compact" else " (dense weights with zeros)"),
+                "baseline": request.baseline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

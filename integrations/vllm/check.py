@@ -76,16 +76,6 @@ def _engine(model: str, args: argparse.Namespace):
                seed=args.seed, max_num_seqs=max(1, len(args.prompts)))
 
 
-def _sparse_path(model) -> dict[str, Any]:
-    """Runs inside the worker: how many linear layers run owl_plugin's sparse kernels, and which ISA path."""
-    packed = sum(getattr(module, "owl_packed", None) is not None for module in model.modules())
-    if not packed:
-        return {"packed_layers": 0}
-    from owl_plugin.kernels import kernel_info
-
-    return {"packed_layers": packed, **kernel_info()}
-
-
 def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load ``model`` with vLLM, generate greedily for ``args.prompts`` and return the report entry."""
     from vllm import SamplingParams
@@ -112,7 +102,9 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
                 "finish_reason": completion.finish_reason,
             })
         quantization = llm.model_config.quantization
-        sparse = llm.apply_model(_sparse_path)[0]
+        from owl_plugin.kernels.report import sparse_layer_report
+
+        sparse = llm.apply_model(sparse_layer_report)[0]  # runs inside the worker
     finally:
         del llm
         _cleanup()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -32,10 +31,10 @@ import torch
 from vllm.model_executor.layers.linear import UnquantizedLinearMethod, register_weight_loader_v2_supported_method
 from vllm.model_executor.utils import set_weight_attrs
 
+from owl_plugin.kernels.report import dense_requested
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
 
 logger = logging.getLogger(__name__)
-DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": keep dense weights and vLLM's dense GEMM (the behaviour before the kernels)
 PACKED_PREFIX = "owl_packed_"  # buffer names of the packed tensors on the layer
 PIECES = {"values": VALUES_SUFFIX, "bitmask": BITMASK_SUFFIX, "shape": SHAPE_SUFFIX}  # piece → parameter name
 _FIX = "export the checkpoint again with `owl export MODEL --format compact`"
@@ -157,14 +156,6 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
         from owl_plugin.kernels import sparse_linear
 
         return sparse_linear(x.contiguous(), packed, bias)  # no copy when already contiguous
-
-
-def dense_requested() -> bool:
-    """True when ``OWL_SPARSE_DENSE=1`` asks for dense weights instead of the sparse kernels."""
-    value = os.environ.get(DENSE_ENV, "0").strip().lower()
-    if value not in {"0", "1", "", "false", "true"}:
-        raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
-    return value in {"1", "true"}
 
 
 @functools.cache

@@ -33,17 +33,21 @@ from owl_plugin.kernels.pack import (
     pack_compact,
     pack_dense,
 )
+from owl_plugin.kernels.report import DENSE_ENV, dense_requested, sparse_layer_report
 
 __all__ = [
+    "DENSE_ENV",
     "SPARSE_MAX_BATCH",
     "TENSOR_ORDER",
     "PackedLinear",
     "SparseFormatError",
     "SparseInputError",
     "decompress_rows",
+    "dense_requested",
     "kernel_info",
     "pack_compact",
     "pack_dense",
+    "sparse_layer_report",
     "sparse_linear",
     "sparse_linear_op",
 ]

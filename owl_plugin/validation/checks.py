@@ -165,6 +165,39 @@ def perplexity_check(result: EngineResult, name: str, ppl: float, reference: flo
     return passed
 
 
+def kernel_check(result: EngineResult, name: str, report: Mapping[str, Any]) -> bool:
+    """The compact checkpoint's layers run owl_plugin's compiled sparse kernels.
+
+    Args:
+        report: ``owl_plugin.kernels.sparse_layer_report`` of the loaded model (how many layers hold
+            packed weights, the ISA path, the extension or its build error); kept in
+            ``result.notes["kernel"]``.
+
+    Fails when no layer is packed (unless ``OWL_SPARSE_DENSE=1`` asked for dense layers) or when the
+    C++ extension is missing and the layers run the slow pure-torch twin.
+    """
+    from owl_plugin.kernels.report import dense_requested
+
+    result.notes["kernel"] = dict(report)
+    layers = report.get("packed_layers", 0)
+    if not layers:
+        if dense_requested():
+            result.add(name, True, "OWL_SPARSE_DENSE=1: dense layers by request, no sparse kernels", **report)
+            return True
+        result.add(name, False, "no layer of the compact checkpoint holds packed weights: the sparse kernels do not "
+                                "run (is owl_plugin's loader registered in this engine?)", **report)
+        return False
+    if report.get("isa") == "torch-fallback":
+        result.add(name, False, f"{layers} layers are packed but run the pure-torch fallback, not the compiled "
+                                f"kernels ({report.get('extension_error')}); build them with "
+                                "`python -m owl_plugin.kernels build -v`", **report)
+        return False
+    result.add(name, True, f"{layers} layers run {report.get('op')} on the {report.get('isa')} path "
+                           f"({report.get('packed_bytes', 0) / 2**20:.1f} MiB packed, {report.get('threads')} threads)",
+               **report)
+    return True
+
+
 def engine_windows(result: EngineResult, request: EngineRequest, tokenizer):
     """The window protocol this engine scores with (``owl_plugin.text.window_protocol`` of the checkpoint's
     tokenizer and ``request.bos``), recorded in ``result.notes["windows"]``. If the transformers

@@ -1,0 +1,35 @@
+"""Which layers of a loaded model run the sparse kernels, and on which path (for validation and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from owl_plugin.kernels.pack import PackedLinear
+
+DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": the loaders keep dense layers (no sparse kernels)
+
+
+def dense_requested() -> bool:
+    """True when ``OWL_SPARSE_DENSE=1`` asks the loaders for dense layers instead of the sparse kernels.
+
+    Raises:
+        ValueError: any other value than 0/1/true/false, naming it.
+    """
+    value = os.environ.get(DENSE_ENV, "0").strip().lower()
+    if value not in {"0", "1", "", "false", "true"}:
+        raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
+    return value in {"1", "true"}
+
+
+def sparse_layer_report(model: Any) -> dict[str, Any]:
+    """``{"packed_layers": n, "packed_bytes": b, **kernel_info()}`` for the modules of ``model`` that hold a
+    :class:`PackedLinear` (vLLM's ``owl_packed`` attribute, transformers' ``OwlSparseLinear.packed``);
+    ``{"packed_layers": 0}`` when none does."""
+    packed = [p for m in model.modules() for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None))
+              if isinstance(p, PackedLinear)]
+    if not packed:
+        return {"packed_layers": 0}
+    from owl_plugin.kernels.dispatch import kernel_info
+
+    return {"packed_layers": len(packed), "packed_bytes": sum(p.nbytes() for p in packed), **kernel_info()}
