@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -67,9 +68,23 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(samples)
 
 
+def vllm_dense_op(weight: torch.Tensor):
+    """vLLM-CPU's own dense linear for ``weight`` (oneDNN with prepacked weights, or its small-GEMM kernel,
+    as ``dispatch_cpu_unquantized_gemm`` picks it for a real layer), or None outside vLLM's venv."""
+    try:
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    except ImportError:
+        return None
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+    dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+    return lambda x: layer.cpu_linear(x, layer.weight, None)
+
+
 def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
     name, out_f, in_f = shape
     stack = layers(out_f, in_f, sparsity, dtype, args.stream_mb, seed=out_f + in_f)
+    vllm_ops = [vllm_dense_op(w) for w, _ in stack] if args.vllm else []
     dense_bytes = out_f * in_f * stack[0][0].element_size()
     packed_bytes = stack[0][1].nbytes()
     rows = []
@@ -87,17 +102,23 @@ def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
             _tiled_dense(x, *next(ring)[1].ordered(), out_f, in_f, ext, isa)
 
         variants = {"dense": run_dense, "sparse": run_sparse, "tiled": run_tiled}
+        if vllm_ops:
+            vllm_ring = itertools.cycle(vllm_ops)
+            variants["vllm"] = lambda x=x, ring=vllm_ring: next(ring)(x)
         samples = {k: [] for k in variants}
         order = list(variants)
         for r in range(args.rounds):  # interleaved: each round times every variant, rotating the order
-            for key in order[r % 3:] + order[:r % 3]:
+            shift = r % len(order)
+            for key in order[shift:] + order[:shift]:
                 samples[key].append(timed(variants[key], args.calls))
         med = {k: statistics.median(v) for k, v in samples.items()}
+        best_dense = min(med["dense"], med.get("vllm", float("inf")))  # the better dense op is the baseline
         rows.append({"shape": name, "out": out_f, "in": in_f, "dtype": str(dtype).removeprefix("torch."),
                      "sparsity": sparsity, "batch": batch,
                      **{f"{k}_us": round(v * 1e6, 2) for k, v in med.items()},
-                     "speedup_sparse": round(med["dense"] / med["sparse"], 3),
-                     "speedup_tiled": round(med["dense"] / med["tiled"], 3),
+                     "best_dense": "vllm" if best_dense < med["dense"] else "torch",
+                     "speedup_sparse": round(best_dense / med["sparse"], 3),
+                     "speedup_tiled": round(best_dense / med["tiled"], 3),
                      "bytes_ratio": round(packed_bytes / dense_bytes, 3)})
     return rows
 
@@ -119,16 +140,24 @@ def markdown(rows: list[dict], info: dict, args) -> str:
     lines = [f"# owl_plugin.kernels micro-benchmark ({time.strftime('%Y-%m-%d')})", "",
              f"CPU: {platform.processor() or platform.machine()}, {info['threads']} threads, path `{info['isa']}`, "
              f"torch {torch.__version__}; medians of {args.rounds} interleaved rounds × {args.calls} calls, weights "
-             f"streamed from memory (≥ {args.stream_mb} MB of distinct layers per variant).", "",
-             "| shape | out×in | dtype | sparsity | batch | dense µs | sparse µs | tiled µs | dense/sparse | "
-             "dense/tiled | packed/dense bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"streamed from memory (≥ {args.stream_mb} MB of distinct layers per variant); load average before "
+             f"{args.load_before}, after {' '.join(f'{x:.2f}' for x in os.getloadavg())} (above ~0.5 the CPU was "
+             "shared with other jobs: the interleaving keeps the ratios fair, not the absolute times).", "",
+             "Baseline (\"best dense\") = the faster of torch `F.linear` and, when run in `.venv-vllm`, vLLM-CPU's "
+             "own dense op for the layer (`dispatch_cpu_unquantized_gemm`: oneDNN, prepacked weights).", "",
+             "| shape | out×in | dtype | sparsity | batch | torch µs | vLLM µs | sparse µs | tiled µs | "
+             "best dense/sparse | best dense/tiled | packed/dense bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        vllm = f"{r['vllm_us']:.1f}" if "vllm_us" in r else "–"
         lines.append(f"| {r['shape']} | {r['out']}×{r['in']} | {r['dtype']} | {r['sparsity']:.2f} | {r['batch']} | "
-                     f"{r['dense_us']:.1f} | {r['sparse_us']:.1f} | {r['tiled_us']:.1f} | "
+                     f"{r['dense_us']:.1f} | {vllm} | {r['sparse_us']:.1f} | {r['tiled_us']:.1f} | "
                      f"**{r['speedup_sparse']:.2f}×** | {r['speedup_tiled']:.2f}× | {r['bytes_ratio']:.3f} |")
+    best = max(rows, key=lambda r: r["speedup_sparse"])
     lines += ["", f"Dispatch threshold (largest batch where the sparse kernel beats the tiled path in every row): "
-                  f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}."]
+                  f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}.", "",
+              f"best speed-up: {best['speedup_sparse']:.2f}× ({best['shape']} {best['dtype']} batch {best['batch']}, "
+              f"against {best['best_dense']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +176,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (rows of x)")
-    ax.set_ylabel("speed-up of the sparse kernel over dense F.linear")
+    ax.set_ylabel("speed-up of the sparse kernel over the better dense op")
     ax.set_title("owl_plugin.kernels: sparse vs dense, same weights")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -160,15 +189,27 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 shapes, batches 1 4 16 32, 5 rounds")
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.7])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--batches", "--batch", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="OUTxIN",
+                        help="layer shapes instead of the default set, e.g. 4096x11008 (LLaMA-7B down_proj)")
+    parser.add_argument("--no-vllm", dest="vllm", action="store_false",
+                        help="skip vLLM's dense op even when vLLM is importable (run in .venv-vllm to include it)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=20, help="calls per timed sample (median of those)")
     parser.add_argument("--stream-mb", type=int, default=512)
     parser.add_argument("--out", default="examples/results/kernels", help="path prefix of .md/.json/.png")
     args = parser.parse_args(argv)
     shapes = SHAPES
+    if args.shapes:
+        try:
+            shapes = [(text, *(int(v) for v in text.lower().split("x"))) for text in args.shapes]
+        except ValueError:
+            parser.error(f"--shapes {args.shapes}: each must be OUTxIN, e.g. 4096x11008")
+        if any(len(s) != 3 or min(s[1:]) <= 0 for s in shapes):
+            parser.error(f"--shapes {args.shapes}: each must be OUTxIN with two positive sizes")
     if args.quick:
         shapes, args.batches, args.rounds = QUICK_SHAPES, [1, 4, 16, 32], 5
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     ext = load_extension()
     if ext is None:
         print(f"the C++ extension is unavailable ({kernel_info()['extension_error']}); nothing to measure",
@@ -180,14 +221,14 @@ def main(argv=None) -> int:
     for shape, dtype, sparsity in tqdm(todo, desc="shapes", unit="shape"):
         rows += measure(shape, dtype, sparsity, args.batches, args, ext, isa)
     text = markdown(rows, info, args)
-    print(text)
+    print(text.rstrip("\n"))  # ends with the "best speed-up" line
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps({"kernel": info, "rows": rows, "threshold": threshold(rows)},
                                                    indent=1))
     plot(rows, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.md')}, .json, .png")
+    print(f"wrote {out.with_suffix('.md')}, .json, .png", file=sys.stderr)
     return 0
 
 

@@ -12,8 +12,10 @@ the table gives the median over rounds and the ratio compact / dense of those me
 * decode tok/s at batch 1 and 8: ``new_tokens`` greedy tokens (EOS ignored) after a 16-token prompt,
   tok/s = batch · new_tokens / wall time;
 * prefill: one ``prefill`` -token prompt, 1 new token, wall time;
-* resident weight memory: bytes of all parameters and buffers of the model inside the engine
-  (for vLLM read in the engine process with ``LLM.apply_model``);
+* memory: bytes of all parameters and buffers of the model inside the engine (for vLLM read in the
+  engine process with ``LLM.apply_model``; vLLM-CPU's dense layers hold oneDNN-prepacked weights that
+  are no tensors, so this undercounts dense there), and the worker process's resident set (VmRSS,
+  same KV-cache size in both, so the difference is the weights);
 * the kernel path (``owl_plugin.kernels.kernel_info()`` inside the engine) and how many linear
   layers run on it.
 
@@ -134,6 +136,14 @@ def _packed_count(model) -> int:
     return sum(1 for m in model.modules() if hasattr(m, "owl_packed") or type(m).__name__ == "OwlSparseLinear")
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process (the engine runs in it: VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _kernel_info() -> dict:
     try:
         from owl_plugin.kernels import kernel_info
@@ -152,7 +162,7 @@ class VllmWorker:
     def info(self) -> dict:
         (stats,) = self.llm.apply_model(lambda m: {"weight_bytes": _param_bytes(m), "packed_layers": _packed_count(m),
                                                    "kernel": _kernel_info()})
-        return {**stats, "quantization": self.llm.model_config.quantization}
+        return {**stats, "quantization": self.llm.model_config.quantization, "rss_bytes": _rss_bytes()}
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> float:
         from vllm import SamplingParams, TokensPrompt
@@ -175,7 +185,7 @@ class TransformersWorker:
 
     def info(self) -> dict:
         return {"weight_bytes": _param_bytes(self.model), "packed_layers": _packed_count(self.model),
-                "kernel": _kernel_info(), "quantization": None}
+                "kernel": _kernel_info(), "quantization": None, "rss_bytes": _rss_bytes()}
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> float:
         torch = self.torch
@@ -309,8 +319,10 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
                 lines.append(f"| {engine} | {case} ({row['unit']}) | {row['dense']:.3f} | {row['compact']:.3f} "
                              f"| {row['ratio']:.2f}× |")
             d, c = res["info"]["dense"], res["info"]["compact"]
-            lines.append(f"| {engine} | weight memory (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
+            lines.append(f"| {engine} | weight tensors (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
                          f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
+            lines.append(f"| {engine} | process RSS (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
+                         f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
         lines.append("")
         for engine, res in per_engine.items():
             c = res["info"]["compact"]
