@@ -73,7 +73,8 @@ def ensure_ir(checkpoint: str, work_dir: Path, name: str, mode: str = DEFAULT_MO
         logger.info("reusing %s (exported from %s)", target, folder)
         return target
     calibration = {"calibration": CALIBRATION, "num_samples": CALIBRATION_SAMPLES} if mode_of(mode).calibrated else {}
-    export_openvino(folder, target, mode=mode, overwrite=True, **calibration)
+    # no float-vs-int8 check in the export: the runner measures int8 against transformers fp32 itself
+    export_openvino(folder, target, mode=mode, overwrite=True, check_windows=0, **calibration)
     return target
 
 
