@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from conftest import PNG_SIGNATURE, TEST_THREADS, run_cli
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.validation.checks import first_divergence, greedy_check
 from owl_plugin.validation.engines import parse_engines, parse_pairs
-from owl_plugin.validation.protocol import EngineResult, SpeedRow
+from owl_plugin.validation.protocol import EngineResult, SpeedRow, Tolerances
 from owl_plugin.validation.thresholds import apply_thresholds, speedups
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,15 +152,23 @@ class TestFullRun:
 
     @pytest.mark.skipif(not (OPENVINO_VENV / "bin" / "python").exists(),
                         reason="no .venv-openvino (make setup-openvino)")
-    def test_openvino_runs_and_reports_its_checks(self, full_run: tuple) -> None:
-        """Whether int8 OpenVINO agrees within the stated tolerances is the OpenVINO runner's verdict; the
-        suite must have run it in its venv and carried every check into the report (a crash would be 'crashed')."""
+    def test_openvino_int8_agrees_with_fp32_as_the_main_job_requires(self, full_run: tuple) -> None:
+        """The OpenVINO runner's checks, with the tolerances `make main` applies (the defaults): the default
+        int8 export (int8 weights, f32 activations) of the pruned and the dense model must pass every one,
+        or the suite would be green while the main job is red (issue 21). The dense model's int8 perplexity
+        must be within 5 % of fp32 (the issue's goal; its bar is 10 %)."""
         _, report, _ = full_run
         openvino = engine(report, "openvino")
-        assert openvino["status"] in ("passed", "failed") and openvino["error"] is None, openvino["error"]
+        assert openvino["error"] is None, openvino["error"]
+        failed = [f"{c['name']}: {c['detail']}" for c in openvino["checks"] if not c["passed"]]
+        assert openvino["status"] == "passed" and not failed, failed
         names = {c["name"] for c in openvino["checks"]}
-        assert {"loads/pruned-ir", "sparsity/pruned-ir", "agrees/greedy", "agrees/perplexity"} <= names
-        assert openvino["status"] == ("passed" if all(c["passed"] for c in openvino["checks"]) else "failed")
+        assert {"export/pruned-ir", "sparsity/pruned-ir", "loads/pruned-ir", "agrees/greedy", "agrees/perplexity",
+                "loads/baseline-ir", "agrees/greedy-baseline", "agrees/perplexity-baseline"} <= names
+        assert report["settings"]["tolerances"] == asdict(Tolerances())  # what main_job.py applies (the defaults)
+        gaps = openvino["notes"]["int8_vs_fp32"]
+        assert abs(gaps["baseline"]["rel_gap"]) <= 0.05 and abs(gaps["pruned"]["rel_gap"]) <= 0.15, gaps
+        assert openvino["notes"]["mode"]["mode"] == "weights"
 
     def test_every_engine_loads_dense_and_compact_and_reads_back_the_profile(self, full_run: tuple) -> None:
         _, report, _ = full_run
