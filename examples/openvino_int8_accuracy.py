@@ -80,8 +80,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     return name, parsed
 
 
-def build(spec: str, fp32_xml: Path, folder: Path, calibration_windows) -> Path:
-    """The IR of variant ``spec`` (cached under ``folder``)."""
+def build(spec: str, fp32_xml: Path, folder: Path, calibration_windows, calibration_name: str) -> Path:
+    """The IR of variant ``spec`` (cached under ``folder``, static ones per calibration text)."""
     import openvino as ov
 
     from owl_plugin.integrations.openvino.quantize import compress_int8_weights, quantize_int8
@@ -89,8 +89,8 @@ def build(spec: str, fp32_xml: Path, folder: Path, calibration_windows) -> Path:
     name, options = parse_variant(spec)
     if name == "fp32":
         return fp32_xml
-    path = folder / (spec.replace(":", "_").replace("=", "-").replace("[", "").replace("]", "")
-                     .replace("/", "") + ".xml")
+    stem = spec.replace(":", "_").replace("=", "-").replace("[", "").replace("]", "").replace("/", "")
+    path = folder / (stem + (f"-{calibration_name}" if name == "static" else "") + ".xml")
     if path.exists():
         return path
     model = ov.Core().read_model(fp32_xml)
@@ -166,8 +166,9 @@ def main() -> None:
                                                            compile=False, stateful=True)
             ov.save_model(converted.model, fp32_xml, compress_to_fp16=False)
             del converted
+        calibration_name = Path(args.calibration).stem if args.calibration else "wiki2half"
         for spec in args.variants.split(","):
-            xml = build(spec, fp32_xml, cache, windows)
+            xml = build(spec, fp32_xml, cache, windows, calibration_name)
             for precision in args.precision.split(","):
                 lm = StatefulLM(xml, {**properties(spec, precision), "PERF_COUNT": "YES"})
                 ppl = lm.perplexity(ids.numpy(), seq_len=args.seq_len, windows=args.windows, bos_token_id=bos)
