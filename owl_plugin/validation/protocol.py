@@ -76,7 +76,7 @@ class Tolerances:
     weights, f32 activations) costs on SmolLM2-135M against fp32 transformers, measured
     (examples/results/openvino_int8.md, 8×512 windows): perplexity +0.17 % dense, +4.6 % at 70 %
     (a model at perplexity 862), first greedy divergence at token 5 or later of 32; int8
-    activations too (``--mode static``) cost +10-29 % and diverge at token 0-3, beyond them.
+    activations too (``--mode static``) cost +10-33 % and diverge at token 0-3, beyond them.
     """
 
     ppl_rel: float = 0.005
