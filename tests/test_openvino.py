@@ -12,8 +12,10 @@ tests/test_validate.py's full run checks (the main job's agreement checks).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from owl_plugin.paths import default_eval_text
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 
 from conftest import TEST_THREADS, run_cli
@@ -126,6 +129,21 @@ def test_export_writes_a_verified_int8_ir(any_export, pruned_checkpoint):
         assert settings["ov_config"] == {**PRECISION, "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": "0.5"}
         assert settings["calibration"]["source"] == "pydoc" and settings["calibration"]["num_samples"] == 4
         assert "no calibration text in the profile" in settings["calibration"]["chosen_by"]
+
+
+def test_static_mode_calibrates_on_the_pruning_text_apart_from_the_check_windows(pruned_checkpoint, tmp_path):
+    """--mode static without --calibration uses the text the pruning calibrated on (recorded in the profile);
+    when that is the text the export's check scores, the calibration windows come from after the checked tokens."""
+    source = tmp_path / "pruned"
+    shutil.copytree(pruned_checkpoint, source)
+    profile = SparsityProfile.load(source)
+    text = str(default_eval_text())
+    dataclasses.replace(profile, params={**profile.params, "calibration": {"source": text}}).save(source)
+    out = export(source, tmp_path / "ir", "--mode", "static", "--num-samples", "2", "--seq-len", "32",
+                 "--check-windows", "1")
+    calibration = json.loads((out / "owl_openvino.json").read_text())["calibration"]
+    assert calibration["source"] == text and "pruning's calibration text" in calibration["chosen_by"]
+    assert calibration["disjoint_from_check"] == "tokens after the first 512 (the check's)"
 
 
 def test_weight_only_int8_stays_close_to_float_even_on_a_random_model(exported):
