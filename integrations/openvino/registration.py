@@ -2,7 +2,9 @@
 
 optimum-intel takes ``ov_config`` only as a keyword argument, and the OpenVINO core does not
 apply ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` from an IR's ``runtime_options``; so a plain
-``from_pretrained`` of an owl-plugin export would run dense kernels. owl-plugin's start-up
+``from_pretrained`` of an owl-plugin export would run the CPU's default precision (bf16 where
+AVX512_BF16 exists, a u8 KV cache) instead of the f32 the export measured, and in static mode dense
+kernels. owl-plugin's start-up
 hook (``owl_plugin_autoload``) imports this module when ``optimum.intel.openvino.modeling_base``
 is imported, and :func:`register` wraps ``OVBaseModel.from_pretrained``: when the folder holds
 ``owl_openvino.json``, its ``ov_config`` is merged under the caller's (explicit entries win).
