@@ -341,8 +341,11 @@ def test_tiny_model_passes_in_transformers(tiny_pruned: Path, tmp_path: Path) ->
     result, report = validate(str(tiny_pruned), "--engines", "transformers", "--report", str(tmp_path / "r"), *SMALL)
     assert result.returncode == 0, report["failures"]
     found = checks(report, "transformers")
-    assert set(found) == {"loads/pruned", "sparsity/pruned", "loads/compact", "sparsity/compact",
+    assert set(found) == {"loads/pruned", "sparsity/pruned", "loads/compact", "sparsity/compact", "kernels/compact",
                           "weights/compact-equals-pruned", "agrees/greedy-compact", "agrees/perplexity-compact"}
+    kernel = found["kernels/compact"]["values"]  # every pruned linear of the tiny model runs the compiled kernels
+    assert kernel["packed_layers"] == 4 * 7 and kernel["op"] == "owl::sparse_linear", kernel
+    assert kernel["isa"] != "torch-fallback" and kernel["extension"], kernel
     assert found["sparsity/pruned"]["values"]["overall"] == pytest.approx(0.5)
     assert engine(report, "transformers")["speed"] == []  # no --baseline: nothing to time against
 
