@@ -232,3 +232,13 @@ def test_torch_compile_traces_through_the_op() -> None:
     for batch in (1, 3, SPARSE_MAX_BATCH + 4):
         x = torch.randn(batch, 64)
         torch.testing.assert_close(compiled(x), torch.relu(x @ w.T) * 2.0, atol=1e-5, rtol=1e-5)
+
+
+def test_forced_path_ignores_case_and_spaces_in_python_and_cpp_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    isa_or_skip("avx2")
+    w = sparse_weight(9, 40, 0.5, torch.float32)
+    monkeypatch.setenv("OWL_SPARSE_ISA", " AVX2 ")
+    x = torch.randn(2, 40)
+    torch.testing.assert_close(sparse_linear(x, pack_dense(w)), x @ w.T, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("OWL_SPARSE_ISA", " ")  # blank: the best path, as if unset
+    torch.testing.assert_close(sparse_linear(x, pack_dense(w)), x @ w.T, atol=1e-5, rtol=1e-5)

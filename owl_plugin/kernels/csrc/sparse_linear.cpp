@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cstdint>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -421,8 +422,10 @@ int64_t cpu_features() {
 int64_t resolve_isa() {
   static const int64_t feats = cpu_features();
   const char* forced = std::getenv("OWL_SPARSE_ISA");
-  if (forced != nullptr && *forced != '\0') {
-    const std::string name(forced);
+  std::string name;  // the same spelling rules as dispatch.selected_isa: case and spaces ignored
+  for (const char* c = forced ? forced : ""; *c; ++c)
+    if (!std::isspace(static_cast<unsigned char>(*c))) name += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+  if (!name.empty()) {
     int64_t isa = -1, need = 0;
     if (name == "avx512_bf16") { isa = 3; need = 4; }
     else if (name == "avx512") { isa = 2; need = 2; }
