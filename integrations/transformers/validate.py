@@ -204,9 +204,9 @@ def run(request: EngineRequest, result: EngineResult) -> None:
         perplexity_check(result, "agrees/perplexity-compact", result.ppl["compact"], result.ppl.get("pruned"),
                          request.tolerances.ppl_rel)
     timed = "compact" if "compact" in models else "pruned"  # the compact load runs the sparse kernels
-    if request.speed is None or timed != "compact":
-        models.pop("compact", None)
-    models.pop("pruned" if timed == "compact" else "", None)
+    models.pop("pruned" if timed == "compact" else "compact", None)  # keep only the model speed will time
+    if request.speed is None:
+        models.pop(timed, None)
     gc.collect()
 
     if request.speed is not None and timed in models and "baseline" in models:
