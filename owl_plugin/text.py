@@ -206,3 +206,25 @@ def evaluation_windows(
         raise ValueError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {span} text tokens")
     head = [int(bos_token_id)] if bos_token_id is not None else []
     return [head + ids[w * span:(w + 1) * span] for w in range(count)]
+
+
+def heldout_split(
+    token_ids: torch.Tensor, *, fraction: float, windows: int, window_len: int, head_min: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head, tail) of one token stream: calibrate on the head, score on the tail, never both.
+
+    The tail is the last ``fraction`` of the tokens, or more if ``windows`` windows of
+    ``window_len`` tokens need it; the head must keep more than ``head_min`` tokens (one
+    calibration window). Used by ``owl tune`` (its proxy's held-out windows) and by
+    ``owl prune --compare-uniform`` (the perplexity of both pruned models).
+    """
+    if not (0.0 < fraction < 1.0):
+        raise ValueError(f"held-out fraction={fraction!r} must be in (0, 1), e.g. 0.1")
+    n = token_ids.numel()
+    tail = max(int(n * fraction), windows * window_len)
+    if n - tail <= head_min:
+        raise ValueError(
+            f"calibration text has {n} tokens: too short for {windows} held-out windows of {window_len} tokens "
+            f"plus calibration windows of {head_min}; use a longer text or fewer/shorter windows"
+        )
+    return token_ids[: n - tail], token_ids[n - tail:]

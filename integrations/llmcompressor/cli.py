@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     parser.add_argument("--bos", choices=BOS_CHOICES, default="auto", help=BOS_HELP)
     parser.add_argument("--output", "-o", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--compare-uniform", action="store_true",
+                        help="also prune a copy uniformly at the same target and report both perplexities on the "
+                             "last 10%% of the calibration text, which is then held out of calibration (a second "
+                             "prune; two copies of the model in memory)")
     parser.set_defaults(func=run)
 
 
@@ -31,11 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from owl_plugin.integrations.llmcompressor.prune import prune
 
     result = prune(args.model, args.recipe, args.output, dataset=args.dataset, num_samples=args.num_samples,
-                   seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite, bos=args.bos)
+                   seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite, bos=args.bos,
+                   compare_uniform=args.compare_uniform)
     print(result.profile.summary())
     from owl_plugin.integrations.llmcompressor.prune import nm_summary
 
     if nm_summary(result.profile):
         print(nm_summary(result.profile))
     print(f"measured overall sparsity {result.measured_sparsity:.4f}; wrote {result.output}")
+    if result.comparison is not None:
+        print(result.comparison.summary())
     return 0

@@ -15,12 +15,18 @@ from owl_plugin.models import load_model
 from owl_plugin.plot import plot_profiles
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.staging import check_destination, kill_point, publish, staged_folder
-from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
+from owl_plugin.text import calibration_batches, heldout_split, load_text, tokenize, window_protocol
 from owl_plugin.verify import measured_sparsities, overall_sparsity, profile_mismatches
 
 import llmcompressor  # noqa: F401,I001  first: its start-up hook imports .modifiers → .base whole, not half-imported
 
 from owl_plugin.integrations.llmcompressor.base import APPLIED_PROFILES
+from owl_plugin.integrations.llmcompressor.compare import (
+    HELDOUT_FRACTION,
+    HELDOUT_WINDOWS,
+    UniformComparison,
+    uniform_recipe,
+)
 from owl_plugin.integrations.llmcompressor.recipe import read_recipe
 
 logger = logging.getLogger(__name__)
@@ -35,16 +41,23 @@ class PruneResult:
     output: Path
     profile: SparsityProfile
     measured_sparsity: float
+    comparison: UniformComparison | None = None
 
 
 def calibration_dataset(tokenizer, source: str, *, num_samples: int, seq_len: int, seed: int,
                         bos_token_id: int | None = None):
     """A ``datasets.Dataset`` of ``num_samples`` token windows (input_ids, attention_mask), each starting
     with ``bos_token_id`` if given (``owl_plugin.text.calibration_batches``)."""
+    return token_dataset(tokenize(tokenizer, load_text(source)), num_samples=num_samples, seq_len=seq_len,
+                         seed=seed, bos_token_id=bos_token_id)
+
+
+def token_dataset(token_ids, *, num_samples: int, seq_len: int, seed: int, bos_token_id: int | None = None):
+    """``calibration_dataset`` from an already tokenized stream (1-D tensor)."""
     from datasets import Dataset
 
-    batches = calibration_batches(tokenize(tokenizer, load_text(source)), num_samples=num_samples,
-                                  seq_len=seq_len, seed=seed, bos_token_id=bos_token_id)
+    batches = calibration_batches(token_ids, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                                  bos_token_id=bos_token_id)
     ids = [b[0].tolist() for b in batches]
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
 
@@ -88,6 +101,7 @@ def prune(
     seed: int = 0,
     overwrite: bool = False,
     bos: str = "auto",
+    compare_uniform: bool = False,
 ) -> PruneResult:
     """Prune ``model`` with ``recipe`` through ``llmcompressor.oneshot`` and save it to ``output``.
 
@@ -97,6 +111,11 @@ def prune(
     per-module sparsity has been checked against the profile. ``bos`` (auto | on | off) says whether
     calibration windows start with the model's BOS (``owl_plugin.text.window_protocol``); the choice
     is recorded in the profile's ``params["calibration"]["windows"]``.
+
+    ``compare_uniform``: hold out the tail of the calibration text, prune a second copy uniformly
+    with the same pruner, and score both on the held-out windows
+    (``owl_plugin.integrations.llmcompressor.compare``; the result is in ``PruneResult.comparison``
+    and the profile). It costs a second prune and holds two copies of the model in memory.
     """
     from owl_plugin.integrations.llmcompressor import register_modifiers
     from llmcompressor import oneshot
@@ -105,14 +124,21 @@ def prune(
 
     output = check_destination(output, inputs=(model, recipe), overwrite=overwrite,  # before any work
                                flag="overwrite=True (owl prune --overwrite)")
-    recipe_text, _ = read_recipe(recipe)
+    recipe_text, recipe_data = read_recipe(recipe)
+    if compare_uniform:  # a recipe without an allocation modifier is refused before the model is loaded
+        uniform_recipe(recipe_data, 0.5, _allocation_names())
     pretrained, tokenizer = load_model(model)
     kill_point("model-loaded")
     check_supported(pretrained)  # before calibration: fused 3-D experts etc. are refused by name, not left dense
     protocol = window_protocol(tokenizer, bos)
     logger.info("%s", protocol.describe())
-    data = calibration_dataset(tokenizer, dataset, num_samples=num_samples, seq_len=seq_len, seed=seed,
-                               bos_token_id=protocol.bos_token_id)
+    token_ids = tokenize(tokenizer, load_text(dataset))
+    heldout = None
+    if compare_uniform:
+        token_ids, heldout = heldout_split(token_ids, fraction=HELDOUT_FRACTION, windows=HELDOUT_WINDOWS,
+                                           window_len=seq_len, head_min=seq_len)
+    data = token_dataset(token_ids, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                         bos_token_id=protocol.bos_token_id)
 
     kill_point("calibration-ready")
     APPLIED_PROFILES.clear()
@@ -125,7 +151,8 @@ def prune(
     profile = APPLIED_PROFILES[0] if APPLIED_PROFILES else measured_profile(pruned)
     profile = SparsityProfile(**{**profile.__dict__, "params": {**profile.params, "calibration": {
         "source": dataset, "num_samples": num_samples, "seq_len": seq_len, "seed": seed,
-        "windows": protocol.as_dict()}}})
+        "windows": protocol.as_dict(),
+        **({"heldout": {"fraction": HELDOUT_FRACTION, "tokens": heldout.numel()}} if heldout is not None else {})}}})
 
     measured = measured_sparsities(pruned, profile)
     mismatches = profile_mismatches(profile, measured)
@@ -143,9 +170,55 @@ def prune(
     if nm_summary(profile):
         logger.warning("%s", nm_summary(profile))
 
+    comparison = None
+    if heldout is not None:
+        comparison = _compare_with_uniform(pruned, model, recipe_data, profile, data, heldout, seq_len=seq_len,
+                                           num_samples=num_samples, bos_token_id=protocol.bos_token_id,
+                                           tolerance=tolerance)
+        logger.info("%s", comparison.summary())
+        profile = SparsityProfile(**{**profile.__dict__, "params": {**profile.params,
+                                                                    "compare_uniform": comparison.as_dict()}})
+
     kill_point("pruned")
     _save(pruned, tokenizer, profile, recipe_text, output, overwrite=overwrite)
-    return PruneResult(output=output, profile=profile, measured_sparsity=achieved)
+    return PruneResult(output=output, profile=profile, measured_sparsity=achieved, comparison=comparison)
+
+
+def _allocation_names() -> set[str]:
+    from owl_plugin.integrations.llmcompressor.modifiers import ALLOCATION_MODIFIERS
+
+    return {cls.__name__ for cls in ALLOCATION_MODIFIERS}
+
+
+def _compare_with_uniform(pruned, model: str, recipe_data: dict, profile: SparsityProfile, data, heldout, *,
+                          seq_len: int, num_samples: int, bos_token_id: int | None,
+                          tolerance: float) -> UniformComparison:
+    """Held-out perplexity of ``pruned`` and of a fresh copy pruned uniformly at the profile's target."""
+    import tempfile
+
+    import yaml
+    from llmcompressor import oneshot
+
+    from owl_plugin.evaluation import perplexity
+
+    score = {"seq_len": seq_len, "max_windows": HELDOUT_WINDOWS, "bos_token_id": bos_token_id}
+    ppl = perplexity(pruned, heldout, **score)
+    logger.info("--compare-uniform: pruning a second copy uniformly at %.4f with the same pruner", profile.target)
+    copy, tokenizer = load_model(model)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
+        yaml.safe_dump(uniform_recipe(recipe_data, profile.target, _allocation_names()), handle)
+        handle.flush()
+        uniform = oneshot(model=copy, processor=tokenizer, dataset=data, recipe=handle.name,
+                          num_calibration_samples=num_samples, max_seq_length=seq_len,
+                          shuffle_calibration_samples=False)
+    achieved = measured_profile(uniform).target
+    if abs(achieved - profile.target) > tolerance:
+        raise RuntimeError(f"the uniform comparison pruned to {achieved:.4f}, not the target {profile.target:.4f}")
+    uniform_ppl = perplexity(uniform, heldout, **score)
+    del uniform, copy
+    windows = min(HELDOUT_WINDOWS, heldout.numel() // (seq_len - (bos_token_id is not None)))
+    return UniformComparison(method=profile.method, target=profile.target, ppl=ppl, uniform_ppl=uniform_ppl,
+                             windows=windows, seq_len=seq_len, heldout_fraction=HELDOUT_FRACTION)
 
 
 def _save(model, tokenizer, profile: SparsityProfile, recipe_text: str, output: Path, *, overwrite: bool) -> None:

@@ -104,17 +104,10 @@ def split_calibration(
     need it; the two parts never overlap. Both are built by ``owl_plugin.text`` (with
     ``bos_token_id``, every window is that token + L − 1 text tokens).
     """
-    from owl_plugin.text import calibration_batches, evaluation_windows
+    from owl_plugin.text import calibration_batches, evaluation_windows, heldout_split
 
-    n = token_ids.numel()
-    tail = max(int(n * settings.heldout_fraction), settings.heldout_windows * settings.heldout_seq_len)
-    if n - tail <= settings.seq_len:
-        raise ValueError(
-            f"calibration text has {n} tokens: too short for {settings.heldout_windows} held-out windows of "
-            f"{settings.heldout_seq_len} tokens plus statistics windows of {settings.seq_len}; "
-            "use a longer text or fewer/shorter windows"
-        )
-    head, held = token_ids[: n - tail], token_ids[n - tail:]
+    head, held = heldout_split(token_ids, fraction=settings.heldout_fraction, windows=settings.heldout_windows,
+                               window_len=settings.heldout_seq_len, head_min=settings.seq_len)
     heldout = [torch.tensor([w], dtype=token_ids.dtype) for w in evaluation_windows(
         held, seq_len=settings.heldout_seq_len, max_windows=settings.heldout_windows, bos_token_id=bos_token_id)]
     batches = calibration_batches(head, num_samples=settings.num_samples, seq_len=settings.seq_len,
