@@ -383,6 +383,11 @@ def test_greedy_check_reports_the_first_divergence() -> None:
     # reduced precision: a divergence after a quarter of the tokens is tolerated, one before is not
     assert greedy_check(result, "lowp", [[1, 2, 3, 4]], [[1, 2, 0, 0]], exact=False, min_prefix=0.25)
     assert not greedy_check(result, "lowp", [[1, 2, 3, 4]], [[0, 2, 3, 4]], exact=False, min_prefix=0.25)
+    # the report names the divergence the rule failed on (prompt 2 at token 0), not the first prompt that diverged
+    assert not greedy_check(result, "lowp", [[1, 2, 3, 4]] * 3, [[1, 2, 3, 9], [1, 2, 3, 4], [7, 2, 3, 4]],
+                            exact=False, min_prefix=0.5)
+    assert result.checks[-1].values["first_divergence"]["prompt"] == 2 and "prompt 2 token 0" in \
+        result.checks[-1].detail
 
 
 def test_speedups_are_oriented_so_larger_is_faster() -> None:

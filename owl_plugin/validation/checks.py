@@ -121,17 +121,17 @@ def greedy_check(
         return False
     divergences = [first_divergence(ref, out) for ref, out in zip(reference, got, strict=True)]
     matching = sum(d is None for d in divergences)
-    first = None
-    for prompt, position in enumerate(divergences):
-        if position is not None:
-            expected = reference[prompt][position] if position < len(reference[prompt]) else None
-            obtained = got[prompt][position] if position < len(got[prompt]) else None
-            first = {"prompt": prompt, "position": position, "expected": expected, "got": obtained}
-            if margins is not None and position < len(margins[prompt]):
-                first["reference_margin"] = margins[prompt][position]
-            break
+    first = None  # the earliest divergence over all prompts (the one the rule judges), lowest prompt on ties
+    diverged = [(position, prompt) for prompt, position in enumerate(divergences) if position is not None]
+    if diverged:
+        position, prompt = min(diverged)
+        expected = reference[prompt][position] if position < len(reference[prompt]) else None
+        obtained = got[prompt][position] if position < len(got[prompt]) else None
+        first = {"prompt": prompt, "position": position, "expected": expected, "got": obtained}
+        if margins is not None and position < len(margins[prompt]):
+            first["reference_margin"] = margins[prompt][position]
     length = max((len(r) for r in reference), default=0)
-    earliest = min((d for d in divergences if d is not None), default=None)
+    earliest = first["position"] if first else None
     if exact:
         passed = matching == len(reference)
         rule = "token-identical (fp32)"
