@@ -28,8 +28,9 @@ from safetensors.torch import save_file
 
 from conftest import PNG_SIGNATURE, TEST_THREADS, run_cli
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
-from owl_plugin.validation.checks import first_divergence, greedy_check
+from owl_plugin.validation.checks import STEP_PREFIX, first_divergence, greedy_check, run_step
 from owl_plugin.validation.engines import parse_engines, parse_pairs
+from owl_plugin.validation.launch import run_with_limit
 from owl_plugin.validation.protocol import EngineResult, SpeedRow, Tolerances
 from owl_plugin.validation.thresholds import apply_thresholds, speedups
 
@@ -388,6 +389,25 @@ def test_greedy_check_reports_the_first_divergence() -> None:
                             exact=False, min_prefix=0.5)
     assert result.checks[-1].values["first_divergence"]["prompt"] == 2 and "prompt 2 token 0" in \
         result.checks[-1].detail
+
+
+def test_runner_steps_reach_the_suite_while_the_runner_is_still_running(tmp_path, capsys) -> None:
+    """The runner blocks until the suite has seen its first step: only live forwarding lets it finish."""
+    go = tmp_path / "go"
+    child = (f"from owl_plugin.validation.checks import run_step\nfrom owl_plugin.validation.protocol import "
+             f"EngineResult\nimport pathlib, time\nr = EngineResult('x')\nrun_step(r, 'loads/pruned', lambda: 1)\n"
+             f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)\nrun_step(r, 'speed', lambda: 1)\n")
+    seen = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        go.touch()
+
+    outcome = run_with_limit([sys.executable, "-c", child], timeout=60, log=tmp_path / "runner.log", on_line=on_line)
+    assert outcome.returncode == 0 and not outcome.timed_out
+    assert seen == [f"{STEP_PREFIX}loads/pruned", f"{STEP_PREFIX}speed"]
+    assert run_step(EngineResult("y"), "perplexity/pruned", lambda: 2) == 2
+    assert capsys.readouterr().out == f"{STEP_PREFIX}perplexity/pruned\n"
 
 
 def test_speedups_are_oriented_so_larger_is_faster() -> None:

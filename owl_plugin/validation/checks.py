@@ -30,6 +30,9 @@ from owl_plugin.validation.protocol import EngineRequest, EngineResult
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: a runner announces each step on stdout with this prefix; the suite, which waits for it, shows it
+STEP_PREFIX = "owl-step: "
+
 
 def error_text(error: BaseException) -> str:
     """``Type: message`` of the most telling error in ``error``'s chain.
@@ -49,7 +52,11 @@ def error_text(error: BaseException) -> str:
 
 
 def run_step(result: EngineResult, name: str, step: Callable[[], T]) -> T | None:
-    """Run ``step``; on an exception record a failed check ``name`` with the engine's own error and return None."""
+    """Run ``step``; on an exception record a failed check ``name`` with the engine's own error and return None.
+
+    The step's name is announced first (``STEP_PREFIX``), so the suite can show progress while it waits.
+    """
+    print(f"{STEP_PREFIX}{name}", flush=True)
     try:
         return step()
     except Exception as error:  # noqa: BLE001 - the engine's error is the result

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from owl_plugin.validation.checks import STEP_PREFIX
 from owl_plugin.validation.engines import ENGINES, REFERENCE, missing_venv_message, venv_python
 from owl_plugin.validation.launch import run_with_limit
 from owl_plugin.validation.protocol import (
@@ -219,7 +220,14 @@ def run_engine(engine: str, request: EngineRequest, *, python: Path, timeout: fl
         return report, None
     command = [str(python), "-m", ENGINES[engine].module, str(request_path), str(result_path)]
     logger.info("running %s (time limit %.0f s): %s", engine, timeout, " ".join(command))
-    outcome = run_with_limit(command, timeout=timeout, log=engine_dir / "runner.log", env=_runner_env(work))
+    began = time.monotonic()
+
+    def show_step(line: str) -> None:  # the runner's step announcements, so a long run is not silent
+        if line.startswith(STEP_PREFIX):
+            logger.info("%s: %s (at %.0f s)", engine, line[len(STEP_PREFIX):], time.monotonic() - began)
+
+    outcome = run_with_limit(command, timeout=timeout, log=engine_dir / "runner.log", env=_runner_env(work),
+                             on_line=show_step)
     report.seconds, report.log = round(outcome.seconds, 1), str(outcome.log)
     if outcome.timed_out:
         report.status = "timeout"
