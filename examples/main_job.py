@@ -14,18 +14,21 @@ Steps (each prints what it did; results land in --output):
    pruned, the summary states; serving under load with ``--serve``), into ``validate/``, and write
    ``summary.md`` with the numbers, the per-layer sparsity plot and a link to the suite's report.
    The job exits non-zero when the suite fails.
+
+The console shows the stages, one progress bar per long step and the results; llmcompressor's
+per-module lines, library warnings and INFO logs go to ``main.log`` in --output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from console_log import pruning_progress, prunable_linear_count, send_logging_to
 
 from owl_plugin.evaluation import perplexity
 from owl_plugin.models import default_model_path, load_model
@@ -86,11 +89,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-serve", action="store_true", help="skip the suite's serve-under-load check")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from owl_plugin.integrations.llmcompressor.prune import prune
-
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    log_path = output / "main.log"
+    send_logging_to(log_path)
+    from owl_plugin.integrations.llmcompressor.prune import prune
+
     dense_dir = default_model_path()
     eval_path = default_eval_text()
     text = eval_path.read_text()
@@ -99,10 +103,11 @@ def main() -> None:
 
     from owl_plugin.export import export_checkpoint
 
-    print(f"[1/5] default model: {dense_dir}")
+    print(f"[1/5] default model: {dense_dir}  (details of every step: {log_path})")
     print(f"[2/5] pruning with {args.recipe}")
-    result = prune(str(dense_dir), args.recipe, output / "pruned", dataset=str(calibration),
-                   num_samples=args.num_samples, seq_len=args.seq_len, overwrite=True)
+    with pruning_progress(log_path, total=prunable_linear_count(dense_dir)):
+        result = prune(str(dense_dir), args.recipe, output / "pruned", dataset=str(calibration),
+                       num_samples=args.num_samples, seq_len=args.seq_len, overwrite=True)
     print(f"      {result.profile.summary()}; measured {result.measured_sparsity:.4f}")
 
     print("[3/5] compact export, reloaded in transformers")
