@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from owl_plugin.formats.compact import WEIGHT_SUFFIX, compressed_keys, decompress
 from owl_plugin.formats.compact_config import GUARD_KEY, compressed_modules, has_guard, is_compact
+from owl_plugin.formats.integrity import check_compact_tensors, member_path
 
 CONFIG_NAME = "config.json"
 _DIGITS = re.compile(r"(\d+)")
@@ -94,7 +95,8 @@ def check_safetensors_file(path: str | os.PathLike) -> dict[str, Any]:
 def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
     """Tensor name → shard path, from the sharded index or the single file (or the config's explicit file)."""
     explicit = None if has_guard(config) else config.get(GUARD_KEY)
-    candidates = [folder / explicit] if explicit else [folder / INDEX_FILE, folder / SINGLE_FILE]
+    candidates = ([member_path(folder, explicit, listed_in=f"{folder / CONFIG_NAME} {GUARD_KEY}")] if explicit
+                  else [folder / INDEX_FILE, folder / SINGLE_FILE])
     for path in candidates:
         if not path.is_file():
             continue
@@ -102,7 +104,8 @@ def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
             weight_map = json.loads(path.read_text()).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{path} has no weight_map; the checkpoint index is corrupt")
-            files = {name: folder / file for name, file in weight_map.items()}
+            files = {name: member_path(folder, file, listed_in=f"{path} weight_map[{name!r}]")
+                     for name, file in weight_map.items()}
             for shard in sorted(set(files.values())):
                 if not shard.is_file():
                     listed = [name for name, file in files.items() if file == shard]
@@ -120,11 +123,26 @@ def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
     )
 
 
+def weight_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Tensor name → shard path of a checkpoint folder; index paths must stay inside it, headers are checked."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; {folder} is not a transformers checkpoint folder")
+    return _weight_files(folder, json.loads(config_path.read_text()))
+
+
 class CheckpointFolder:
     """A safetensors checkpoint folder, read tensor by tensor.
 
+    A compact folder is checked on opening (``owl_plugin.formats.integrity``): every compressed module has
+    its three pieces and no dense twin, the stored tensors are exactly those the export recorded, and
+    their bytes match the recorded SHA-256 checksums; index paths may not leave the folder.
+
     Args:
         folder: a folder with ``config.json`` and ``model.safetensors`` or a sharded index.
+        verify: hash a compact folder's tensors against their checksums (default: unless
+            ``OWL_VERIFY_CHECKSUMS=0``).
 
     Attributes:
         folder: the folder.
@@ -132,7 +150,7 @@ class CheckpointFolder:
         compressed: full names of the modules stored compressed (empty for a dense folder).
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, verify: bool | None = None) -> None:
         self.folder = Path(folder)
         config_path = self.folder / CONFIG_NAME
         if not config_path.is_file():
@@ -143,15 +161,12 @@ class CheckpointFolder:
         self.compressed: list[str] = (
             compressed_modules(self.config["quantization_config"]) if is_compact(self.config) else []
         )
-        stored = set(self._files)
-        self._parts: dict[str, dict[str, str]] = {}
-        for module in self.compressed:
-            keys = compressed_keys(module)
-            missing = [key for key in keys.values() if key not in stored]
-            if missing:
-                raise ValueError(f"{self.folder}: compressed module {module!r} lacks {missing}; the compact "
-                                 "checkpoint is incomplete, export it again")
-            self._parts[f"{module}.{WEIGHT_SUFFIX}"] = keys
+        if self.compressed:
+            check_compact_tensors(self.folder, self._files, self.config["quantization_config"], self.compressed,
+                                  verify=verify)
+        self._parts: dict[str, dict[str, str]] = {
+            f"{module}.{WEIGHT_SUFFIX}": compressed_keys(module) for module in self.compressed
+        }
 
     # -- stored tensors --------------------------------------------------------------------
     def _handle(self, path: Path):

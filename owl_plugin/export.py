@@ -4,8 +4,10 @@ The export streams: tensors are read one at a time from the source's safetensors
 written into new shards (at most one shard in memory), never as a second copy of the model.
 Everything is built in a hidden staging folder beside the output, verified (every written
 tensor is reopened, decompressed if compact, and compared bit for bit with the source; the
-shards get SHA-256 checksums), and only then published with an atomic rename. An existing
-output is replaced only with ``overwrite=True``. Every export is Hub-ready: it carries
+shards get SHA-256 checksums, and a compact export records the SHA-256 of every tensor in its
+config.json, which the loaders verify: ``owl_plugin.formats.integrity``), and only then
+published with an atomic rename. An existing output is replaced only with ``overwrite=True``.
+Every export is Hub-ready: it carries
 ``sparsity_profile.json`` (measured from the zeros when the source has none), its plot, the
 source's recipe and a model card (README.md, ``owl_plugin.model_card``), written in the staging
 folder like everything else.
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 from owl_plugin.checkpoint import CONFIG_NAME, CheckpointFolder
 from owl_plugin.export_config import FORMATS, check_source_config, output_config
 from owl_plugin.formats.compact import compress, compressed_keys
+from owl_plugin.formats.integrity import CHECKSUMS_KEY, checksums_entry
 from owl_plugin.model_card import Results, check_license, check_repo_id, write_model_card
 from owl_plugin.profile import PROFILE_FILENAME, ModuleSparsity, SparsityProfile
 from owl_plugin.pruned_modules import block_of, candidate_modules, decoder_prefix
@@ -99,6 +102,7 @@ class _Written:
     """Bookkeeping of the write pass."""
 
     raw_names: list[str] = field(default_factory=list)
+    weight_map: dict[str, str] = field(default_factory=dict)  # tensor -> shard file name
     pruned: dict[str, tuple[int, int]] = field(default_factory=dict)  # module -> (zeros, numel)
     dense_bytes: int = 0
     stored_bytes: int = 0
@@ -157,7 +161,7 @@ def _write_weights(
             written.raw_names.append(name)
         if pause:
             time.sleep(pause)
-    writer.finish()
+    written.weight_map = writer.finish()
     return written
 
 
@@ -311,6 +315,9 @@ def export_checkpoint(
                 written.pruned = {m: written.pruned[m] for m in chosen.modules if m in written.pruned}
             _warn_unpruned(chosen, written.pruned)
             config = output_config(source.config, format=format, modules=list(written.pruned))
+            if format == "compact":  # per-tensor SHA-256 of the bytes just written, verified by every loader
+                config["quantization_config"][CHECKSUMS_KEY] = checksums_entry(
+                    {name: staging / file for name, file in written.weight_map.items()})
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             explicit = profile is not None
             _copy_side_files(folder, staging, skip={PROFILE_FILENAME} if explicit else set())

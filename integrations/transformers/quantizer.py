@@ -2,7 +2,9 @@
 
 Loading a compact checkpoint goes: ``update_tp_plan`` removes the load guard from the config
 (before transformers looks for the weights file); ``_process_model_before_weight_loading``
-checks every compressed tensor against SPEC.md and the model; a ``WeightConverter`` maps
+checks that every shard path stays inside the checkpoint folder, every compressed tensor against SPEC.md
+and the model, then the folder's integrity (complete, no dense twin, per-tensor SHA-256 checksums as
+recorded by the export; ``owl_plugin.formats.integrity``); a ``WeightConverter`` maps
 ``<module>.weight_values/_bitmask/_shape`` (patterns anchored with ``$``) onto
 ``<module>.weight`` through ``OwlSparseDecompress``; afterwards the converter is dropped from
 the model's conversion list and the quantization config removed, and every compressed module's
@@ -24,13 +26,14 @@ import torch
 from transformers.core_model_loading import WeightConverter
 from transformers.quantizers.base import HfQuantizer
 
+from owl_plugin.checkpoint import CheckpointFolder
 from owl_plugin.kernels.report import dense_requested
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, WEIGHT_SUFFIX
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 
 from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
 from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
-from owl_plugin.integrations.transformers.validation import validate_checkpoint
+from owl_plugin.integrations.transformers.validation import check_files_inside, checkpoint_folder, validate_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,12 @@ class OwlSparseHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None,
                                              **kwargs: Any) -> Any:
         if checkpoint_files:
+            folder = checkpoint_folder(model, checkpoint_files)
+            if folder is not None:
+                check_files_inside(folder, checkpoint_files)
             validate_checkpoint(checkpoint_files, self.quantization_config.compressed_modules, model)
+            if folder is not None:  # completeness, dense twins, per-tensor SHA-256 (OWL_VERIFY_CHECKSUMS=0: no hashing)
+                CheckpointFolder(folder).close()
         return model
 
     def get_weight_conversions(self) -> list[WeightConverter]:

@@ -1,5 +1,10 @@
 """Check a compact checkpoint's compressed tensors before transformers loads any weight.
 
+:func:`checkpoint_folder` and :func:`check_files_inside` refuse shard paths that leave the checkpoint
+folder (an edited index ``weight_map``: transformers itself joins them to the folder unchecked);
+``owl_plugin.checkpoint.CheckpointFolder`` then verifies completeness, dense twins and the per-tensor
+checksums (``owl_plugin.formats.integrity``).
+
 transformers catches errors raised inside weight conversions, lists them in its load report
 and then raises a generic "issues during automatic conversion" RuntimeError. Checking up
 front makes the error itself name the broken tensor. Only the small tensors are read (the
@@ -8,15 +13,20 @@ bitmask and the shape); the values are checked through their header.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from owl_plugin.checkpoint import check_safetensors_file
+from owl_plugin.checkpoint import CONFIG_NAME, check_safetensors_file, weight_files
+from owl_plugin.formats.integrity import CheckpointPathError
 from owl_plugin.formats.compact import CompactFormatError, check_compressed, compressed_keys
 
+logger = logging.getLogger(__name__)
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
            "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
            "BOOL": torch.bool}
@@ -67,3 +77,33 @@ def validate_checkpoint(files: Sequence[str], modules: Sequence[str], model: tor
         check_compressed(_DTYPES.get(dtype, dtype), tuple(values.get_shape()),
                          where[keys["bitmask"]].get_tensor(keys["bitmask"]),
                          where[keys["shape"]].get_tensor(keys["shape"]), name=name, expected_shape=expected)
+
+
+def checkpoint_folder(model: torch.nn.Module, files: Sequence[str]) -> Path | None:
+    """The folder the checkpoint was loaded from: the local ``name_or_path``, else the shards' folder that holds
+    config.json (a Hub cache snapshot); None when there is none (then only the per-tensor checks run)."""
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    if name and (Path(name) / CONFIG_NAME).is_file():
+        return Path(name)
+    parents = {Path(os.path.normpath(path)).parent for path in files}
+    found = [parent for parent in sorted(parents) if (parent / CONFIG_NAME).is_file()]
+    if len(found) != 1:
+        logger.warning("owl_sparse: cannot tell the checkpoint folder of %s; its checksums are not verified", name)
+        return None
+    return found[0]
+
+
+def check_files_inside(folder: Path, files: Sequence[str]) -> None:
+    """Refuse shard paths outside ``folder`` (naming the index entry, else the path transformers resolved).
+
+    Raises:
+        CheckpointPathError: a ``weight_map`` / ``transformers_weights`` entry or a resolved shard leaves the folder.
+    """
+    weight_files(folder)  # names the bad index entry
+    root = os.path.abspath(folder)
+    for path in files:
+        full = os.path.abspath(path)
+        if os.path.commonpath([root, full]) != root:
+            raise CheckpointPathError(f"transformers resolved the weights file {path}, which is outside the "
+                                      f"checkpoint folder {folder}; a checkpoint may only read its own files "
+                                      "(edited index? export or download it again)")

@@ -112,11 +112,25 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
             "generate_seconds": round(time.perf_counter() - loaded, 2), "sparse": sparse, "outputs": outputs}
 
 
+def _wrapped(chain: list[BaseException]) -> list[BaseException]:
+    """Errors wrapped by pydantic: a ValueError raised while vLLM builds its (pydantic) config, e.g. by the
+    owl_sparse integrity check, reaches the caller as a ValidationError holding it in ``errors()[i]["ctx"]``."""
+    found = []
+    for error in chain:
+        entries = error.errors() if callable(getattr(error, "errors", None)) else []
+        for entry in entries if isinstance(entries, list) else []:
+            inner = (entry.get("ctx") or {}).get("error") if isinstance(entry, dict) else None
+            if isinstance(inner, BaseException):
+                found.append(inner)
+    return found
+
+
 def load_failure(model: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """Try to load and run ``model``; ``None`` if that works, else the failure record.
 
     The record's ``error`` is the text of the first ``CompactFormatError`` in the error's chain
-    (the one naming the tensor), else of the innermost error; ``outer_error`` is what vLLM raised.
+    (the one naming the tensor; also when pydantic wrapped it), else of the innermost error;
+    ``outer_error`` is what vLLM raised.
     """
     from owl_plugin.formats.compact import CompactFormatError
 
@@ -127,6 +141,7 @@ def load_failure(model: str, args: argparse.Namespace) -> dict[str, Any] | None:
         chain = [error]
         while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 50:
             chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        chain += _wrapped(chain)
         root = next((e for e in chain if isinstance(e, CompactFormatError)), chain[-1])
         logger.info("loading %s failed as expected: %s: %s", model, type(root).__name__, root)
         return {"model": model, "expected": True, "error_type": type(root).__name__, "error": str(root),
@@ -160,7 +175,8 @@ def compare(reference: dict[str, Any], candidate: dict[str, Any], *, atol: float
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m owl_plugin.integrations.vllm.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder (dense or compact)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder (dense or compact); optional with --expect-failure")
     parser.add_argument("--compare", default=None, metavar="DIR", help="second checkpoint to compare with --model")
     parser.add_argument("--expect-failure", action="append", default=[], metavar="DIR",
                         help="checkpoint whose load must fail (its error is recorded); repeatable")
@@ -173,7 +189,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true",
                         help="let vLLM compile (slower start-up; default: enforce_eager)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model is None and not args.expect_failure:
+        parser.error("give --model DIR (or only --expect-failure DIR to check that loads fail)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -49,11 +49,14 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
         shards: checkpoint module names fused into the layer, in shard order (or ``[prefix]``).
         compressed: which of ``shards`` (or ``prefix`` itself) the checkpoint stores compressed.
         values_dtype: dtype of ``weight_values`` in the checkpoint (default: the model's dtype).
+        on_loaded: called after the weights are loaded, before the layer is prepared (the config's deferred
+            integrity check of a Hub checkpoint).
     """
 
     def __init__(self, prefix: str, shards: Sequence[str], compressed: Sequence[str],
-                 values_dtype: torch.dtype | None) -> None:
+                 values_dtype: torch.dtype | None, *, on_loaded: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.on_loaded = on_loaded
         self.prefix = prefix
         self.shards = list(shards)
         self.compressed = list(compressed)
@@ -125,6 +128,8 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Check every compressed shard was loaded, drop the placeholders, then prepare as unquantized."""
+        if self.on_loaded is not None:
+            self.on_loaded()
         if self._pending:
             incomplete = "; ".join(
                 f"{self._shard_name(shard)}.weight has {sorted(PIECES[p] for p in pieces)} but lacks "

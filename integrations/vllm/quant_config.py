@@ -10,6 +10,10 @@ of the shards vLLM fuses into it (``qkv_proj`` ← ``q_proj``, ``k_proj``, ``v_p
 model's ``packed_modules_mapping``), is listed in ``compressed_modules``; every other linear layer
 gets vLLM's plain ``UnquantizedLinearMethod``, and non-linear layers vLLM's defaults.
 
+Before the model is built, a local checkpoint folder passes ``integrity.check_folder`` (complete,
+no dense twins, per-tensor SHA-256 as exported, no paths outside the folder); a Hub checkpoint
+passes it after its weights are loaded.
+
 This module imports only vLLM's light quantization registry: vLLM imports it (through the plugin)
 in every process, also in those that never build a model. The linear layers are imported when the
 first layer is built.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +51,7 @@ class OwlSparseConfig(QuantizationConfig):
         super().__init__()
         self.compressed_modules = frozenset(modules)
         self.values_dtype: torch.dtype | None = None  # the checkpoint's dtype, from config.json
+        self.pending_check: tuple[str, str | None] | None = None  # a Hub id checked once its files are cached
 
     def __repr__(self) -> str:
         return f"OwlSparseConfig({len(self.compressed_modules)} compressed modules)"
@@ -74,7 +80,26 @@ class OwlSparseConfig(QuantizationConfig):
         self.compressed_modules = frozenset(hf_to_vllm_mapper.apply_list(sorted(self.compressed_modules)))
 
     def maybe_update_config(self, model_name: str, hf_config: Any = None, revision: str | None = None) -> None:
+        """Record the checkpoint dtype; check a local folder's integrity now (a Hub id: after loading)."""
+        from owl_plugin.integrations.vllm.integrity import check_folder
+
         self.values_dtype = _checkpoint_dtype(hf_config)
+        if Path(model_name).is_dir():
+            check_folder(model_name)
+        else:
+            self.pending_check = (model_name, revision)
+
+    def check_pending(self) -> None:
+        """Check a Hub checkpoint's cached folder once (called after the weights are loaded)."""
+        from owl_plugin.integrations.vllm.integrity import check_folder, hub_folder
+
+        if self.pending_check is None:
+            return
+        model, revision = self.pending_check
+        self.pending_check = None
+        folder = hub_folder(model, revision)
+        if folder is not None:
+            check_folder(folder)
 
     def shard_names(self, prefix: str) -> list[str]:
         """Checkpoint module names loaded into the vLLM layer ``prefix`` (its fused shards, or itself)."""
@@ -96,7 +121,7 @@ class OwlSparseConfig(QuantizationConfig):
         compressed = [name for name in names if name in self.compressed_modules]
         if not compressed:
             return UnquantizedLinearMethod()
-        return OwlSparseLinearMethod(prefix, shards, compressed, self.values_dtype)
+        return OwlSparseLinearMethod(prefix, shards, compressed, self.values_dtype, on_loaded=self.check_pending)
 
 
 def register_quantization() -> None:
