@@ -32,7 +32,10 @@ def interleaved(rounds: Mapping[str, Round], repetitions: int, *, warmup: int = 
     """
     from tqdm.auto import tqdm
 
+    from owl_plugin.validation.checks import STEP_PREFIX
+
     names = list(rounds)
+    print(f"{STEP_PREFIX}speed: warm-up, then {repetitions} interleaved rounds", flush=True)
     for _ in range(warmup):
         for name in names:
             rounds[name]()
@@ -43,6 +46,7 @@ def interleaved(rounds: Mapping[str, Round], repetitions: int, *, warmup: int = 
                 samples[name].setdefault(metric, []).append(float(value))
         logger.info("speed round %d/%d: %s", rep + 1, repetitions,
                     {n: {m: round(v[-1], 2) for m, v in s.items()} for n, s in samples.items()})
+        print(f"{STEP_PREFIX}speed: round {rep + 1}/{repetitions} done", flush=True)
     return samples
 
 
