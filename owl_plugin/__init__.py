@@ -13,7 +13,7 @@ Example:
 from owl_plugin.allocate import allocate, allocate_linears
 from owl_plugin.config import AlphaConfig, OWLConfig, UniformConfig, make_config
 from owl_plugin.plot import plot_profiles
-from owl_plugin.profile import ModuleSparsity, SparsityProfile
+from owl_plugin.profile import ModuleSparsity, ProfileError, SparsityProfile
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "AlphaConfig",
     "ModuleSparsity",
     "OWLConfig",
+    "ProfileError",
     "SparsityProfile",
     "UniformConfig",
     "allocate",

@@ -126,7 +126,8 @@ def test_saved_profile_errors(tiny_dir, tokenizer, tmp_path):
     blocks = prunable_linears(_load(tiny_dir))
     first = next(iter(blocks["model.layers.0"]))
     modules = {n: m for n, m in part.modules.items() if n != first}
-    path = SparsityProfile(method="atp", target=0.5, modules=modules).save(tmp_path / "part.json")
+    mean = sum(m.sparsity * m.num_params for m in modules.values()) / sum(m.num_params for m in modules.values())
+    path = SparsityProfile(method="atp", target=mean, modules=modules).save(tmp_path / "part.json")  # consistent
     with pytest.raises(ValueError, match="missing from it"):
         _run(_load(tiny_dir), tokenizer, [ProfileAllocationModifier(profile_file=str(path)), pruner])
 

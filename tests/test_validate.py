@@ -308,6 +308,8 @@ def test_mismatched_profile_fails_naming_the_module(pruned_models: dict[str, Pat
     profile = json.loads((broken / "sparsity_profile.json").read_text())
     actual = profile["modules"][MISPROFILED]["sparsity"]
     profile["modules"][MISPROFILED]["sparsity"] = 0.9
+    sizes = {name: entry["num_params"] for name, entry in profile["modules"].items()}  # target = new mean
+    profile["target"] = sum(e["sparsity"] * sizes[n] for n, e in profile["modules"].items()) / sum(sizes.values())
     (broken / "sparsity_profile.json").write_text(json.dumps(profile))
     result, report = validate(str(broken), "--engines", "transformers", "--report", str(tmp_path / "r"), *SMALL)
     assert result.returncode == 1
