@@ -6,8 +6,12 @@
     dlp:     Wanda scores from the same statistics as OWL → median score per unit
     atp:     nothing to measure: the ratio grows linearly with the unit's block index
 
-A *unit* is a decoder block (default, as in both papers) or a single linear
-(``granularity="linear"``). Ratios are computed per unit and given to every linear in it.
+A *unit* is a decoder block (default, as in both papers), a single linear (``granularity="linear"``)
+or, for MoE models, an expert (``granularity="expert"``: each expert's gate/up/down matrices form a
+unit, the block's other linears another). Ratios are computed per unit and given to every linear in
+it. Fused 3-D MoE experts are split into per-expert linears first (``owl_plugin.experts``); experts
+that calibration routes no token to follow ``owl_plugin.experts.UNROUTED_RULE`` and are listed in
+``params["unrouted_experts"]``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from owl_plugin.config import (
     AllocationConfig, AlphaConfig, ATPConfig, DLPConfig, OWLConfig, UniformConfig, config_params,
 )
 from owl_plugin.coverage import coverage
+from owl_plugin.experts import UNROUTED_RULE, expert_of, linearized, projection_of
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.spectra import hill_alpha
@@ -48,7 +53,39 @@ def check_target(target: float) -> float:
 def _units(blocks: Mapping[str, Mapping[str, nn.Linear]], granularity: str) -> dict[str, list[str]]:
     if granularity == "block":
         return {block: list(linears) for block, linears in blocks.items()}
+    if granularity == "expert":  # the block's non-expert linears, then one unit per MoE expert
+        units: dict[str, list[str]] = {}
+        for block, linears in blocks.items():
+            for name in linears:
+                units.setdefault(expert_of(name) or block, []).append(name)
+        return units
     return {name: [name] for linears in blocks.values() for name in linears}
+
+
+def _unit_kind(unit: str, members: Sequence[str]) -> str | None:
+    """What an unrouted unit is compared with: its projection (one expert linear), ``expert``, or None."""
+    if len(members) == 1 and members[0] == unit and projection_of(unit):
+        return projection_of(unit)
+    if expert_of(members[0]) == unit:
+        return "expert"
+    return None
+
+
+def _impute_unrouted(units: Mapping[str, list[str]], block_of: Mapping[str, str], scores: dict[str, float],
+                     unrouted_units: Sequence[str]) -> None:
+    """``owl_plugin.experts.UNROUTED_RULE``: an unrouted unit's score is the mean over routed units of its kind."""
+    routed = dict(scores)
+    for unit in unrouted_units:
+        kind, block = _unit_kind(unit, units[unit]), block_of[units[unit][0]]
+        peers = [u for u in routed if _unit_kind(u, units[u]) == kind]
+        pool = [routed[u] for u in peers if block_of[units[u][0]] == block] or [routed[u] for u in peers]
+        if kind is None or not pool:
+            raise ValueError(f"{unit!r} saw no calibration token and no routed unit of its kind exists to take "
+                             "its score from; use more calibration samples")
+        scores[unit] = float(np.mean(pool))
+    ordered = {u: scores[u] for u in units}  # unit order, as the formulas expect
+    scores.clear()
+    scores.update(ordered)
 
 
 def _check_weights(blocks: Mapping[str, Mapping[str, nn.Linear]]) -> None:
@@ -89,21 +126,22 @@ def allocate(
     """
     config = config or OWLConfig()
     check_target(target)
-    blocks = prunable_linears(model)  # refuses, by name, blocks holding prunable weights that are not nn.Linear
-    covered = coverage(model, [name for linears in blocks.values() for name in linears])
-    provenance = {"coverage": covered.to_dict(), **(provenance or {})}
-    _check_weights(blocks)  # before any forward pass, so a bad weight is named, not its block's output
-    input_sq_means = None
-    if needs_statistics(config):
-        if not calibration:
-            raise ValueError(
-                f"{config.method.upper()} needs calibration data (token batches) to measure activations; got none"
-            )
-        input_sq_means = collect_input_sq_means(model, calibration, device=device, progress=progress)
-    return allocate_linears(
-        blocks, target, config,
-        input_sq_means=input_sq_means, progress=progress, provenance=provenance,
-    )
+    with linearized(model):  # fused MoE experts → per-expert linears (views; owl_plugin.experts), restored after
+        blocks = prunable_linears(model)  # refuses, by name, blocks holding prunable weights that are not nn.Linear
+        covered = coverage(model, [name for linears in blocks.values() for name in linears])
+        provenance = {"coverage": covered.to_dict(), **(provenance or {})}
+        _check_weights(blocks)  # before any forward pass, so a bad weight is named, not its block's output
+        input_sq_means = None
+        if needs_statistics(config):
+            if not calibration:
+                raise ValueError(
+                    f"{config.method.upper()} needs calibration data (token batches) to measure activations; got none"
+                )
+            input_sq_means = collect_input_sq_means(model, calibration, device=device, progress=progress)
+        return allocate_linears(
+            blocks, target, config,
+            input_sq_means=input_sq_means, progress=progress, provenance=provenance,
+        )
 
 
 def needs_statistics(config: AllocationConfig) -> bool:
@@ -140,7 +178,20 @@ def allocate_linears(
     units = _units(blocks, getattr(config, "granularity", "block"))
     scores = unit_scores(blocks, config, input_sq_means=input_sq_means, alphas=alphas, progress=progress)
     bounded = unit_ratios(blocks, config, target, scores)
+    unrouted = unrouted_linears(blocks, config, input_sq_means)
+    if unrouted:
+        provenance = {**(provenance or {}), "unrouted_experts": {"modules": unrouted, "rule": UNROUTED_RULE}}
+        logger.warning("%d expert matrices saw no calibration token (e.g. %s): %s", len(unrouted), unrouted[0],
+                       UNROUTED_RULE)
     return _to_profile(config, target, units, bounded, linears, block_of, scores, provenance)
+
+
+def unrouted_linears(blocks: Mapping[str, Mapping[str, nn.Linear]], config: AllocationConfig,
+                     input_sq_means: Mapping[str, torch.Tensor] | None) -> list[str]:
+    """Expert linears without activation statistics (no calibration token routed to them), for OWL and DLP."""
+    if not needs_statistics(config) or input_sq_means is None:
+        return []
+    return [n for group in blocks.values() for n in group if n not in input_sq_means and expert_of(n)]
 
 
 def unit_scores(
@@ -163,14 +214,23 @@ def unit_scores(
     if isinstance(config, (UniformConfig, ATPConfig)):
         return scores
     if isinstance(config, (OWLConfig, DLPConfig)):
-        missing = [n for n in linears if input_sq_means is None or n not in input_sq_means]
+        missing = [n for n in linears if (input_sq_means is None or n not in input_sq_means) and not
+                   (input_sq_means is not None and expert_of(n))]  # an expert may be unrouted: UNROUTED_RULE
         if missing:
             raise ValueError(
                 f"{config.method.upper()} needs activation statistics for every linear; missing for {missing[:3]} ..."
             )
+        unrouted_units = []
         for unit, members in units.items():
-            wanda = (wanda_scores(linears[n].weight, input_sq_means[n]) for n in members)
+            routed = [n for n in members if n in input_sq_means]
+            if not routed:
+                unrouted_units.append(unit)
+                continue
+            wanda = (wanda_scores(linears[n].weight, input_sq_means[n]) for n in routed)
             scores[unit] = outlier_ratio(wanda, config.m) if isinstance(config, OWLConfig) else median_score(wanda)
+        if unrouted_units:
+            block_of = {name: block for block, group in blocks.items() for name in group}
+            _impute_unrouted(units, block_of, scores, unrouted_units)
         return scores
     if isinstance(config, AlphaConfig):
         if alphas is None:

@@ -9,8 +9,10 @@ from typing import Any, Literal
 from owl_plugin.bounds import check_bounds
 from owl_plugin.spectra import XMIN_RULES
 
-Granularity = Literal["block", "linear"]
-GRANULARITIES = ("block", "linear")
+#: block: one unit per decoder block (the papers); linear: every linear its own unit; expert: per decoder block,
+#: its non-expert linears form one unit and each MoE expert (its gate/up/down matrices) another (``owl_plugin.experts``)
+Granularity = Literal["block", "linear", "expert"]
+GRANULARITIES = ("block", "linear", "expert")
 
 
 def _check_granularity(value: str) -> None:

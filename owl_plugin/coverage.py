@@ -9,8 +9,10 @@ left dense while the profile reported the target over the rest. So:
 
     coverage = Σ numel(allocated weights) / Σ numel(prunable decoder weights)
 
-is recorded in every profile, and a model whose blocks hold prunable weights that are not
-``nn.Linear`` is refused by name (``UnsupportedArchitecture``, a ``ValueError``: exit 2).
+is recorded in every profile. Fused experts that ``owl_plugin.experts`` can split into per-expert
+``nn.Linear`` (Qwen3-MoE, Mixtral) are allocated and pruned per expert once linearized; a model whose
+blocks hold any other prunable weight that is not ``nn.Linear`` (e.g. gpt-oss's biased experts) is
+refused by name (``UnsupportedArchitecture``, a ``ValueError``: exit 2).
 """
 
 from __future__ import annotations
@@ -98,21 +100,34 @@ def _architecture(model: nn.Module) -> str:
     return architectures[0] if architectures else type(model).__name__
 
 
-def check_supported(model: nn.Module) -> None:
+def check_supported(model: nn.Module, *, fused_experts: str = "refuse") -> None:
     """Raise ``UnsupportedArchitecture`` if a decoder block holds a prunable weight that is not an ``nn.Linear``.
 
+    ``fused_experts="allow"`` accepts fused 3-D experts that ``owl_plugin.experts`` can linearize (a caller
+    that linearizes before allocating, e.g. llmcompressor's ``oneshot``); ``"refuse"`` (what the allocation
+    itself needs) refuses them too, saying to linearize first. Other foreign weights are always refused.
     The message is one line naming the architecture, the weight names (block index folded to ``N``)
     and the share of the decoder they hold.
     """
+    from owl_plugin.experts import why_not_linearizable
     from owl_plugin.layers import find_decoder_blocks
 
+    if fused_experts not in ("allow", "refuse"):
+        raise ValueError(f"fused_experts={fused_experts!r}: choose 'allow' or 'refuse'")
     prefix, blocks = find_decoder_blocks(model)
     weights = decoder_weights(model)
     linear_weights = {
         f"{prefix}.{i}.{name}.weight"
         for i, block in enumerate(blocks) for name, module in block.named_modules() if isinstance(module, nn.Linear)
     }
+    linearizable = {
+        f"{prefix}.{i}.{name}.{param}": why_not_linearizable(module)
+        for i, block in enumerate(blocks) for name, module in block.named_modules()
+        for param, _ in module.named_parameters(recurse=False)
+    }
     foreign = {n: p for n, p in weights.items() if n not in linear_weights}
+    if fused_experts == "allow":
+        foreign = {n: p for n, p in foreign.items() if n not in linearizable or linearizable[n] is not None}
     if not foreign:
         return
     kinds: dict[str, int] = {}
@@ -120,8 +135,14 @@ def check_supported(model: nn.Module) -> None:
         rest = name[len(prefix) + 1:].split(".", 1)[1]
         kinds[f"{prefix}.N.{rest}"] = kinds.get(f"{prefix}.N.{rest}", 0) + numel
     share = sum(foreign.values()) / sum(weights.values())
+    reasons = sorted({linearizable[n] for n in foreign if linearizable.get(n)} - {"not a fused experts module"})
+    if not reasons and all(linearizable.get(n) is None for n in foreign if n in linearizable):
+        hint = ("; they are fused experts: split them into per-expert linears first "
+                "(owl_plugin.experts.linearized), as owl profile and owl prune do")
+    else:
+        hint = f" ({', '.join(reasons)})" if reasons else ""
     raise UnsupportedArchitecture(
         f"{_architecture(model)} is not supported: its decoder blocks hold prunable weights that are not nn.Linear "
-        f"({', '.join(sorted(kinds))}; {share:.1%} of the decoder's prunable parameters), which the allocation "
-        "would leave dense; refusing rather than reporting the target over the rest"
+        f"({', '.join(sorted(kinds))}; {share:.1%} of the decoder's prunable parameters){hint}, which the "
+        "allocation would leave dense; refusing rather than reporting the target over the rest"
     )

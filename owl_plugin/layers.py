@@ -59,7 +59,8 @@ def prunable_linears(model: nn.Module) -> dict[str, dict[str, nn.Linear]]:
     """Decoder block name → its linears (full names). Embeddings and the LM head are not included.
 
     Raises ``owl_plugin.coverage.UnsupportedArchitecture`` (a ``ValueError``) when a block also holds
-    prunable weights that are not ``nn.Linear`` (e.g. fused 3-D MoE experts), naming them.
+    prunable weights that are not ``nn.Linear`` (e.g. fused 3-D MoE experts not yet split by
+    ``owl_plugin.experts.linearized``), naming them.
     """
     check_supported(model)
     prefix, blocks = find_decoder_blocks(model)

@@ -109,7 +109,8 @@ def collect_input_sq_means(
         progress: show a tqdm bar over blocks.
 
     Returns:
-        Full linear name → float32 tensor of shape (in_features,).
+        Full linear name → float32 tensor of shape (in_features,). A linear that saw no token (an MoE
+        expert the router never picked) has no entry.
     """
     if len(batches) == 0:
         raise ValueError("calibration data is empty: need at least one batch of token ids")
@@ -143,6 +144,7 @@ def collect_input_sq_means(
                 block.to(home)
         _check_finite(meters)
         for n, meter in meters.items():
-            means[n] = meter.mean()
+            if meter.tokens:  # an MoE expert no token was routed to has none (owl_plugin.experts.UNROUTED_RULE)
+                means[n] = meter.mean()
         logger.debug("collected statistics for %s (%d linears)", name, len(meters))
     return means

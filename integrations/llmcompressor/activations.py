@@ -21,6 +21,7 @@ from pydantic import field_validator
 from owl_plugin.statistics import collect_input_sq_means
 
 from owl_plugin.integrations.llmcompressor.base import AllocationModifier
+from owl_plugin.integrations.llmcompressor.experts import routed_statistics
 
 
 class ActivationAllocationModifier(AllocationModifier):
@@ -54,4 +55,5 @@ class ActivationAllocationModifier(AllocationModifier):
             batches.append(ids)
             windows += ids.shape[0]
         self._provenance["statistics_windows"] = windows
-        return collect_input_sq_means(state.model, batches)
+        with routed_statistics():  # an MoE expert's statistics are over the tokens routed to it
+            return collect_input_sq_means(state.model, batches)

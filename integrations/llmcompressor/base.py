@@ -46,6 +46,7 @@ from torch import nn
 from owl_plugin.allocate import allocate_linears, check_target
 from owl_plugin.allocators.mixed_nm import MaskStructure, achieved_mean, mixed_nm_counts, parse_mask_structure
 from owl_plugin.coverage import check_supported, coverage, is_router
+from owl_plugin.experts import expert_of
 from owl_plugin.layers import find_decoder_blocks
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
 from owl_plugin.verify import measured_sparsities, profile_mismatches
@@ -64,7 +65,8 @@ class AllocationModifier(Modifier):
     :param sparsity: target S; default: the following pruner's ``sparsity``.
     :param targets: modules to prune; default: the pruner's ``targets`` (given here, they replace them).
     :param ignore: modules to skip; default: the pruner's ``ignore`` (given here, they replace them).
-    :param granularity: ``"block"`` (one ratio per decoder block, as in the papers) or ``"linear"``.
+    :param granularity: ``"block"`` (one ratio per decoder block, as in the papers), ``"linear"``, or
+        ``"expert"`` (each MoE expert one unit, the block's other linears another).
     :param bounds: every ratio stays in [lower, upper]; out-of-bound formulas are projected back.
     """
 
@@ -73,7 +75,7 @@ class AllocationModifier(Modifier):
     sparsity: float | None = None
     targets: list[str] | None = None
     ignore: list[str] | None = None
-    granularity: Literal["block", "linear"] = "block"
+    granularity: Literal["block", "linear", "expert"] = "block"
     bounds: tuple[float, float] = (0.0, 0.99)
 
     _pruner: SparsityModifierBase | None = PrivateAttr(default=None)
@@ -231,7 +233,12 @@ class AllocationModifier(Modifier):
                         "or target the blocks, e.g. targets: ['re:model\\\\.layers\\\\.\\\\d+$']"
                     )
                 block_of[name] = block
-        unit_of = block_of if self.granularity == "block" else {n: n for n in block_of}
+        if self.granularity == "block":
+            unit_of = block_of
+        elif self.granularity == "expert":  # owl_plugin.experts: one unit per expert, the rest per block
+            unit_of = {n: expert_of(n) or block for n, block in block_of.items()}
+        else:
+            unit_of = {n: n for n in block_of}
         self._per_linear = any(len({unit_of[n] for n in members}) > 1 for members in groups.values())
         if self._per_linear:  # one pruner target per module so each can get its own ratio
             names = [name for members in groups.values() for name in members]

@@ -27,6 +27,7 @@ from owl_plugin.integrations.llmcompressor.compare import (
     UniformComparison,
     uniform_recipe,
 )
+from owl_plugin.integrations.llmcompressor.experts import fused_for_saving
 from owl_plugin.integrations.llmcompressor.recipe import read_recipe
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def prune(
         uniform_recipe(recipe_data, 0.5, _allocation_names())
     pretrained, tokenizer = load_model(model)
     kill_point("model-loaded")
-    check_supported(pretrained)  # before calibration: fused 3-D experts etc. are refused by name, not left dense
+    # before calibration: weights neither nn.Linear nor fused experts oneshot splits per expert are refused by name
+    check_supported(pretrained, fused_experts="allow")
     protocol = window_protocol(tokenizer, bos)
     logger.info("%s", protocol.describe())
     token_ids = tokenize(tokenizer, load_text(dataset))
@@ -180,6 +182,7 @@ def prune(
                                                                     "compare_uniform": comparison.as_dict()}})
 
     kill_point("pruned")
+    profile = fused_for_saving(pruned, profile)  # MoE: experts packed back, profile named as the checkpoint's tensors
     _save(pruned, tokenizer, profile, recipe_text, output, overwrite=overwrite)
     return PruneResult(output=output, profile=profile, measured_sparsity=achieved, comparison=comparison)
 
