@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class ExportResult:
         output_bytes: size of the exported weight files.
         checksums: weight file name → SHA-256 of the verified file.
         seconds: wall time.
+        skipped: source side files not copied (not known to be safe to publish; ``include=`` adds them).
     """
 
     output_dir: Path
@@ -75,6 +76,7 @@ class ExportResult:
     output_bytes: int
     checksums: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: tuple[str, ...] = ()
 
     @property
     def pruned_ratio(self) -> float:
@@ -94,6 +96,8 @@ class ExportResult:
             f"{self.pruned_dense_bytes / mb:.1f} MB dense -> {self.pruned_stored_bytes / mb:.1f} MB stored "
             f"(ratio {self.pruned_ratio:.4f}); weight files {self.source_bytes / mb:.1f} MB -> "
             f"{self.output_bytes / mb:.1f} MB (ratio {self.checkpoint_ratio:.4f}); {self.seconds:.1f} s"
+            + (f"; not copied (unknown side files, --include NAME copies one): {', '.join(self.skipped)}"
+               if self.skipped else "")
         )
 
 
@@ -194,17 +198,55 @@ def _measured_profile(pruned: Mapping[str, tuple[int, int]], names: list[str], c
                            params={"source": "zeros counted by owl export"})
 
 
-def _copy_side_files(source: Path, staging: Path, *, skip: set[str]) -> list[str]:
-    """Copy tokenizer, generation config, chat template, recipe, profile, README, ... (not weights)."""
-    copied = []
+#: side files an export copies from the source: tokenizer, configs, chat template, licence / readme / notice,
+#: and owl's own profile, plot, recipe and results. Anything else (a ``credentials.env``, notes, scripts) stays
+#: behind unless named with ``include=`` (``owl export --include NAME``): an export is meant to be published.
+KNOWN_SIDE_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "spm.model",
+    "chat_template.jinja", "chat_template.json", "generation_config.json", "preprocessor_config.json",
+    "processor_config.json", PROFILE_FILENAME, "sparsity_profile.png", "recipe.yaml", "results.json",
+})
+_DOCUMENT_STEMS = ("license", "licence", "readme", "notice", "copying", "use_policy")
+_DOCUMENT_SUFFIXES = ("", ".txt", ".md", ".rst")
+
+
+def is_known_side_file(name: str) -> bool:
+    """True for the side files every export copies (``KNOWN_SIDE_FILES``, LICENSE / README / NOTICE[.txt|.md])."""
+    stem, dot, suffix = name.partition(".")
+    return name in KNOWN_SIDE_FILES or (stem.lower().replace("-", "_") in _DOCUMENT_STEMS
+                                        and f"{dot}{suffix}".lower() in _DOCUMENT_SUFFIXES)
+
+
+def check_includes(source: Path, include: Sequence[str]) -> list[str]:
+    """``include`` names, each a plain file name of a regular file in ``source`` (ValueError naming it)."""
+    names = []
+    for name in include:
+        path = source / name
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"--include {name!r} is not a file name; name one file of {source} (no folders)")
+        if path.is_symlink() or not path.is_file():
+            raise ValueError(f"--include {name!r}: {path} is not a regular file in the source folder")
+        if name == CONFIG_NAME or name.endswith(_WEIGHT_SUFFIXES):
+            raise ValueError(f"--include {name!r} is a config or weight file; the export writes those itself")
+        names.append(name)
+    return names
+
+
+def _copy_side_files(source: Path, staging: Path, *, skip: set[str], include: Sequence[str] = ()) -> list[str]:
+    """Copy the known side files (and ``include``); return the names of the other files left behind."""
+    skipped = []
     for path in sorted(source.iterdir()):
         name = path.name
         if not path.is_file() or name.startswith(".") or name == CONFIG_NAME or name.endswith(_WEIGHT_SUFFIXES):
             continue
-        if name not in skip:
+        if name in skip:
+            continue
+        if (is_known_side_file(name) or name in include) and not path.is_symlink():
             shutil.copy2(path, staging / name)
-            copied.append(name)
-    return copied
+        else:
+            skipped.append(name)
+    return skipped
 
 
 def _sha256(path: Path) -> str:
@@ -254,6 +296,7 @@ def export_checkpoint(
     base_model: str | None = None,
     license: str | None = None,
     results: Results | Mapping | list | None = None,
+    include: Sequence[str] = (),
 ) -> ExportResult:
     """Write ``model_dir`` (dense or compact) to ``output_dir`` as a dense or compact checkpoint.
 
@@ -273,6 +316,8 @@ def export_checkpoint(
         license: license identifier for the model card (default: inherited from the source's card).
         results: perplexity / speed rows for the model card (``model_card.Results``); default: the
             source's ``results.json``.
+        include: names of further source side files to copy; by default only known ones are
+            (``KNOWN_SIDE_FILES``, LICENSE / README / NOTICE), the rest is listed in ``skipped``.
 
     Returns:
         An ``ExportResult`` with the size ratios and checksums.
@@ -302,6 +347,7 @@ def export_checkpoint(
         check_destination(target, inputs=(folder,), overwrite=overwrite,
                           flag="overwrite=True (owl export --overwrite)")
         check_source_config(source.config, source=str(folder))
+        include = check_includes(folder, include)
         chosen = _resolve_profile(profile, folder)
         names = source.dense_names()
         info = {name: source.dense_info(name) for name in names}
@@ -320,7 +366,8 @@ def export_checkpoint(
                     {name: staging / file for name, file in written.weight_map.items()})
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             explicit = profile is not None
-            _copy_side_files(folder, staging, skip={PROFILE_FILENAME} if explicit else set())
+            skipped = _copy_side_files(folder, staging, skip={PROFILE_FILENAME} if explicit else set(),
+                                       include=include)
             measured = chosen is None and bool(written.pruned)
             if explicit:
                 chosen.save(staging / PROFILE_FILENAME)
@@ -335,7 +382,7 @@ def export_checkpoint(
             output_dir=target, format=format, pruned_modules=tuple(written.pruned),
             pruned_dense_bytes=written.dense_bytes, pruned_stored_bytes=written.stored_bytes,
             source_bytes=source.weights_nbytes(), output_bytes=output_bytes, checksums=checksums,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started, skipped=tuple(skipped),
         )
     logger.info(result.summary())
     return result
