@@ -42,7 +42,15 @@ from typing import Any
 from owl_plugin.profile import PROFILE_FILENAME, SparsityProfile
 from owl_plugin.text import BOS_CHOICES, BOS_HELP, PYDOC
 
-from owl_plugin.integrations.openvino.modes import DEFAULT_MODE, MODE_HELP, MODES, compile_properties, mode_of
+from owl_plugin.integrations.openvino.ir import IR_NAME
+from owl_plugin.integrations.openvino.modes import (
+    DEFAULT_MODE,
+    MODE_HELP,
+    MODES,
+    check_stored_properties,
+    compile_properties,
+    mode_of,
+)
 from owl_plugin.integrations.openvino.sparse import DEFAULT_RATE, RATE_KEY, check_rate
 
 logger = logging.getLogger(__name__)
@@ -54,18 +62,34 @@ CHECK_SEQ_LEN = 512
 
 
 def read_settings(folder: str | Path) -> dict[str, Any] | None:
-    """The folder's ``owl_openvino.json`` (None when absent: not an owl-plugin export)."""
+    """The folder's ``owl_openvino.json`` (None when absent: not an owl-plugin export).
+
+    Refused (ValueError naming the file): a symbolic link (settings must live in the IR's own folder),
+    a file that is not JSON, another ``format``, or an ``ov_config`` setting anything but the properties
+    owl-plugin writes (``modes.STORED_PROPERTIES``).
+    """
     path = Path(folder) / SETTINGS_NAME
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; compile properties are read only from the IR's own folder")
     if not path.is_file():
         return None
-    settings = json.loads(path.read_text())
-    if settings.get("format") != SETTINGS_FORMAT:
-        raise ValueError(f"{path}: format={settings.get('format')!r}, expected {SETTINGS_FORMAT!r}")
+    try:
+        settings = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-export the IR") from None
+    if not isinstance(settings, dict) or settings.get("format") != SETTINGS_FORMAT:
+        found = settings.get("format") if isinstance(settings, dict) else type(settings).__name__
+        raise ValueError(f"{path}: format={found!r}, expected {SETTINGS_FORMAT!r}")
+    if "ov_config" in settings:
+        settings["ov_config"] = check_stored_properties(settings["ov_config"], str(path))
     return settings
 
 
-def stored_ov_config(folder: str | Path) -> dict[str, str]:
-    """The compile properties stored with an export (``{}`` for other folders)."""
+def stored_ov_config(folder: str | Path, ir_name: str = IR_NAME) -> dict[str, str]:
+    """The compile properties stored with an export: only from a folder holding the IR ``ir_name``
+    (``{}`` for other folders), only the properties owl-plugin writes (ValueError otherwise)."""
+    if not (Path(folder) / ir_name).is_file():
+        return {}
     settings = read_settings(folder)
     return dict(settings.get("ov_config", {})) if settings else {}
 

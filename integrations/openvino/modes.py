@@ -69,6 +69,47 @@ def mode_of(name: str) -> Mode:
     return MODES[name]
 
 
+def _precision(value: str) -> bool:
+    return value in ("f32", "bf16", "f16")
+
+
+def _group_size(value: str) -> bool:
+    return value.isdigit() and int(value) <= 1 << 16
+
+
+def _rate(value: str) -> bool:
+    try:
+        return 0.0 < float(value) <= 1.0
+    except ValueError:
+        return False
+
+
+#: the only compile properties a stored ``ov_config`` may set (what ``compile_properties`` writes), each with
+#: its accepted values; a folder's ``owl_openvino.json`` cannot reach any other OpenVINO property (cache
+#: folders, mmap, threads, plugins...), whoever wrote it
+STORED_PROPERTIES = {
+    "INFERENCE_PRECISION_HINT": (_precision, "f32, bf16 or f16"),
+    "KV_CACHE_PRECISION": (_precision, "f32, bf16 or f16"),
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": (_group_size, "a whole number of at most 65536"),
+    RATE_KEY: (_rate, "a fraction in (0, 1]"),
+}
+
+
+def check_stored_properties(config: object, where: str) -> dict[str, str]:
+    """``config`` (a stored ``ov_config``) if every key is in ``STORED_PROPERTIES`` with an accepted value;
+    else a ValueError naming ``where``, the key and the value."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: ov_config must be an object of compile properties, not {type(config).__name__}")
+    for key, value in config.items():
+        if key not in STORED_PROPERTIES:
+            raise ValueError(f"{where}: {key!r} is not a compile property owl-plugin writes (it may set only "
+                             f"{', '.join(STORED_PROPERTIES)}); refusing to apply the folder's ov_config")
+        accepts, expected = STORED_PROPERTIES[key]
+        if not isinstance(value, str) or not accepts(value):
+            raise ValueError(f"{where}: {key}={value!r} is not {expected}; refusing to apply the folder's ov_config")
+    return dict(config)
+
+
 def compile_properties(mode: Mode, rate: float) -> dict[str, str]:
     """The CPU properties stored in ``owl_openvino.json`` for ``mode``: the precision pins, plus the
     sparse-kernel rate in ``static`` mode (the only mode whose int8 x int8 linears can use it)."""

@@ -9,6 +9,12 @@ hook (``owl_plugin_autoload``) imports this module when ``optimum.intel.openvino
 is imported, and :func:`register` wraps ``OVBaseModel.from_pretrained``: when the folder holds
 ``owl_openvino.json``, its ``ov_config`` is merged under the caller's (explicit entries win).
 Folders without the file, and hub ids, load exactly as before.
+
+Trust: the hook runs in every process of the venv, so it applies only what an owl-plugin export
+writes (the precision pins and the sparse rate, ``modes.STORED_PROPERTIES``; anything else is
+refused by name), only to the one ``from_pretrained`` call, and only from the folder whose IR is
+being loaded (``model_id`` + ``subfolder``, holding ``file_name``); a symbolic-linked settings file
+is refused. Nothing is set process-wide (no ``Core.set_property``, no environment).
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ def register() -> None:
     def from_pretrained(cls, model_id, *args, **kwargs):
         from owl_plugin.integrations.openvino.export import stored_ov_config
 
-        folder = Path(str(model_id))
-        stored = stored_ov_config(folder) if folder.is_dir() else {}
+        from owl_plugin.integrations.openvino.ir import IR_NAME
+
+        folder = Path(str(model_id)) / str(kwargs.get("subfolder") or "")  # the folder whose IR is loaded
+        ir_name = Path(str(kwargs.get("file_name") or IR_NAME)).name
+        stored = stored_ov_config(folder, ir_name) if folder.is_dir() else {}
         if stored:
             kwargs["ov_config"] = {**stored, **(kwargs.get("ov_config") or {})}
             logger.info("%s: compile properties from owl_openvino.json: %s", folder, stored)
