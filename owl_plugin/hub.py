@@ -9,21 +9,26 @@ commit; ``.gitattributes`` stays. If the commit fails and this call created the 
 the branch), it deletes it again unless ``resume=True``; a re-run then finds the LFS blobs
 already uploaded and sends only what is missing.
 
-Everything that can be checked locally is checked before any request: the repo id, offline
-mode (``HF_HUB_OFFLINE=1``) and the token (``token=``, else ``HF_TOKEN``, else the one saved by
-``hf auth login``). A network failure, a rejected token or a missing write permission becomes a
+Everything that can be checked locally is checked before any request: the repo id, the files
+(listed before the upload; a file whose name looks like a secret, ``SECRET_PATTERNS``, refuses
+the whole push), offline mode (``HF_HUB_OFFLINE=1``) and the token (``token=``, else ``HF_TOKEN``,
+else the one saved by ``hf auth login``). These raise a ``HubError`` with ``local = True`` (the CLI
+exits 2). A new repository is created private unless ``private=False`` (``owl push --public``).
+A network failure, a rejected token or a missing write permission becomes a
 ``HubError`` that says what to do. The folder itself is never modified: an owl-plugin model
 card is re-rendered for the target repo id in memory when the folder's card names another one.
 
 Example:
-    >>> push_to_hub("exports/smollm2-owl-70", "my-org/SmolLM2-135M-owl-70", private=True)
+    >>> push_to_hub("exports/smollm2-owl-70", "my-org/SmolLM2-135M-owl-70")  # private unless private=False
     PushResult(repo_id='my-org/SmolLM2-135M-owl-70', ...)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +43,22 @@ LOGIN_HINT = ("set HF_TOKEN=hf_... (a token with write access from https://huggi
 _TRUE = {"1", "true", "yes", "on"}
 
 
+#: file names (any folder level, case-insensitive) that look like secrets: a push holding one is refused
+SECRET_PATTERNS = (
+    ".env", ".env.*", "*.env", "*credential*", "*secret*", "*password*", "*passwd*", "*.pem", "*.key", "*.p12",
+    "*.pfx", "*.jks", "*.keystore", "*.kdbx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc",
+    ".pypirc", ".git-credentials", ".htpasswd", "token", "token.*", "*.token", "*_token", "*_token.*", "*-token",
+    "*-token.*", "tokens", "tokens.*", "*.tfstate", "service_account*.json", "*.ovpn",
+)
+
+
 class HubError(RuntimeError):
-    """Publishing on the Hub failed; the local folder is untouched."""
+    """Publishing on the Hub failed; the local folder is untouched.
+
+    ``local`` is True when the failure was found before any request (the user's to fix: the CLI exits 2).
+    """
+
+    local = False
 
 
 class HubAuthError(HubError):
@@ -48,6 +67,42 @@ class HubAuthError(HubError):
 
 class HubOfflineError(HubError):
     """Offline mode is on, or the Hub cannot be reached."""
+
+
+class NoTokenError(HubAuthError):
+    """No token anywhere (found before any request)."""
+
+    local = True
+
+
+class OfflineModeError(HubOfflineError):
+    """``HF_HUB_OFFLINE`` is on (found before any request)."""
+
+    local = True
+
+
+class SecretFileError(HubError):
+    """The folder holds a file whose name looks like a secret (found before any request)."""
+
+    local = True
+
+
+def looks_like_secret(relative: str) -> str | None:
+    """The ``SECRET_PATTERNS`` entry a path (relative, POSIX) matches in any of its parts, else None."""
+    for part in relative.lower().split("/"):
+        for pattern in SECRET_PATTERNS:
+            if fnmatch.fnmatchcase(part, pattern):
+                return pattern
+    return None
+
+
+def check_no_secrets(folder: Path, names: list[str]) -> None:
+    """``SecretFileError`` naming every file of ``names`` that looks like a secret."""
+    found = [f"{name} (matches {pattern!r})" for name in names if (pattern := looks_like_secret(name))]
+    if found:
+        raise SecretFileError(
+            f"refusing to push {folder}: {len(found)} file(s) look like secrets: {', '.join(found)}; remove them "
+            "from the folder (an owl export copies only known side files unless --include names one)")
 
 
 @dataclass(frozen=True)
@@ -88,7 +143,7 @@ def resolve_token(token: str | None = None) -> str:
 
     found = token or get_token()
     if not found:
-        raise HubAuthError(f"no Hugging Face token found: {LOGIN_HINT}")
+        raise NoTokenError(f"no Hugging Face token found: {LOGIN_HINT}")
     return found
 
 
@@ -100,7 +155,7 @@ def check_can_push(repo_id: str, *, token: str | None = None) -> str:
     """
     check_hub_repo_id(repo_id)
     if is_offline():
-        raise HubOfflineError(f"cannot push to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1); "
+        raise OfflineModeError(f"cannot push to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1); "
                               "unset HF_HUB_OFFLINE on a machine with internet access and push again")
     return resolve_token(token)
 
@@ -159,10 +214,11 @@ def push_to_hub(
     repo_id: str,
     *,
     token: str | None = None,
-    private: bool = False,
+    private: bool = True,
     revision: str | None = None,
     resume: bool = False,
     commit_message: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> PushResult:
     """Upload an export folder to ``repo_id`` as one commit.
 
@@ -170,10 +226,11 @@ def push_to_hub(
         folder: an export folder (``owl export`` output: config.json, weights, README.md, ...).
         repo_id: ``ORG/NAME`` (or ``USER/NAME``).
         token: Hub token; default ``HF_TOKEN`` or the saved login.
-        private: create the repository private (an existing repository keeps its visibility).
+        private: create the repository private (default; an existing repository keeps its visibility).
         revision: branch to commit to (created from main if missing); default main.
         resume: on failure, keep a repository (or branch) this call created, to push into it again.
         commit_message: default "owl-plugin export: <folder name>".
+        announce: receives the lines listing what will be uploaded, before any request (default: the log).
 
     Returns:
         A ``PushResult``.
@@ -183,6 +240,7 @@ def push_to_hub(
         FileNotFoundError: ``folder`` is not an export folder.
         HubAuthError: no token, or the Hub rejected it.
         HubOfflineError: offline mode, or the Hub cannot be reached.
+        SecretFileError: a file's name looks like a secret (``SECRET_PATTERNS``).
         HubError: any other refusal by the Hub.
     """
     check_hub_repo_id(repo_id)
@@ -190,11 +248,18 @@ def push_to_hub(
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} is not an export folder (no {CONFIG_NAME}); write one with "
                                 "`owl export MODEL --format dense|compact --output DIR` and push that")
+    files = _local_files(folder)
+    names = [path.relative_to(folder).as_posix() for path in files]
+    check_no_secrets(folder, names)
     token = check_can_push(repo_id, token=token)
+    say = announce or logger.info
+    visibility = "private" if private else "PUBLIC"
+    say(f"uploading {len(files)} files of {folder} to {repo_id} (a new repository is created {visibility}):")
+    for name, path in zip(names, files, strict=True):
+        say(f"  {name}  ({path.stat().st_size:,} bytes)")
 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-    files = _local_files(folder)
     operations: list[Any] = []
     readme_text = (folder / README_NAME).read_text(errors="replace") if (folder / README_NAME).is_file() else ""
     for path in files:
