@@ -10,8 +10,8 @@ and the compact export reloads bit-identical in transformers.
 MoE models (transformers 5 fuses Qwen3-MoE's and Mixtral's experts into 3-D parameters) are allocated
 and pruned per expert (``owl_plugin.experts``): every expert matrix is a unit, the router never is,
 unrouted experts follow the stated rule and are named, and the pruned checkpoint keeps the family's
-layout and reaches the target. Their compact export does not load in transformers yet (refused by
-tensor name); experts with biases (gpt-oss) are refused by name with exit 2.
+layout and reaches the target, and its compact export reloads bit-identical in transformers (which
+fuses the experts again). Experts with biases (gpt-oss) are refused by name with exit 2.
 """
 
 from __future__ import annotations
@@ -236,22 +236,29 @@ def test_moe_prune_reaches_the_target_on_the_saved_checkpoint(moe_dir, recipe, t
     assert same_bits(fused.gate_up_proj[3], torch.cat([gate, up])) and same_bits(fused.down_proj[3], down)
 
 
-def test_moe_compact_export_is_refused_by_name_when_loaded_in_transformers(moe_dir, tmp_path, capsys) -> None:
-    """The compact export of an MoE checkpoint writes per-expert compressed tensors; transformers 5 fuses experts
-    while loading, which the owl_sparse loader does not do yet: it refuses by tensor name, never loads random
-    experts."""
-    from owl_plugin.formats.compact import CompactFormatError
-
+def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys) -> None:
+    """Per-expert compressed tensors are decompressed before transformers fuses the experts; the reloaded model
+    equals the dense pruned one bit for bit and saves back to the family's per-expert layout."""
     arch, folder = moe_dir
-    (tmp_path / "recipe.yaml").write_text(RECIPE % TARGET)
+    (tmp_path / "recipe.yaml").write_text(RECIPE_PER_EXPERT % TARGET)
     pruned, compact = tmp_path / "pruned", tmp_path / "compact"
     assert main(["prune", "--model", str(folder), "--recipe", str(tmp_path / "recipe.yaml"), "--output",
                  str(pruned), "--num-samples", "2", "--seq-len", "16"]) == 0
     assert main(["export", str(pruned), "--format", "compact", "--output", str(compact)]) == 0
     capsys.readouterr()
-    with pytest.raises(CompactFormatError, match=rf"model\.layers\.0\.{EXPERT_PREFIX[arch]}\.0\.") as error:
-        AutoModelForCausalLM.from_pretrained(compact, dtype=torch.float32)
-    assert "experts" in str(error.value)
+    config = json.loads((compact / "config.json").read_text())
+    compressed = config["quantization_config"]["compressed_modules"]
+    expert_prefix = f"model.layers.0.{EXPERT_PREFIX[arch]}."
+    assert sum(m.startswith(expert_prefix) for m in compressed) == EXPERTS * 3, compressed
+    reference = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float32).state_dict()
+    model = AutoModelForCausalLM.from_pretrained(compact, dtype=torch.float32)
+    loaded = model.state_dict()
+    assert set(loaded) == set(reference), arch
+    different = [name for name, tensor in reference.items() if not same_bits(loaded[name], tensor)]
+    assert not different, (arch, different[:5])
+    assert "mlp.experts.gate_up_proj" in " ".join(loaded)  # fused in memory
+    model.save_pretrained(tmp_path / "resaved")
+    assert set(_checkpoint(tmp_path / "resaved")) == set(_checkpoint(pruned))
 
 
 def test_experts_with_biases_are_refused_by_name(tmp_path, tokenizer, capsys) -> None:

@@ -32,6 +32,7 @@ from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFF
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 
 from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
+from owl_plugin.integrations.transformers.moe import expert_conversions, merged_into_fused_experts, restore_conversions
 from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
 from owl_plugin.integrations.transformers.validation import check_files_inside, checkpoint_folder, validate_checkpoint
 
@@ -70,16 +71,21 @@ class OwlSparseHfQuantizer(HfQuantizer):
             )
         ]
 
+    def update_weight_conversions(self, weight_conversions: list) -> list:
+        """MoE: the model's expert-merging converters also read compact parts (``moe.expert_conversions``)."""
+        return expert_conversions(list(weight_conversions)) + self.get_weight_conversions()
+
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         # The weights are dense now; saving must not try to reverse the decompression.
-        conversions = getattr(model, "_weight_conversions", None) or []
+        conversions = restore_conversions(getattr(model, "_weight_conversions", None) or [])
         model._weight_conversions = [
             c for c in conversions
             if not any(isinstance(op, OwlSparseDecompress) for op in getattr(c, "operations", ()))
         ]
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
-        if not dense_requested():
-            swap_in_sparse_linears(model, self.quantization_config.compressed_modules)
+        if not dense_requested():  # MoE experts merged into fused 3-D parameters stay dense
+            swap_in_sparse_linears(model, [m for m in self.quantization_config.compressed_modules
+                                           if not merged_into_fused_experts(model, m)])
         return model
 
     def is_serializable(self) -> bool:

@@ -26,6 +26,8 @@ from owl_plugin.checkpoint import CONFIG_NAME, check_safetensors_file, weight_fi
 from owl_plugin.formats.integrity import CheckpointPathError
 from owl_plugin.formats.compact import CompactFormatError, check_compressed, compressed_keys
 
+from owl_plugin.integrations.transformers.moe import merged_into_fused_experts
+
 logger = logging.getLogger(__name__)
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
            "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
@@ -68,7 +70,9 @@ def validate_checkpoint(files: Sequence[str], modules: Sequence[str], model: tor
             raise CompactFormatError(f"{name}: the checkpoint lacks {missing}; the compact checkpoint is incomplete, "
                                      "export it again with `owl export MODEL --format compact`")
         expected = _parameter_shape(model, name)
-        if expected is None:
+        if expected is None and merged_into_fused_experts(model, name):
+            expected = ()  # an expert matrix transformers fuses into 3-D experts: its shape is checked at the merge
+        elif expected is None:
             raise CompactFormatError(f"{name}: listed in quantization_config.compressed_modules, but "
                                      f"{type(model).__name__} has no such parameter; the checkpoint belongs to "
                                      "another architecture")
@@ -76,7 +80,7 @@ def validate_checkpoint(files: Sequence[str], modules: Sequence[str], model: tor
         dtype = values.get_dtype()
         check_compressed(_DTYPES.get(dtype, dtype), tuple(values.get_shape()),
                          where[keys["bitmask"]].get_tensor(keys["bitmask"]),
-                         where[keys["shape"]].get_tensor(keys["shape"]), name=name, expected_shape=expected)
+                         where[keys["shape"]].get_tensor(keys["shape"]), name=name, expected_shape=expected or None)
 
 
 def checkpoint_folder(model: torch.nn.Module, files: Sequence[str]) -> Path | None:
