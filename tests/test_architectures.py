@@ -160,6 +160,7 @@ def test_moe_profile_allocates_every_expert_matrix(moe_dir, method, granularity,
     assert not any(name.endswith(".gate") for name in modules)
     assert coverage["covered_params"] == sum(m["num_params"] for m in modules.values())
     assert abs(profile["mean_sparsity"] - TARGET) < 1e-6
+    assert (tmp_path / "p" / "sparsity_experts.png").stat().st_size > 0  # the per-expert heat map
     if granularity == "expert":  # one ratio per expert (its three matrices), experts of a block differ
         for block in range(BLOCKS):
             ratios = [{modules[f"{e}.{p}"]["sparsity"] for p in ("gate_proj", "up_proj", "down_proj")}
@@ -171,10 +172,11 @@ def test_moe_profile_allocates_every_expert_matrix(moe_dir, method, granularity,
         assert len({modules[m]["sparsity"] for m in expert_matrices}) > len(expert_matrices) // 2
 
 
-def test_moe_unrouted_experts_get_their_kinds_mean_score_and_are_named(moe_dir) -> None:
+def test_moe_unrouted_experts_get_their_kinds_mean_score_and_are_named(moe_dir, tmp_path) -> None:
     from owl_plugin.allocate import allocate
     from owl_plugin.config import OWLConfig
     from owl_plugin.experts import UNROUTED_RULE
+    from owl_plugin.plot_experts import expert_ratios, plot_expert_ratios
 
     arch, folder = moe_dir
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -192,6 +194,11 @@ def test_moe_unrouted_experts_get_their_kinds_mean_score_and_are_named(moe_dir) 
         for expert in idle:  # the stated rule: the mean score of the block's routed experts
             assert profile.scores[expert] == pytest.approx(sum(routed) / len(routed))
     assert abs(profile.mean_sparsity() - TARGET) < 1e-6
+    ratios = expert_ratios(profile)  # what the heat map draws: blocks × experts
+    assert list(ratios) == [f"model.layers.{b}" for b in range(BLOCKS)]
+    expert_3 = profile.modules["model.layers.1.mlp.experts.3.down_proj"].sparsity  # one ratio per expert
+    assert ratios["model.layers.1"][3] == pytest.approx(expert_3)
+    assert plot_expert_ratios(profile, tmp_path / "experts.png").stat().st_size > 0
     assert type(model.model.layers[0].mlp.experts) is fused_class  # the fused modules are back
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
