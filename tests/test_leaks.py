@@ -145,3 +145,105 @@ def test_openvino_from_pretrained_hook_refuses_a_hostile_folder(tmp_path) -> Non
         assert line.startswith(f"REFUSED {hostile}/owl_openvino.json: 'CACHE_DIR' is not a compile property "
                                "owl-plugin writes"), line
     assert not list(tmp_path.glob("*.blob"))  # nothing compiled into the cache dir
+
+
+# -- owl validate --serve: the client talks to its own server only -----------------------------------------
+def test_serve_client_sends_the_key_and_ignores_proxies(monkeypatch) -> None:
+    """A real loopback HTTP server: requests arrive directly (http_proxy points at a closed port, which
+    urllib's default opener would use) and carry the server's bearer key."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from owl_plugin.integrations.vllm.validate import _get, _post
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
+            self._answer()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer()
+
+        def _answer(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert _post(f"{url}/v1/completions", {"prompt": [1]}, 10, "k3y") == {"ok": True}
+        assert _get(f"{url}/health", 10)[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("/v1/completions", "Bearer k3y"), ("/health", None)]
+
+
+def test_serve_retries_a_port_taken_before_the_server_bound_it(tmp_path) -> None:
+    """Real vLLM in its venv: the first port is taken (held here) between choosing and binding; the server
+    exits with 'address already in use' and is started again on another port, with a random API key in
+    its environment rather than on its command line. (The model does not exist, so the second start
+    fails at once, for a reason that names the model.)"""
+    import os
+    import socket
+    import subprocess
+    import textwrap
+
+    python = Path(__file__).parent.parent / ".venv-vllm" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"{python} does not exist; `make setup-vllm` builds it")
+    code = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        import owl_plugin.integrations.vllm.validate as validate
+        from owl_plugin.validation.protocol import ServeSettings
+        ports = [int(sys.argv[1])]
+        chosen = validate._free_port
+        validate._free_port = lambda: ports.pop() if ports else chosen()  # the race, made certain
+        server = validate.Server(sys.argv[2], Path(sys.argv[3]), max_model_len=64,
+                                 settings=ServeSettings(requests=1, concurrency=1, startup_timeout=240))
+        first = server.port
+        command = " ".join(server.process.args)
+        try:
+            server.wait_ready()
+            error = None
+        except Exception as failure:
+            error = str(failure)
+        finally:
+            server.stop()
+        print(json.dumps({"attempts": server.attempts, "first": first, "last": server.port, "error": error,
+                          "key_on_command_line": server.api_key in command, "key_length": len(server.api_key)}))
+    """)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(python), "-c", code, str(port), str(tmp_path / "no-such-model"),
+                               str(tmp_path / "serve.log")], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    log = (tmp_path / "serve.log").read_text(errors="replace").lower()
+    assert report["first"] == port and report["last"] != port and report["attempts"] == 2, report
+    assert "address already in use" in log
+    assert report["error"] and "no-such-model" in report["error"], report
+    assert not report["key_on_command_line"] and report["key_length"] >= 32

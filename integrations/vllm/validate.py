@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -194,17 +195,35 @@ def speed_round(llm, text_ids: Sequence[int], settings) -> dict[str, float]:
 
 
 # -- serving under load ------------------------------------------------------------------------
+PORT_ATTEMPTS = 5  # a port taken between choosing and binding it: the server exits at once, we retry on another
+_PORT_TAKEN = ("address already in use", "errno 98", "eaddrinuse")
+
+#: loopback requests never go through a proxy (http_proxy / HTTPS_PROXY / no_proxy are ignored): the
+#: prompts, completions and API key stay on this machine
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _free_port() -> int:
+    """A port free now; the server binds it later, so ``Server`` retries if someone took it meanwhile."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _post(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _post(url: str, body: dict[str, Any], timeout: float, api_key: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with LOOPBACK.open(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def _get(url: str, timeout: float, api_key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with LOOPBACK.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        return response.status, response.read()
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -219,33 +238,68 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1, stopped (and its children) on exit."""
+    """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1, stopped (and its children) on exit.
+
+    The server gets a random API key (``VLLM_API_KEY`` in its environment, not on its command line) and
+    every request carries it, so no other local process can use the engine, and a process that took the
+    port first cannot pass for it (ready = ``/v1/models`` answers with the key and our served name).
+    The port is chosen free and bound by the server moments later; if it was taken in between, the
+    server exits with "address already in use" and ``wait_ready`` starts it again on another port.
+    Requests bypass any proxy (``LOOPBACK``).
+    """
 
     def __init__(self, model: str, log: Path, *, max_model_len: int, settings: ServeSettings) -> None:
+        self.model, self.log, self.settings, self.max_model_len = model, log, settings, max_model_len
+        self.api_key = secrets.token_urlsafe(32)
+        self.attempts = 0
+        self._sink = None
+        self._log_start = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.attempts += 1
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        env["VLLM_API_KEY"] = self.api_key
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                    "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", SERVED_NAME,
-                   "--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_model_len), "--seed", "0",
-                   "--max-num-seqs", str(max(settings.concurrency, 1)), "--no-enable-prefix-caching"]
-        self._sink = open(log, "wb")  # noqa: SIM115 - closed in stop()
+                   "--dtype", "float32", "--enforce-eager", "--max-model-len", str(self.max_model_len), "--seed", "0",
+                   "--max-num-seqs", str(max(self.settings.concurrency, 1)), "--no-enable-prefix-caching"]
+        if self._sink is not None:
+            self._sink.close()
+        self._sink = open(self.log, "ab" if self.attempts > 1 else "wb")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._sink.tell()  # this attempt's output starts here
         # same process group as this runner: the orchestrator's group kill reaches it too
         self.process = subprocess.Popen(command, stdout=self._sink, stderr=subprocess.STDOUT, env=env)
-        self.settings = settings
+
+    def _is_ours(self) -> bool:
+        """Our server answers the API with our key and serves our model name."""
+        try:
+            status, body = _get(f"{self.url}/v1/models", 10, self.api_key)
+            names = [entry.get("id") for entry in json.loads(body).get("data", [])]
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return False
+        return status == 200 and SERVED_NAME in names
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+                with open(self.log, "rb") as handle:
+                    handle.seek(self._log_start)
+                    text = handle.read().decode(errors="replace")
+                if any(mark in text.lower() for mark in _PORT_TAKEN) and self.attempts < PORT_ATTEMPTS:
+                    logger.info("port %d was taken before the vLLM server bound it; retrying on another", self.port)
+                    self._start()
+                    continue
+                tail = "\n".join(text.splitlines()[-15:])
                 raise RuntimeError(f"the vLLM server exited with status {self.process.returncode} before it was "
                                    f"ready; its log ({self.log}) ends:\n{tail}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
+                status, _ = _get(f"{self.url}/health", 5)
+                if status == 200 and self.process.poll() is None and self._is_ours():
+                    return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(2)
@@ -260,7 +314,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._sink.close()
+        if self._sink is not None:
+            self._sink.close()
 
     def __enter__(self) -> Server:
         return self
@@ -269,7 +324,8 @@ class Server:
         self.stop()
 
 
-def load_test(url: str, prompts: Sequence[Sequence[int]], settings: ServeSettings) -> dict[str, Any]:
+def load_test(url: str, prompts: Sequence[Sequence[int]], settings: ServeSettings,
+              api_key: str | None = None) -> dict[str, Any]:
     """Send one greedy completion per prompt, ``concurrency`` in flight; texts, errors, latencies."""
 
     def one(ids: Sequence[int]) -> tuple[str | None, str | None, float]:
@@ -277,7 +333,7 @@ def load_test(url: str, prompts: Sequence[Sequence[int]], settings: ServeSetting
         body = {"model": SERVED_NAME, "prompt": list(ids), "max_tokens": settings.max_tokens, "temperature": 0.0,
                 "ignore_eos": True, "seed": 0}
         try:
-            reply = _post(f"{url}/v1/completions", body, settings.request_timeout)
+            reply = _post(f"{url}/v1/completions", body, settings.request_timeout, api_key)
             return reply["choices"][0]["text"], None, time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - counted as a failed request
             return None, f"{type(error).__name__}: {error}", time.perf_counter() - started
@@ -327,7 +383,7 @@ def serve_check(request: EngineRequest, result: EngineResult, text_ids: Sequence
                 startup = time.perf_counter() - started
                 logger.info("%s server ready in %.0f s; sending %d requests, %d at a time", label, startup,
                             settings.requests, settings.concurrency)
-                outcome = load_test(server.url, prompts, settings)
+                outcome = load_test(server.url, prompts, settings, server.api_key)
             outcome["startup_seconds"] = startup
             return outcome
 
