@@ -5,7 +5,8 @@
   or records with a ``text`` field);
 * ``"pydoc"``: Python's own ``pydoc_data.topics`` (always available, no download);
 * a hub dataset, ``NAME[:CONFIG][@SPLIT]``, e.g. ``wikitext:wikitext-2-raw-v1@validation``
-  (needs the ``datasets`` package and a network connection).
+  (needs the ``datasets`` package and a network connection). A bare word (no ``/``, ``:`` or ``@``)
+  that is not a file is refused rather than looked up on the Hub: it is most likely a mistyped file.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def load_text(source: str | os.PathLike, *, column: str = "text") -> str:
         return text
     if path.suffix in {".txt", ".json", ".jsonl"} or source_str.startswith(("/", "./", "../", "~")):
         raise FileNotFoundError(f"text file {source_str!r} does not exist")
+    if not any(mark in source_str for mark in "/:@"):  # a bare word: most likely a file name mistyped
+        raise FileNotFoundError(f"text source {source_str!r} is not a file here; a hub dataset needs its full id "
+                                "ORG/NAME[:CONFIG][@SPLIT] (e.g. Salesforce/wikitext:wikitext-2-raw-v1@validation); "
+                                "or pass a .txt/.json/.jsonl file or 'pydoc'")
     if not _HUB_DATASET.fullmatch(source_str):
         raise ValueError(f"text source {source_str!r} is neither an existing file nor a hub dataset name "
                          "(NAME[:CONFIG][@SPLIT]); pass a .txt/.json/.jsonl file or 'pydoc'")
@@ -53,17 +58,32 @@ _HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%
 
 
 def _read_file(path: Path, column: str) -> str:
+    if path.suffix in (".json", ".jsonl"):
+        try:
+            return _read_json(path, column)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid {path.suffix[1:].upper()} (line {error.lineno}, column "
+                             f"{error.colno}: {error.msg}); fix the file or pass a .txt file") from None
+    return path.read_text(encoding="utf-8")
+
+
+def _read_json(path: Path, column: str) -> str:
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix == ".json":
-        records = json.loads(path.read_text())
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path} is not valid JSONL (line {number}, column {error.colno}: "
+                                     f"{error.msg}); fix the file or pass a .txt file") from None
+    else:
+        records = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(records, dict) and column in records:
             records = records[column]
         if not isinstance(records, list):
             raise ValueError(f"{path}: expected a JSON list of strings or of records with a {column!r} field")
-    else:
-        return path.read_text(encoding="utf-8")
-    texts = [r if isinstance(r, str) else r.get(column) for r in records]
+    texts = [r if isinstance(r, str) else r.get(column) if isinstance(r, dict) else None for r in records]
     if any(not isinstance(t, str) for t in texts):
         raise ValueError(f"{path}: every record must be a string or have a string {column!r} field")
     return "\n\n".join(texts)

@@ -77,12 +77,47 @@ def test_offline_mode_fails_before_any_request(export, monkeypatch) -> None:
 def test_owl_push_without_a_token(export, tmp_path) -> None:
     before = _snapshot(export)
     result = _owl("push", str(export), REPO, hf_home=tmp_path / "hf-home")  # empty HF_HOME: no saved login
-    assert result.returncode == 3, result.stderr
-    assert ("no Hugging Face token found: set HF_TOKEN=hf_... (a token with write access from "
-            "https://huggingface.co/settings/tokens) or run `hf auth login`") in result.stderr
-    assert f"the folder {export} is complete and unchanged; push it again with `owl push {export} {REPO}`" \
-        in result.stderr
+    assert result.returncode == 2, result.stderr  # found before any request: the README's exit 2
+    assert ("owl push: error: no Hugging Face token found: set HF_TOKEN=hf_... (a token with write access from "
+            "https://huggingface.co/settings/tokens) or run `hf auth login`; nothing was uploaded") in result.stderr
     assert _snapshot(export) == before
+
+
+@pytest.mark.parametrize("name", ["credentials.env", ".env", "id_rsa", "server.pem", "hf_token", "token.txt",
+                                  "notes/my-secret.txt", "AWS_CREDENTIALS", "private.key"])
+def test_push_refuses_files_that_look_like_secrets_before_any_request(export, tmp_path, name) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for path in export.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("HF_TOKEN=hf_leak\n")
+    before = _snapshot(folder)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"  # a request would fail with ConnectError (exit 3), not 2
+    result = _owl("push", str(folder), REPO, hf_home=tmp_path / "hf-home", HF_TOKEN="hf_not_a_real_token",
+                  HF_ENDPOINT=endpoint)
+    if name.startswith("."):  # hidden files are never uploaded: nothing to refuse, the push goes on to the network
+        assert result.returncode == 3 and "ConnectError" in result.stderr, result.stderr
+        assert name not in result.stdout
+        return
+    assert result.returncode == 2, result.stderr
+    assert f"refusing to push {folder}: 1 file(s) look like secrets: {name}" in result.stderr
+    assert "nothing was uploaded" in result.stderr and "ConnectError" not in result.stderr
+    assert _snapshot(folder) == before
+
+
+def test_push_lists_the_files_and_creates_private_repos_unless_public(export, tmp_path) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    for flags, visibility in (((), "private"), (("--public",), "PUBLIC")):
+        result = _owl("push", str(export), REPO, *flags, hf_home=tmp_path / "hf-home", HF_TOKEN="hf_not_a_real_token",
+                      HF_ENDPOINT=endpoint)
+        assert result.returncode == 3, result.stderr  # listed first, then the (refused) connection
+        files = sorted(p.name for p in export.iterdir() if not p.name.startswith("."))
+        assert f"uploading {len(files)} files of {export} to {REPO} (a new repository is created {visibility}):" \
+            in result.stdout
+        for name in files:
+            assert f"  {name}  (" in result.stdout
+    assert _owl("push", str(export), REPO, "--public", "--private", hf_home=tmp_path / "hf-home").returncode == 2
 
 
 def test_export_push_checks_come_first(export, tmp_path, monkeypatch, capsys) -> None:

@@ -59,9 +59,20 @@ def check_recipe_nesting(data: Any, *, where: str = "recipe") -> None:
                             f"{where}: {name} needs a mapping of fields; write `{name}: {{}}` for defaults")
                     if isinstance(fields, dict) and "mask_structure" in fields:
                         _check_mask_structure(fields["mask_structure"], where=f"{where}: {name}")
+                    if isinstance(fields, dict) and "sparsity" in fields:
+                        _check_sparsity(fields["sparsity"], where=f"{where}: {name}")
                 found += len(modifiers)
     if not found:
         raise ValueError(f"{where}: no modifiers found; {NESTING_HINT}")
+
+
+def _check_sparsity(value: Any, *, where: str) -> None:
+    """Refuse a ``sparsity`` outside [0, 1) (a number, or a list / mapping of numbers) before any work:
+    without an allocation modifier llmcompressor takes it as is and fails only after the whole prune."""
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 <= item < 1.0:
+            raise ValueError(f"{where}: sparsity={item!r} must be a number in [0, 1), e.g. 0.7")
 
 
 def _check_mask_structure(value: Any, *, where: str) -> None:

@@ -83,6 +83,14 @@ class Tolerances:
     ppl_rel_lowp: float = 0.15
     greedy_lowp_min_prefix: float = 0.125
 
+    def __post_init__(self) -> None:
+        for name in ("ppl_rel", "ppl_rel_lowp"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, f"perplexity tolerance {name}={value!r} must be a "
+                     "finite fraction >= 0 (e.g. 0.005 for 0.5%)")
+        _require(0.0 <= self.greedy_lowp_min_prefix <= 1.0, f"greedy_lowp_min_prefix="
+                 f"{self.greedy_lowp_min_prefix!r} must be a fraction in [0, 1]")
+
 
 @dataclass(frozen=True)
 class EngineRequest:

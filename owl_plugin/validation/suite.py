@@ -148,6 +148,18 @@ def _check_inputs(options: ValidationOptions) -> None:
                          "--no-speed")
     if options.min_speedup and options.speed is None:
         raise ValueError(f"--min-speedup {dict(options.min_speedup)} needs speed measurements; drop --no-speed")
+    report = options.report_dir.absolute().resolve()
+    for folder in (pruned, options.baseline):
+        if folder is not None and (report == folder.resolve() or folder.resolve() in report.parents):
+            raise ValueError(f"--report {options.report_dir} is or lies inside the checkpoint {folder}; choose a "
+                             "report folder outside it")
+    if options.text is not None:  # a local text is read now, before any folder is made
+        from owl_plugin.text import load_text
+
+        text = options.text
+        if Path(text).expanduser().exists() or Path(text).suffix in {".txt", ".json", ".jsonl"} or \
+                text.startswith(("/", "./", "../", "~")) or not any(mark in text for mark in "/:@"):
+            load_text(text)
 
 
 def _text_file(options: ValidationOptions, work: Path) -> Path:
