@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from compact_helpers import tiny_llama as pruned_llama
+from tamper import dense_twin, drop_tensor, mask_swap
 
 from owl_plugin.cli import main
 
@@ -73,6 +74,14 @@ def _bad_ratio_profile(path: Path) -> None:
 
 
 PRUNED: list[Path] = []  # set by the ``pruned`` fixture (the profile setup above reads it)
+COMPACT: list[Path] = []  # its compact export, set by the same fixture (the tampering setups copy it)
+MODULE = "model.layers.1.mlp.down_proj"
+
+
+def _tampered(how: Callable[..., object], *args: str) -> Callable[[Path], None]:
+    return lambda tmp: how(COMPACT[0], tmp / "tampered", *args)
+
+
 PROFILE = ("--method", "uniform", "--sparsity", "0.5")
 OWL = ("--method", "owl", "--sparsity", "0.5", "--num-samples", "2", "--seq-len", "16")
 TUNE = ("--method", "owl", "--sparsity", "0.5", "--budget", "1", "--num-samples", "2", "--seq-len", "16",
@@ -170,6 +179,15 @@ CASES = [
     Case("export-compact-unpruned", ("export", "{tiny}", "--format", "compact", "-o", "{tmp}/out"), "tiny"),
     Case("export-openvino-missing-venv", ("export", "{pruned}", "--format", "openvino", "--openvino-venv",
                                           "{tmp}/no-venv", "-o", "{tmp}/out"), "no-venv"),
+    # loaders: a tampered compact checkpoint read back by the core loader (export to dense)
+    Case("loader-mask-swap", ("export", "{tmp}/tampered", "--format", "dense", "-o", "{tmp}/out"),
+         f"{MODULE}.weight_bitmask", _tampered(mask_swap, MODULE)),
+    Case("loader-dense-twin", ("export", "{tmp}/tampered", "--format", "dense", "-o", "{tmp}/out"),
+         f"{MODULE}.weight", _tampered(dense_twin, MODULE)),
+    Case("loader-missing-norm", ("export", "{tmp}/tampered", "--format", "dense", "-o", "{tmp}/out"),
+         "model.norm.weight", _tampered(drop_tensor, "model.norm.weight")),
+    Case("loader-missing-piece", ("export", "{tmp}/tampered", "--format", "dense", "-o", "{tmp}/out"),
+         "['weight_values']", _tampered(drop_tensor, f"{MODULE}.weight_values")),
     # -- owl tune ------------------------------------------------------------------------------------
     Case("tune-missing-model", ("tune", "{tmp}/nope", *TUNE, "-o", "{tmp}/out"), "nope"),
     Case("tune-sparsity-above-1", ("tune", "{tiny}", "--sparsity", "1.2", "-o", "{tmp}/out"), "1.2"),
@@ -211,6 +229,7 @@ CASES = [
     Case("push-bad-repo-id", ("push", "{pruned}", "no-namespace"), "no-namespace"),
     Case("push-secret-file", ("push", "{tmp}/export", "org/name"), "credentials.env",
          _both(_write("export/config.json", "{}"), _write("export/credentials.env", "HF_TOKEN=hf_x"))),
+    Case("push-no-token", ("push", "{pruned}", "org/name"), "no Hugging Face token found"),
     Case("push-offline", ("push", "{pruned}", "org/name"), "HF_HUB_OFFLINE", env={"HF_HUB_OFFLINE": "1"}),
     # -- owl validate --------------------------------------------------------------------------------
     Case("validate-missing-pruned", ("validate", "{tmp}/nope", "--report", "{tmp}/report"), "nope"),
@@ -267,7 +286,8 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("bad-inputs")
     export_checkpoint(pruned_llama(root / "raw", dtype=torch.float32), root / "pruned", format="dense")
-    PRUNED[:] = [root / "pruned"]
+    export_checkpoint(root / "pruned", root / "compact", format="compact")
+    PRUNED[:], COMPACT[:] = [root / "pruned"], [root / "compact"]
     return root / "pruned"
 
 
@@ -285,6 +305,11 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case: Case, tmp_path,
         monkeypatch.delenv(name, raising=False)
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
+    if case.name == "push-no-token":
+        from huggingface_hub import get_token
+
+        if get_token():
+            pytest.skip("this machine has a saved Hugging Face login (test_hub.py covers it with an empty HF_HOME)")
     if any("{model}" in arg for arg in case.argv):
         shutil.copytree(tiny_checkpoint, work / "model")
     if case.setup:
