@@ -104,3 +104,11 @@ def escaping_weights_file(compact: Path, target: Path) -> str:
     config["transformers_weights"] = escaped
     (target / "config.json").write_text(json.dumps(config, indent=2))
     return escaped
+
+
+def unlisted_module(compact: Path, target: Path, module: str) -> None:
+    """``module`` dropped from config.json's ``compressed_modules``; its compressed pieces stay stored."""
+    shutil.copytree(compact, target)
+    config = json.loads((target / "config.json").read_text())
+    config["quantization_config"]["compressed_modules"].remove(module)
+    (target / "config.json").write_text(json.dumps(config, indent=2))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from compact_helpers import assert_state_equal, load_state, stored_tensors, tiny_llama
-from tamper import dense_twin, drop_tensor, escaping_index, escaping_weights_file, mask_swap
+from tamper import dense_twin, drop_tensor, escaping_index, escaping_weights_file, mask_swap, unlisted_module
 
 from owl_plugin.checkpoint import CheckpointFolder
 from owl_plugin.export import export_checkpoint
@@ -50,14 +50,17 @@ def tampered(exports: dict[str, Path], case: str, target: Path) -> tuple[type[Ex
         if case == "missing-piece":
             return ValueError, [f"{MODULE}.weight", "lacks", "weight_values']"]
         return ValueError, [f"{key} is missing from {target}"]
+    if case == "unlisted-module":
+        unlisted_module(compact, target, MODULE)
+        return ValueError, [f"{MODULE}.weight_", "does not list in quantization_config.compressed_modules"]
     if case in ("index-parent", "index-absolute"):
         name, escaped = escaping_index(exports["sharded"], target, absolute=case == "index-absolute")
         return CheckpointPathError, [f"weight_map[{name!r}]", repr(escaped), "outside the checkpoint folder"]
     raise AssertionError(case)
 
 
-CASES = ["mask-swap", "dense-twin", "missing-norm", "missing-embedding", "missing-piece", "index-parent",
-         "index-absolute"]
+CASES = ["mask-swap", "dense-twin", "missing-norm", "missing-embedding", "missing-piece", "unlisted-module",
+         "index-parent", "index-absolute"]
 
 
 # -- what the export records ---------------------------------------------------------------------

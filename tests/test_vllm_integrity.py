@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from compact_helpers import tiny_llama
-from tamper import dense_twin, drop_tensor, escaping_index, escaping_weights_file, mask_swap
+from tamper import dense_twin, drop_tensor, escaping_index, escaping_weights_file, mask_swap, unlisted_module
 
 from owl_plugin.export import export_checkpoint
 
@@ -51,6 +51,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, s
     drop_tensor(compact, root / "missing-piece", f"{MODULE}.weight_shape")
     cases["missing-piece"] = (root / "missing-piece", "CompactFormatError",
                               [f"{MODULE}.weight", "lacks ['weight_shape']"])
+    unlisted_module(compact, root / "unlisted-module", MODULE)
+    cases["unlisted-module"] = (root / "unlisted-module", "CompactFormatError",
+                                [f"{MODULE}.weight_", "does not list in quantization_config.compressed_modules"])
     for case, absolute in (("index-parent", False), ("index-absolute", True)):
         name, escaped = escaping_index(sharded, root / case, absolute=absolute)
         cases[case] = (root / case, "CheckpointPathError",
@@ -84,7 +87,7 @@ def vllm_failures(folders) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("case", ["mask-swap", "dense-twin", "missing-norm", "missing-embedding", "missing-piece",
-                                  "index-parent", "index-absolute", "weights-file", "stray-file"])
+                                  "unlisted-module", "index-parent", "index-absolute", "weights-file", "stray-file"])
 def test_vllm_refuses_a_tampered_copy_by_name(folders, vllm_failures, case) -> None:
     path, error_type, words = folders["cases"][case]
     failure = vllm_failures[str(path)]

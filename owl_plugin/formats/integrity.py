@@ -12,7 +12,8 @@ quantization config) refuse, naming the file and the tensor:
   so every SPEC.md invariant, still holds, but the weights are wrong);
 - a tensor the checksums list that is not stored (a deleted norm, embedding or compressed piece);
 - a stored tensor the checksums do not list, and in particular a dense ``<module>.weight`` beside the
-  compressed pieces of the same module (a "dense twin": engines would load it instead of them);
+  compressed pieces of the same module (a "dense twin": engines would load it instead of them), and
+  compressed pieces of a module that ``compressed_modules`` does not list;
 - a shard path in the index (``weight_map``) or in ``transformers_weights`` that leaves the
   checkpoint folder (``../x``, ``/abs/x``).
 
@@ -175,6 +176,14 @@ def check_compact_tensors(
             an unlisted one is stored; ``ChecksumError`` when bytes differ. Each names the tensor and file.
     """
     config_path = str(Path(folder) / "config.json")
+    modules = list(modules)
+    pieces = {key for module in modules for key in compressed_keys(module).values()}
+    suffixes = tuple(f".{key.rpartition('.')[2]}" for key in compressed_keys("m").values())
+    orphans = [name for name in files if name.endswith(suffixes) and name not in pieces]
+    if orphans:
+        raise CompactFormatError(f"{orphans[0]} in {files[orphans[0]]} is a compressed piece of a module that "
+                                 f"{config_path} does not list in quantization_config.compressed_modules "
+                                 f"({len(orphans)} such tensors); the checkpoint is inconsistent, {_FIX}")
     for module in modules:
         keys = compressed_keys(module)
         missing = [key.rpartition(".")[2] for key in keys.values() if key not in files]
