@@ -36,6 +36,7 @@ class Case:
     culprit: str
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    non_root: bool = False  # permission cases: root writes anywhere
 
 
 def _write(relative: str, data: str | bytes) -> Callable[[Path], None]:
@@ -63,6 +64,13 @@ def _truncate(relative: str, keep: int) -> Callable[[Path], None]:
 
 def _mkdir(relative: str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / relative).mkdir(parents=True)
+
+
+def _read_only(relative: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / relative).mkdir(parents=True)
+        (tmp / relative).chmod(0o555)
+    return setup
 
 
 def _bad_ratio_profile(path: Path) -> None:
@@ -150,6 +158,10 @@ CASES = [
     Case("profile-output-contains-the-model", ("profile", "{model}", *PROFILE, "-o", "{tmp}"), "{tmp}"),
     Case("profile-output-is-the-working-directory", ("profile", "{tiny}", *PROFILE, "-o", "."),
          "working directory"),
+    Case("profile-read-only-output", ("profile", "{tiny}", *PROFILE, "-o", "{tmp}/ro/out"), "ro",
+         _read_only("ro"), non_root=True),
+    Case("export-read-only-output", ("export", "{pruned}", "--format", "dense", "-o", "{tmp}/ro/out"), "ro",
+         _read_only("ro"), non_root=True),
     Case("profile-num-samples-zero", ("profile", "{tiny}", *OWL[:4], "--num-samples", "0", "-o", "{tmp}/out"),
          "num_samples"),
     Case("profile-seq-len-negative", ("profile", "{tiny}", *OWL[:4], "--seq-len", "-5", "-o", "{tmp}/out"), "-5"),
@@ -311,6 +323,8 @@ def test_the_table_is_large_enough() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_fails_with_one_line_and_touches_nothing(case: Case, tmp_path, tiny_checkpoint, pruned, capsys,
                                                            monkeypatch) -> None:
+    if case.non_root and os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder; this case needs an ordinary user")
     work = tmp_path / "case"
     work.mkdir()
     for name in HUB_VARIABLES:
