@@ -391,6 +391,15 @@ def test_greedy_check_reports_the_first_divergence() -> None:
                             exact=False, min_prefix=0.5)
     assert result.checks[-1].values["first_divergence"]["prompt"] == 2 and "prompt 2 token 0" in \
         result.checks[-1].detail
+    # a flip between near-equal tokens (reference margin 0.1 nats) is tolerated; a confident one is not
+    reference, got = [[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 9, 9, 9], [5, 6, 7, 8]]
+    margins = [[2.0, 0.1, 2.0, 2.0], [2.0] * 4]
+    assert greedy_check(result, "tie", reference, got, exact=False, min_prefix=0.5, margins=margins, near_tie=0.25)
+    assert result.checks[-1].values["near_tie_flips"] == [[0, 1]] and "1 near-tie flip" in result.checks[-1].detail
+    assert not greedy_check(result, "tie", reference, got, exact=False, min_prefix=0.5, margins=margins, near_tie=0.05)
+    assert not greedy_check(result, "tie", reference, [[1, 9, 9, 9], [5, 0, 7, 8]], exact=False, min_prefix=0.5,
+                            margins=margins, near_tie=0.25)
+    assert "prompt 1 token 1" in result.checks[-1].detail  # names the confident flip the rule failed on
 
 
 def test_runner_steps_reach_the_suite_while_the_runner_is_still_running(tmp_path, capsys) -> None:

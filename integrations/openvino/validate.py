@@ -184,7 +184,8 @@ def run(request: EngineRequest, result: EngineResult) -> None:
     if generated is not None:
         result.generated["pruned"] = generated
         greedy_check(result, "agrees/greedy", reference.get("generated_ids"), generated, exact=False,
-                     min_prefix=tolerances.greedy_lowp_min_prefix, margins=reference.get("margins"))
+                     min_prefix=tolerances.greedy_lowp_min_prefix, margins=reference.get("margins"),
+                     near_tie=tolerances.greedy_lowp_near_tie_nats)
     ppl = run_step(result, "perplexity/pruned", lambda: pruned.perplexity(
         text_ids, seq_len=request.seq_len, windows=request.ppl_windows, bos_token_id=windows.bos_token_id))
     if ppl is not None:
@@ -209,7 +210,8 @@ def run(request: EngineRequest, result: EngineResult) -> None:
             if generated is not None:
                 result.generated["baseline"] = generated
                 greedy_check(result, "agrees/greedy-baseline", base_ref.get("generated_ids"), generated, exact=False,
-                             min_prefix=tolerances.greedy_lowp_min_prefix, margins=base_ref.get("margins"))
+                             min_prefix=tolerances.greedy_lowp_min_prefix, margins=base_ref.get("margins"),
+                             near_tie=tolerances.greedy_lowp_near_tie_nats)
             ppl = run_step(result, "perplexity/baseline", lambda: baseline.perplexity(
                 text_ids, seq_len=request.seq_len, windows=request.ppl_windows, bos_token_id=windows.bos_token_id))
             if ppl is not None:

@@ -70,6 +70,10 @@ class Tolerances:
         greedy_lowp_min_prefix: for reduced-precision variants, the fraction of the generated tokens
             of every prompt that must match the reference before the first divergence.
             fp32 variants must be token-identical.
+        greedy_lowp_near_tie_nats: for reduced-precision variants, a prompt whose first divergence
+            sits where the reference's top1 − top2 log-probability margin is below this is a rounding
+            flip between near-equal tokens, tolerated and listed (a real disagreement happens at
+            confident positions, and moves perplexity too, which ``ppl_rel_lowp`` bounds).
 
     The low-precision defaults bound quantization error, not pruning error (that is the fp32
     engines' exact agreement); state tighter ones per run. What OpenVINO's default export (int8
@@ -82,12 +86,15 @@ class Tolerances:
     ppl_rel: float = 0.005
     ppl_rel_lowp: float = 0.15
     greedy_lowp_min_prefix: float = 0.125
+    greedy_lowp_near_tie_nats: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("ppl_rel", "ppl_rel_lowp"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0, f"perplexity tolerance {name}={value!r} must be a "
                      "finite fraction >= 0 (e.g. 0.005 for 0.5%)")
+        _require(math.isfinite(self.greedy_lowp_near_tie_nats) and self.greedy_lowp_near_tie_nats >= 0,
+                 f"greedy_lowp_near_tie_nats={self.greedy_lowp_near_tie_nats!r} must be a finite number of nats >= 0")
         _require(0.0 <= self.greedy_lowp_min_prefix <= 1.0, f"greedy_lowp_min_prefix="
                  f"{self.greedy_lowp_min_prefix!r} must be a fraction in [0, 1]")
 
