@@ -106,7 +106,7 @@ def test_compact_source_exports_back_to_dense(sources, tmp_path) -> None:
 
 def test_refuses_what_it_cannot_export(sources, tmp_path) -> None:
     unpruned = tiny_llama(tmp_path / "unpruned", dtype=torch.float32, sparsity=0.0)
-    with pytest.raises(ValueError, match="nothing is pruned"):
+    with pytest.raises(ValueError, match="unpruned holds no pruned weights .* prune it first"):
         export_checkpoint(unpruned, tmp_path / "out", format="compact")
     with pytest.raises(ValueError, match="format='gguf' is not supported"):
         export_checkpoint(unpruned, tmp_path / "out", format="gguf")
