@@ -80,12 +80,12 @@ def test_split_keeps_heldout_tail_disjoint_from_statistics(stream):
 def test_candidate_log_survives_a_torn_line(tmp_path):
     path = tmp_path / "log.jsonl"
     log = CandidateLog(path)
-    log.add({"id": candidate_id("atp", {"beta": 0.01}), "kl": 0.5})
+    log.add({"id": candidate_id("atp", {"beta": 0.01}), "kl": 0.5, "ppl": 9.0})
     with path.open("a") as handle:
         handle.write('{"id": "half a rec')  # the process died mid-write
     again = CandidateLog(path)
     assert list(again.records) == [candidate_id("atp", {"beta": 0.01})]
-    again.add({"id": "second", "kl": 0.25})
+    again.add({"id": "second", "kl": 0.25, "ppl": 8.0})
     assert set(CandidateLog(path).records) == {candidate_id("atp", {"beta": 0.01}), "second"}
 
 
@@ -306,3 +306,87 @@ def test_model_fingerprint_hashes_scalar_tensors(tiny_model):
     first = model_fingerprint(tiny_model)
     tiny_model.scale.fill_(3.0)
     assert model_fingerprint(tiny_model) != first
+
+
+# --------------------------------------------------------------------------- a damaged cache is never fatal
+def _tune_argv(model: Path, cache: Path, output: Path) -> list[str]:
+    return ["tune", str(model), "--method", "all", "--sparsity", "0.5", "--budget", "1", "--calibration", "pydoc",
+            "--num-samples", "2", "--seq-len", "32", "--heldout-windows", "1", "--heldout-seq-len", "32",
+            "--cache", str(cache), "--output", str(output), "--overwrite"]
+
+
+def _best(output: Path) -> tuple[str, dict[str, float]]:
+    table = json.loads((output / "candidates.json").read_text())
+    return table["best"], {c["id"]: c["kl"] for c in table["candidates"]}
+
+
+def test_edited_or_undigested_log_records_are_recomputed_and_the_best_is_unchanged(tiny_checkpoint, tmp_path,
+                                                                                   caplog):
+    """An edited score would have made a losing candidate the best; its digest no longer matches, so it is
+    dropped with a warning naming the log and line and scored again. A record without a digest (an older
+    owl-plugin's) is not trusted either."""
+    from owl_plugin.cli import main
+
+    cache, output = tmp_path / "cache", tmp_path / "tuned"
+    assert main(_tune_argv(tiny_checkpoint, cache, output)) == 0
+    best, scores = _best(output)
+    log = next(cache.glob("tune/*/candidates-0.5.jsonl"))
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(len(r["digest"]) == 64 for r in lines)
+    loser = max(range(len(lines)), key=lambda i: lines[i]["kl"])
+    old = next(i for i in range(len(lines)) if i != loser and lines[i]["id"] != best)
+    lines[loser]["kl"] = 0.0  # would win if it were trusted
+    del lines[old]["digest"]
+    log.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines) + '{"id": "torn')
+
+    caplog.clear()
+    assert main(_tune_argv(tiny_checkpoint, cache, output)) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith(f"{log}:{loser + 1} does not match its digest") for m in warned), warned
+    assert any(m.startswith(f"{log}:{old + 1} has no digest") for m in warned), warned
+    assert any(m.startswith(f"{log}:{len(lines) + 1} is not a complete JSON record") for m in warned), warned
+    again, rescored = _best(output)
+    assert again == best and rescored == pytest.approx(scores, rel=1e-6)
+    kept = [json.loads(line) for line in log.read_text().splitlines()]  # the bad lines are gone, the new ones valid
+    assert len(kept) == len(lines) and all(r["kl"] > 0 and "digest" in r for r in kept)
+
+    caplog.clear()
+    assert main(_tune_argv(tiny_checkpoint, cache, output)) == 0  # the repaired log is read without a word
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert _best(output) == (best, rescored)
+
+
+def test_truncated_or_garbage_cache_files_are_reported_removed_and_recomputed(tiny_checkpoint, tmp_path, caplog,
+                                                                              capsys):
+    from owl_plugin.cli import main
+
+    cache, output = tmp_path / "cache", tmp_path / "tuned"
+    assert main(_tune_argv(tiny_checkpoint, cache, output)) == 0
+    best, scores = _best(output)
+    folder = next(cache.glob("tune/*/"))
+    alphas = sorted(folder.glob("alphas-*.json"))
+    assert alphas and (folder / "input_sq_means.safetensors").is_file()
+
+    def truncate(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    damages = {
+        "input_sq_means.safetensors": (truncate, "cannot be read"),
+        "dense_top128.safetensors": (lambda p: p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"),
+                                     "cannot be read"),
+        alphas[0].name: (lambda p: p.write_text("{ this is not json"), "is not valid JSON"),
+        alphas[-1].name: (lambda p: p.write_text(p.read_text().replace(": ", ": NaN, \"x\": ", 1)),
+                          "is not valid JSON"),
+        "windows.json": (lambda p: p.write_text("[1, 2]"), "is not a window protocol"),
+    }
+    for name, (damage, problem) in damages.items():
+        path = folder / name
+        damage(path)
+        caplog.clear()
+        capsys.readouterr()
+        assert main(_tune_argv(tiny_checkpoint, cache, output)) == 0, name
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert f"tune cache file {path} {problem}" in " | ".join(warned), (name, warned)
+        assert path.is_file() and _best(output) == (best, scores), name  # recomputed: the same best
+        if name == "input_sq_means.safetensors":
+            assert "statistics: collected and cached" in capsys.readouterr().out

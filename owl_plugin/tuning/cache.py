@@ -15,7 +15,10 @@ Under ``<root>/tune/<key>/``:
 
 Root: ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin`` (``owl_plugin.models.cache_dir``).
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written entry; a later run with the same key reuses what is there.
+half-written entry; a later run with the same key reuses what is there. Nothing read back is
+trusted: a file that does not parse (truncated or garbage safetensors, broken JSON), holds a
+non-finite number or fails the caller's ``check`` is reported with its path in a warning, removed,
+and the caller computes it again (``get_*`` return None), so a damaged cache is never fatal.
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -121,11 +128,37 @@ class StatisticsCache:
                 os.unlink(tmp)
         return target
 
-    def get_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
+    def _discard(self, path: Path, problem: str) -> None:
+        logger.warning("tune cache file %s %s; removing it and computing it again", path, problem)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def get_tensors(self, name: str, check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+                    ) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``name``; None when absent or unusable (then it is removed, with a warning).
+
+        Args:
+            check: returns why the tensors are not what the caller needs (None when they are).
+        """
         from safetensors.torch import load_file
 
         path = self.path(name)
-        return load_file(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(path)
+        except Exception as error:  # SafetensorError (truncated, garbage header), OSError, ...
+            self._discard(path, f"cannot be read ({' '.join(str(error).split()) or type(error).__name__})")
+            return None
+        bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        problem = ("holds no tensors" if not tensors else f"holds NaN or inf in {bad!r}" if bad is not None
+                   else check(tensors) if check is not None else None)
+        if problem:
+            self._discard(path, problem)
+            return None
+        return tensors
 
     def put_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
@@ -133,9 +166,36 @@ class StatisticsCache:
         data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         return self._atomic(name, lambda tmp: save_file(data, tmp))
 
-    def get_json(self, name: str) -> Any | None:
+    def get_json(self, name: str, check: Callable[[Any], str | None] | None = None) -> Any | None:
+        """The JSON value of ``name``; None when absent or unusable (then it is removed, with a warning)."""
         path = self.path(name)
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_bytes().decode(), parse_constant=_reject_constant)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            self._discard(path, f"is not valid JSON ({' '.join(str(error).split())})")
+            return None
+        problem = check(value) if check is not None else None
+        if problem:
+            self._discard(path, problem)
+            return None
+        return value
 
     def put_json(self, name: str, value: Any) -> Path:
         return self._atomic(name, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1)))
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def finite_numbers(value: Any, names: Sequence[str] | None = None) -> str | None:
+    """Why ``value`` is not a {name: finite number} mapping (covering ``names`` when given); None if it is."""
+    if not isinstance(value, dict):
+        return f"holds {type(value).__name__}, not an object"
+    for key, number in value.items():
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number):
+            return f"holds {number!r} for {key!r}, not a finite number"
+    missing = [n for n in names or () if n not in value]
+    return f"misses {missing[0]!r} ({len(missing)} names)" if missing else None

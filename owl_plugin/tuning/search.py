@@ -33,12 +33,14 @@ from owl_plugin.config import AlphaConfig, UniformConfig, config_params
 from owl_plugin.layers import prunable_linears
 from owl_plugin.profile import SparsityProfile
 from owl_plugin.spectra import XMIN_RULES, esd, fit_power_law
+from owl_plugin.staging import kill_point
 from owl_plugin.statistics import collect_input_sq_means
 from owl_plugin.text import WindowProtocol
 from owl_plugin.tuning.cache import (
     StatisticsCache,
     cache_key,
     code_fingerprint,
+    finite_numbers,
     model_fingerprint,
     numerics_fingerprint,
     tokens_fingerprint,
@@ -118,7 +120,8 @@ def split_calibration(
 def _alphas(linears: Mapping[str, nn.Linear], rules: Sequence[str], cache: StatisticsCache, progress: bool,
             cached: dict[str, bool]) -> dict[str, dict[str, float]]:
     """Hill α per linear for each xmin rule; one spectrum per linear serves every rule."""
-    result = {rule: cache.get_json(f"alphas-{rule}.json") for rule in rules}
+    result = {rule: cache.get_json(f"alphas-{rule}.json", lambda value: finite_numbers(value, list(linears)))
+              for rule in rules}
     todo = [rule for rule in rules if result[rule] is None]
     cached["alphas"] = not todo
     if todo:
@@ -192,16 +195,18 @@ def tune(
     check_protocol(cache, protocol)
     cached: dict[str, bool] = {}
 
-    stats = cache.get_tensors("input_sq_means.safetensors")
+    stats = cache.get_tensors("input_sq_means.safetensors", lambda tensors: _stats_problem(tensors, linears))
     cached["input_sq_means"] = stats is not None
     if stats is None:
         logger.info("collecting activation statistics (%d windows of %d tokens); cached in %s",
                     len(batches), settings.seq_len, cache.folder)
         stats = collect_input_sq_means(model, batches, progress=progress)
         cache.put_tensors("input_sq_means.safetensors", stats)
+        kill_point("statistics-cached")
     else:
         logger.info("activation statistics loaded from the cache %s", cache.folder)
-    reference = cache.get_tensors(f"dense_top{settings.topk}.safetensors")
+    reference = cache.get_tensors(f"dense_top{settings.topk}.safetensors",
+                                  lambda tensors: _reference_problem(tensors, len(heldout)))
     cached["dense_reference"] = reference is not None
     if reference is None:
         reference = dense_reference(model, heldout, topk=settings.topk)
@@ -225,6 +230,7 @@ def tune(
                       "kl": score.kl, "ppl": score.ppl, "seconds": time.perf_counter() - start,
                       "projected": profile.projected, "blocks": list(profile.block_sparsities().values())}
             log.add(record)
+            kill_point("candidate-logged")
         records.append(record)
         bar.set_postfix(best=f"{min(r['kl'] for r in records):.4f}")
     best = min(records, key=lambda r: r["kl"])
@@ -251,9 +257,31 @@ def tune(
 WINDOWS_FILE = "windows.json"
 
 
+def _stats_problem(tensors: Mapping[str, torch.Tensor], linears: Mapping[str, nn.Linear]) -> str | None:
+    """Why cached input statistics do not fit ``linears`` (None when they do); MoE experts may lack an entry."""
+    for name, tensor in tensors.items():
+        if name not in linears:
+            return f"holds {name!r}, which is no block linear of this model"
+        if tuple(tensor.shape) != (linears[name].in_features,) or (tensor < 0).any():
+            return f"holds {name!r} with shape {tuple(tensor.shape)} or negative values"
+    missing = [n for n in linears if n not in tensors and ".experts." not in n]
+    return f"misses {missing[0]!r} ({len(missing)} linears)" if missing else None
+
+
+def _reference_problem(tensors: Mapping[str, torch.Tensor], windows: int) -> str | None:
+    """Why a cached dense reference is unusable for ``windows`` held-out windows (None when it is usable)."""
+    if set(tensors) != {"indices", "logp", "logp_rest"}:
+        return f"holds {sorted(tensors)}, not indices, logp and logp_rest"
+    if tensors["indices"].shape != tensors["logp"].shape or len(tensors["indices"]) != windows:
+        shapes = f"{tuple(tensors['indices'].shape)} and {tuple(tensors['logp'].shape)}"
+        return f"holds shapes {shapes} for {windows} windows"
+    return None
+
+
 def check_protocol(cache: StatisticsCache, protocol: Mapping[str, Any]) -> None:
     """Record the window protocol in the cache folder; refuse to resume a log measured with another one."""
-    recorded = cache.get_json(WINDOWS_FILE)
+    recorded = cache.get_json(WINDOWS_FILE, lambda value: None if isinstance(value, dict) and {"bos", "bos_token_id"}
+                              <= set(value) else "is not a window protocol ({bos, bos_token_id, ...})")
     if recorded is None:
         cache.put_json(WINDOWS_FILE, dict(protocol))
         return
