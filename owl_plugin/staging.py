@@ -5,7 +5,8 @@
 rename when ``target`` is new, an atomic exchange of the two folders (Linux ``renameat2``)
 when replacing, and on systems without ``renameat2`` rename-old-away / rename-new-in / delete
 old. A process killed at any point leaves ``target`` either absent, as it was, or complete;
-its hidden leftovers are removed by the next ``staged_folder()`` for the same target.
+its hidden leftovers are removed by the next ``staged_folder()`` for the same target. A full disk
+while staging or publishing is raised as ``OSError(ENOSPC)`` naming ``target``.
 """
 
 from __future__ import annotations
@@ -147,9 +148,21 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     try:
         kill_point("staging-created")
         yield staging
+    except Exception as error:
+        if _disk_full(error):  # name the output, not a hidden staging file (safetensors' Rust errors name none)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
+        raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC, raised as an OSError or inside another library's error text (safetensors: 'os error 28')."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    text = str(error)
+    return "os error 28" in text or os.strerror(errno.ENOSPC) in text
 
 
 def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False) -> None:
