@@ -104,16 +104,18 @@ RUN_ONE = textwrap.dedent(
     from owl_plugin.integrations.llmcompressor.prune import prune
     from owl_plugin.evaluation import perplexity
     from owl_plugin.models import load_model
-    from owl_plugin.text import load_text, tokenize
-    recipe, output, dataset, samples, seq_len, eval_text, eval_windows, eval_seq_len, seed = sys.argv[1:10]
+    from owl_plugin.text import load_text, tokenize, window_protocol
+    recipe, output, dataset, samples, seq_len, eval_text, eval_windows, eval_seq_len, seed, model_id, bos = \
+        sys.argv[1:12]
     start = time.perf_counter()
-    result = prune("default", recipe, output, dataset=dataset, num_samples=int(samples), seq_len=int(seq_len),
-                   seed=int(seed), overwrite=True)
+    result = prune(model_id, recipe, output, dataset=dataset, num_samples=int(samples), seq_len=int(seq_len),
+                   seed=int(seed), overwrite=True, bos=bos)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, tokenizer = load_model(output)
     ppl = perplexity(model, tokenize(tokenizer, load_text(eval_text)), seq_len=int(eval_seq_len),
-                     max_windows=int(eval_windows), progress=False)
+                     max_windows=int(eval_windows), progress=False,
+                     bos_token_id=window_protocol(tokenizer, bos).bos_token_id)
     print("RESULT " + json.dumps({"ppl": ppl, "seconds": seconds, "peak_mib": peak_mib,
                                   "measured": result.measured_sparsity,
                                   "cpu_kernels": torch.backends.cpu.get_cpu_capability()}))
@@ -167,7 +169,7 @@ def check_eval_windows(args, what: str = "the evaluation text") -> None:
 
     if args.eval_windows < 1:
         raise SystemExit(f"--eval-windows {args.eval_windows}: need at least one window")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("default"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     available = tokenize(tokenizer, load_text(args.text)).numel() // args.eval_seq_len
     if args.eval_windows > available:
         raise SystemExit(f"--eval-windows {args.eval_windows}: {what} holds {available} windows of "
@@ -182,7 +184,8 @@ def tune(sparsity: float, args, work: Path, method: str = "all", refine: int = 0
     env = dict(os.environ, OWL_EVAL_TEXT=str(work / "evaluation-text-is-not-for-tuning.txt"))
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "owl_plugin", "tune", "default", "--method", method, "--sparsity", str(sparsity),
+        [sys.executable, "-m", "owl_plugin", "tune", args.model, "--method", method, "--sparsity", str(sparsity),
+         "--bos", args.bos,
          "--budget", str(args.tune_budget), "--calibration", args.dataset, "--num-samples", str(args.tune_samples),
          "--seq-len", str(args.tune_seq_len), "--heldout-windows", str(args.tune_heldout_windows),
          "--heldout-seq-len", str(args.tune_heldout_seq_len), "--refine", str(refine), "--output", str(output)],
@@ -208,7 +211,7 @@ def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile
     proc = subprocess.run(
         [sys.executable, "-c", prelude + RUN_ONE, str(recipe), str(output), args.dataset,
          str(num_samples or args.num_samples), str(args.seq_len), args.text, str(args.eval_windows),
-         str(args.eval_seq_len), str(seed)],
+         str(args.eval_seq_len), str(seed), args.model, args.bos],
         capture_output=True, text=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -228,6 +231,11 @@ def main() -> None:
     parser.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 validation)")
     parser.add_argument("--dataset", default=None, help="calibration text (default: second half of --text)")
     parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--model", default="default",
+                        help="model to prune: default (SmolLM2-135M), gemma3-270m, a folder or a hub id")
+    parser.add_argument("--bos", choices=("auto", "on", "off"), default="auto",
+                        help="windows of calibration, tuning and evaluation start with BOS (auto: if the "
+                             "tokenizer adds one; SmolLM2's adds none, Gemma's does)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="calibration draws (window sampling seeds); with several, a median summary follows. "
                              "At 70%% a 135M model's perplexity swings by 10-20%% between draws, so compare medians")
@@ -296,6 +304,8 @@ def main() -> None:
         rows, tuned = [], {}
         for seed, pruner, allocation, sparsity, *nm in tqdm(jobs, desc="prune + evaluate", unit="run"):
             row = {"seed": seed, "pruner": pruner, "allocation": allocation, "sparsity": sparsity,
+                   **({"model": args.model} if args.model != "default" else {}),
+                   **({"bos": args.bos} if args.bos != "auto" else {}),
                    "num_samples": args.num_samples, "eval_windows": args.eval_windows,
                    **({"calibration": calibration} if calibration else {})}
             if allocation == "owl-capped":
@@ -318,7 +328,9 @@ def main() -> None:
                 rows[-1]["tune_refine"] = refine
             tqdm.write("ROW " + json.dumps(rows[-1]), file=sys.stderr)  # partial results survive an interrupted run
 
-    print(f"\nSmolLM2-135M, WikiText-2 validation perplexity ({args.eval_windows}×{args.eval_seq_len} tokens); "
+    name = "SmolLM2-135M" if args.model == "default" else args.model
+    print(f"\n{name} (windows: --bos {args.bos}), WikiText-2 validation perplexity "
+          f"({args.eval_windows}×{args.eval_seq_len} tokens); "
           f"calibration {args.num_samples}×{args.seq_len}"
           f" tokens from {calibration or 'the second half of the file'},"
           f" window seeds {' '.join(map(str, args.seeds))};"
@@ -375,6 +387,10 @@ def merge(paths: list[str]) -> list[dict]:
                 raise SystemExit(f"--merge: {path} repeats the run {ident} already read from {seen[ident]}")
             seen[ident] = path
             rows.append(row)
+    models = {(row.get("model", "default"), row.get("bos", "auto")) for row in rows}
+    if len(models) > 1:
+        raise SystemExit(f"--merge: the rows come from different models or --bos {sorted(models)}; "
+                         "merge one model and window protocol at a time")
     sizes = {row.get("num_samples") for row in rows}
     if len(sizes) > 1:
         raise SystemExit(f"--merge: the rows come from different calibration sizes {sorted(map(str, sizes))}; "
