@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-serve", action="store_true", help="skip the suite's serve-under-load check")
     args = parser.parse_args()
+    started = time.monotonic()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     log_path = output / "main.log"
@@ -134,6 +137,8 @@ def main() -> None:
         "# Main job: SmolLM2-135M pruned with an OWL recipe", "",
         f"- recipe: `{args.recipe}`", f"- {result.profile.summary()}",
         f"- measured overall sparsity: {result.measured_sparsity:.4f}",
+        f"- job time: {(time.monotonic() - started) / 60:.1f} min ({os.cpu_count()} CPUs; the venvs' set-up not "
+        "included)",
         f"- compact export: pruned weights {exported.pruned_ratio:.3f}× their dense bytes, whole checkpoint "
         f"{exported.checkpoint_ratio:.3f}×; transformers reload bit-identical ({tensors} tensors)",
         f"- validation suite (`owl validate`, engines {', '.join(e['engine'] for e in report['engines'])}): "
