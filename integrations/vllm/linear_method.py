@@ -120,10 +120,7 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
             else:
                 loader(layer.weight, dense, shard_id)
         except (AssertionError, ValueError, RuntimeError) as error:
-            raise CompactFormatError(
-                f"{name}.weight: the decompressed {list(dense.shape)} weight does not fit vLLM's layer "
-                f"{self.prefix} ({error or type(error).__name__}); the checkpoint does not belong to this "
-                f"config.json, {_FIX}") from error
+            raise does_not_fit(f"{name}.weight", dense, self.prefix, error) from error
         self._loaded.add(name)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
@@ -131,11 +128,8 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
         if self.on_loaded is not None:
             self.on_loaded()
         if self._pending:
-            incomplete = "; ".join(
-                f"{self._shard_name(shard)}.weight has {sorted(PIECES[p] for p in pieces)} but lacks "
-                f"{sorted(PIECES[p] for p in PIECES.keys() - pieces.keys())}"
-                for shard, pieces in self._pending.items())
-            raise CompactFormatError(f"incomplete compressed weights in the checkpoint: {incomplete}; {_FIX}")
+            raise incomplete_pieces("weights", {f"{self._shard_name(shard)}.weight": pieces
+                                                for shard, pieces in self._pending.items()})
         missing = [name for name in self.compressed if name not in self._loaded]
         if missing:
             raise CompactFormatError(
@@ -161,6 +155,21 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
         from owl_plugin.kernels import sparse_linear
 
         return sparse_linear(x.contiguous(), packed, bias)  # no copy when already contiguous
+
+
+def incomplete_pieces(what: str, pending: dict[str, dict[str, torch.Tensor]]) -> CompactFormatError:
+    """The error for weights of which only some of the three pieces arrived (name → pieces received)."""
+    incomplete = "; ".join(f"{name} has {sorted(PIECES[p] for p in pieces)} but lacks "
+                           f"{sorted(PIECES[p] for p in PIECES.keys() - pieces.keys())}"
+                           for name, pieces in pending.items())
+    return CompactFormatError(f"incomplete compressed {what} in the checkpoint: {incomplete}; {_FIX}")
+
+
+def does_not_fit(name: str, dense: torch.Tensor, prefix: str, error: Exception) -> CompactFormatError:
+    """The error for a decompressed weight that vLLM's layer ``prefix`` refuses to load."""
+    return CompactFormatError(
+        f"{name}: the decompressed {list(dense.shape)} weight does not fit vLLM's layer {prefix} "
+        f"({error or type(error).__name__}); the checkpoint does not belong to this config.json, {_FIX}")
 
 
 @functools.cache

@@ -32,7 +32,7 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import Un
 from vllm.model_executor.utils import set_weight_attrs
 
 from owl_plugin.formats.compact import CompactFormatError, decompress
-from owl_plugin.integrations.vllm.linear_method import _FIX, PIECES
+from owl_plugin.integrations.vllm.linear_method import _FIX, PIECES, does_not_fit, incomplete_pieces
 
 logger = logging.getLogger(__name__)
 FUSED = ("w13", "w2")  # vLLM's expert parameters: gate+up stacked, and down
@@ -95,10 +95,7 @@ class OwlSparseFusedMoEMethod(UnquantizedFusedMoEMethod):
             target.weight_loader(param=target, loaded_weight=dense, weight_name=f"{self.prefix}.{fused}_weight",
                                  shard_id=shard_id, expert_id=expert_id, return_success=True)
         except (AssertionError, ValueError, RuntimeError) as error:
-            raise CompactFormatError(
-                f"{self._name(*key)}: the decompressed {list(dense.shape)} weight does not fit vLLM's layer "
-                f"{self.prefix} ({error or type(error).__name__}); the checkpoint does not belong to this "
-                f"config.json, {_FIX}") from error
+            raise does_not_fit(self._name(*key), dense, self.prefix, error) from error
         self._loaded.add(key)
         return True if return_success else None
 
@@ -107,10 +104,7 @@ class OwlSparseFusedMoEMethod(UnquantizedFusedMoEMethod):
         if self.on_loaded is not None:
             self.on_loaded()
         if self._pending:
-            incomplete = "; ".join(
-                f"{self._name(*key)} has {sorted(PIECES[p] for p in pieces)} but lacks "
-                f"{sorted(PIECES[p] for p in PIECES.keys() - pieces.keys())}" for key, pieces in self._pending.items())
-            raise CompactFormatError(f"incomplete compressed experts in the checkpoint: {incomplete}; {_FIX}")
+            raise incomplete_pieces("experts", {self._name(*key): pieces for key, pieces in self._pending.items()})
         if len(self._loaded) != len(self.compressed):
             raise CompactFormatError(
                 f"{self.prefix}: config.json's quantization_config.compressed_modules lists {len(self.compressed)} "
