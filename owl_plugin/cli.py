@@ -152,7 +152,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from owl_plugin.models import load_model
-    from owl_plugin.staging import check_destination
+    from owl_plugin.staging import check_destination, kill_point
     from owl_plugin.text import load_text, tokenize, window_protocol
     from owl_plugin.tuning.report import markdown_table, write_outputs
     from owl_plugin.tuning.refine import RefineSettings
@@ -169,6 +169,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             seed=args.refine_seed)
     check_destination(args.output, inputs=(args.model, args.calibration), overwrite=args.overwrite)  # before work
     model, tokenizer = load_model(args.model)
+    kill_point("model-loaded")
     protocol = window_protocol(tokenizer, args.bos)
     print(protocol.describe())
     ids = tokenize(tokenizer, load_text(args.calibration))

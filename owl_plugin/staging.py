@@ -149,20 +149,25 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
         kill_point("staging-created")
         yield staging
     except Exception as error:
-        if _disk_full(error):  # name the output, not a hidden staging file (safetensors' Rust errors name none)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
+        if disk_full(error):  # name the output, not a hidden staging file (safetensors' Rust errors name none)
+            raise full_disk_error(target) from error
         raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _disk_full(error: BaseException) -> bool:
+def disk_full(error: BaseException) -> bool:
     """ENOSPC, raised as an OSError or inside another library's error text (safetensors: 'os error 28')."""
     if isinstance(error, OSError):
         return error.errno == errno.ENOSPC
     text = str(error)
     return "os error 28" in text or os.strerror(errno.ENOSPC) in text
+
+
+def full_disk_error(path: str | os.PathLike) -> OSError:
+    """The ``OSError(ENOSPC)`` naming ``path`` that ``owl_plugin.errors.describe`` turns into one line."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False) -> None:

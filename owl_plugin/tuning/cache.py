@@ -15,7 +15,8 @@ Under ``<root>/tune/<key>/``:
 
 Root: ``$OWL_PLUGIN_CACHE`` or ``~/.cache/owl_plugin`` (``owl_plugin.models.cache_dir``).
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written entry; a later run with the same key reuses what is there. Nothing read back is
+half-written entry; a later run with the same key reuses what is there. A full disk removes the
+temporary file and raises ``OSError(ENOSPC)`` naming the cache file being written. Nothing read back is
 trusted: a file that does not parse (truncated or garbage safetensors, broken JSON), holds a
 non-finite number or fails the caller's ``check`` is reported with its path in a warning, removed,
 and the caller computes it again (``get_*`` return None), so a damaged cache is never fatal.
@@ -36,6 +37,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from owl_plugin.staging import disk_full, full_disk_error
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,10 @@ class StatisticsCache:
         try:
             write(tmp)
             os.replace(tmp, target)
+        except Exception as error:
+            if disk_full(error):  # name the cache file, not the temporary one (safetensors' errors name none)
+                raise full_disk_error(target) from error
+            raise
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

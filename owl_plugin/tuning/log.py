@@ -6,7 +6,8 @@ each record carries ``digest``, the sha256 of its canonical JSON without that fi
 have the required keys with the right types and finite scores. A torn last line (the process
 died mid-write), a record whose digest does not match (an edited score), one that fails the
 schema, or one written before records carried a digest is reported with its file and line,
-dropped from the log, and that candidate is evaluated again.
+dropped from the log, and that candidate is evaluated again. A write that fails (a full disk:
+``OSError(ENOSPC)`` naming the log) is cut off again, so no half record stays behind.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from owl_plugin.staging import disk_full, full_disk_error
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +145,18 @@ class CandidateLog:
                 torn = handle.read(1) != b"\n"
         else:
             torn = False
-        with self.path.open("a") as handle:
-            handle.write(("\n" if torn else "") + line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        try:
+            with self.path.open("a") as handle:
+                handle.write(("\n" if torn else "") + line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except Exception as error:
+            try:  # leave no half-written record behind (e.g. a full disk)
+                os.truncate(self.path, size)
+            except OSError:
+                pass
+            if disk_full(error):
+                raise full_disk_error(self.path) from error
+            raise
         self.records[record["id"]] = record

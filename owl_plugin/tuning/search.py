@@ -133,6 +133,7 @@ def _alphas(linears: Mapping[str, nn.Linear], rules: Sequence[str], cache: Stati
         for rule in todo:
             cache.put_json(f"alphas-{rule}.json", fresh[rule])
             result[rule] = fresh[rule]
+        kill_point("alphas-cached")
     return result
 
 
@@ -186,6 +187,7 @@ def tune(
 
     protocol = (windows or WindowProtocol(choice="off", bos_token_id=None, tokenizer_adds_bos=False)).as_dict()
     batches, heldout = split_calibration(token_ids, settings, bos_token_id=protocol["bos_token_id"])
+    kill_point("calibration-ready")
     key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds")}
     if protocol["bos"]:  # raw windows keep the keys (and caches) they had before the protocol was recorded
         key_settings["windows"] = protocol
@@ -211,6 +213,7 @@ def tune(
     if reference is None:
         reference = dense_reference(model, heldout, topk=settings.topk)
         cache.put_tensors(f"dense_top{settings.topk}.safetensors", reference)
+        kill_point("reference-cached")
     rules = sorted({c.xmin for c in configs if isinstance(c, AlphaConfig)}, key=XMIN_RULES.index)
     alphas = _alphas(linears, rules, cache, progress, cached) if rules else {}
 
@@ -250,6 +253,7 @@ def tune(
     else:
         profile = _profile(blocks, target, best_config, stats, alphas, provenance={**(provenance or {}),
                                                                                    "tuned": tuned})
+    kill_point("best-chosen")
     return TuneResult(target=target, records=records, best=best, profile=profile, cache_folder=cache.folder,
                       cached=cached, proxy=f"{describe_proxy(settings)}; {describe_windows(protocol)}")
 
