@@ -3,7 +3,7 @@
 // row-major, PAD zeros at the end), row_offsets int64 [out + 1].
 //
 // Paths, chosen at run time by the caller (isa argument): 3 = AVX-512 + VBMI2 + BF16 (vpexpandw,
-// vdpbf16ps), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry permute LUT),
+// vdpbf16ps), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry vpshufb table for bf16, vpermps table for fp32),
 // 0 = portable C++. Each SIMD function carries its own target attribute, so one binary runs on
 // an AVX2-only CPU as long as the caller never asks for a path the CPU lacks.
 //
@@ -25,6 +25,8 @@ namespace {
 constexpr int BLOCK = 32;
 constexpr int R = 4;    // rows in flight
 constexpr int NBMAX = 4;  // batch rows per pass
+constexpr int NBMAX_DP = 8;  // ... on the VBMI2+BF16 path: 2 rows x 8 batch rows = 16 zmm accumulators, so
+                             // each expanded weight block feeds 8 dot products (batch 5-8 in one pass)
 
 inline float bf16_to_f32(uint16_t v) {
   uint32_t u = static_cast<uint32_t>(v) << 16;
@@ -81,11 +83,6 @@ template <typename T>
 __attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const T* p);
 template <>
 __attribute__((target("avx2,fma"))) inline __m256 avx2_load8<float>(const float* p) { return _mm256_loadu_ps(p); }
-template <>
-__attribute__((target("avx2,fma"))) inline __m256 avx2_load8<uint16_t>(const uint16_t* p) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 template <typename T, int NR, int NB>
 __attribute__((target("avx2,fma"))) void group_avx2(const uint32_t* masks, int64_t nblk, const T* vals,
@@ -111,6 +108,65 @@ __attribute__((target("avx2,fma"))) void group_avx2(const uint32_t* masks, int64
         w = _mm256_and_ps(w, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[mb]))));
         p[r] += __builtin_popcount(mb);
         for (int b = 0; b < NB; ++b) acc[b][r] = _mm256_fmadd_ps(w, xv[b], acc[b][r]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r) {
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
+      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+      s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+      y[b * ys + r0 + r] = _mm_cvtss_f32(s);
+    }
+}
+
+// bf16 weights on AVX2: one vpshufb per 8 weights expands *and* widens them. The 8 stored values
+// (16 bytes, broadcast to both 128-bit lanes) are shuffled so that weight j's two bytes land in the
+// high half of fp32 lane j and zeros everywhere else (control byte 0x80), i.e. the fp32 value of the
+// bf16 weight, or 0 where the mask bit is clear. 256 masks x 32 bytes = 8 KB of table.
+struct Avx2Bf16Lut {
+  alignas(32) uint8_t ctl[256][32];
+  Avx2Bf16Lut() {
+    for (int m = 0; m < 256; ++m) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j) {
+        uint8_t* c = ctl[m] + 4 * j;
+        c[0] = c[1] = 0x80;
+        if (m & (1 << j)) { c[2] = static_cast<uint8_t>(2 * n); c[3] = static_cast<uint8_t>(2 * n + 1); ++n; }
+        else { c[2] = c[3] = 0x80; }
+      }
+    }
+  }
+};
+const Avx2Bf16Lut& avx2_bf16_lut() { static Avx2Bf16Lut lut; return lut; }
+
+template <int NR, int NB>
+__attribute__((target("avx2,fma"))) void group_avx2_bf16(const uint32_t* masks, int64_t nblk, const uint16_t* vals,
+                                                         const int64_t* offs, int64_t r0, const float* x, int64_t xs,
+                                                         float* y, int64_t ys) {
+  const Avx2Bf16Lut& lut = avx2_bf16_lut();
+  __m256 acc[NB][NR];
+  const uint16_t* p[NR];
+  const uint32_t* m[NR];
+  for (int r = 0; r < NR; ++r) {
+    p[r] = vals + offs[r0 + r];
+    m[r] = masks + (r0 + r) * nblk;
+    for (int b = 0; b < NB; ++b) acc[b][r] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < nblk; ++k) {
+    for (int r = 0; r < NR; ++r) {
+      const uint32_t mk = m[r][k];
+      const uint16_t* pr = p[r];
+      // start of each 8-column quarter: independent popcounts, one pointer step per block
+      const int start[4] = {0, __builtin_popcount(mk & 0xffu), __builtin_popcount(mk & 0xffffu),
+                            __builtin_popcount(mk & 0xffffffu)};
+      p[r] = pr + __builtin_popcount(mk);
+      for (int q = 0; q < 4; ++q) {
+        const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + start[q])));
+        const __m256i ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.ctl[(mk >> (8 * q)) & 0xffu]));
+        const __m256 w = _mm256_castsi256_ps(_mm256_shuffle_epi8(src, ctl));
+        for (int b = 0; b < NB; ++b)
+          acc[b][r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + b * xs + k * BLOCK + q * 8), acc[b][r]);
       }
     }
   }
@@ -205,6 +261,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16"))) void
     case 3: FN<NR, 3>(__VA_ARGS__); break;  \
     default: FN<NR, 4>(__VA_ARGS__); break; \
   }
+#define OWL_DISPATCH_NB8(NB_RT, FN, NR, ...) \
+  switch (NB_RT) {                           \
+    case 1: FN<NR, 1>(__VA_ARGS__); break;   \
+    case 2: FN<NR, 2>(__VA_ARGS__); break;   \
+    case 3: FN<NR, 3>(__VA_ARGS__); break;   \
+    case 4: FN<NR, 4>(__VA_ARGS__); break;   \
+    case 5: FN<NR, 5>(__VA_ARGS__); break;   \
+    case 6: FN<NR, 6>(__VA_ARGS__); break;   \
+    case 7: FN<NR, 7>(__VA_ARGS__); break;   \
+    default: FN<NR, 8>(__VA_ARGS__); break;  \
+  }
 
 template <int NR, int NB> void g512_f(const uint32_t* a, int64_t b, const float* c, const int64_t* d, int64_t e,
                                       const float* f, int64_t g, float* h, int64_t i) {
@@ -220,7 +287,7 @@ template <int NR, int NB> void g2_f(const uint32_t* a, int64_t b, const float* c
 }
 template <int NR, int NB> void g2_h(const uint32_t* a, int64_t b, const uint16_t* c, const int64_t* d, int64_t e,
                                     const float* f, int64_t g, float* h, int64_t i) {
-  group_avx2<uint16_t, NR, NB>(a, b, c, d, e, f, g, h, i);
+  group_avx2_bf16<NR, NB>(a, b, c, d, e, f, g, h, i);
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
@@ -265,8 +332,9 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t r0 = g * R;
       const int64_t nr = std::min<int64_t>(R, out_f - r0);
-      for (int64_t b0 = 0; b0 < B; b0 += NBMAX) {
-        const int64_t nb = std::min<int64_t>(NBMAX, B - b0);
+      const int64_t step = dp ? NBMAX_DP : NBMAX;
+      for (int64_t b0 = 0; b0 < B; b0 += step) {
+        const int64_t nb = std::min<int64_t>(step, B - b0);
         float* yb = Y + b0 * out_f;
         if (isa == 0) {
           if (bf16) rows_portable<uint16_t>(M, nblk, VH, O, r0, r0 + nr, XF + b0 * xs, xs, nb, yb, out_f);
@@ -277,8 +345,13 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
           const bool full = nr == R;
           if (dp) {
             const uint16_t* xb = XH + b0 * xs;
-            if (full) { OWL_DISPATCH_NB(nb, group_bf16dp, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
-            else { OWL_DISPATCH_NB(nb, group_bf16dp, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            if (!full) { OWL_DISPATCH_NB8(nb, group_bf16dp, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            else if (nb <= NBMAX) { OWL_DISPATCH_NB(nb, group_bf16dp, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            else {
+              for (int64_t h = 0; h < R; h += 2) {
+                OWL_DISPATCH_NB8(nb, group_bf16dp, 2, M, nblk, VH, O, r + h, xb, xs, yb, out_f)
+              }
+            }
           } else if (isa == 2) {
             const float* xb = XF + b0 * xs;
             if (bf16) {
@@ -371,6 +444,61 @@ __attribute__((target("avx512f"))) void decompress_row_512_32(const uint32_t* m,
   }
 }
 
+// AVX2: 8 columns at a time. bf16: a 16-byte vpshufb table entry per mask byte places the stored
+// values and zeros (control 0x80); fp32: the compute path's vpermps + and tables.
+struct Avx2Bf16DecompressLut {
+  alignas(16) uint8_t ctl[256][16];
+  Avx2Bf16DecompressLut() {
+    for (int m = 0; m < 256; ++m) {
+      int n = 0;
+      for (int j = 0; j < 8; ++j) {
+        if (m & (1 << j)) { ctl[m][2 * j] = static_cast<uint8_t>(2 * n); ctl[m][2 * j + 1] = static_cast<uint8_t>(2 * n + 1); ++n; }
+        else { ctl[m][2 * j] = ctl[m][2 * j + 1] = 0x80; }
+      }
+    }
+  }
+};
+const Avx2Bf16DecompressLut& avx2_bf16_decompress_lut() { static Avx2Bf16DecompressLut lut; return lut; }
+
+__attribute__((target("avx2,fma"))) void decompress_row_avx2_16(const uint32_t* m, int64_t nblk, const uint16_t* p,
+                                                               uint16_t* row, int64_t in_f) {
+  const Avx2Bf16DecompressLut& lut = avx2_bf16_decompress_lut();
+  for (int64_t k = 0; k < nblk; ++k) {
+    const uint32_t mk = m[k];
+    const int64_t width = std::min<int64_t>(BLOCK, in_f - k * BLOCK);
+    alignas(32) uint16_t block[BLOCK];
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t mb = (mk >> (8 * q)) & 0xffu;
+      const __m128i src = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i w = _mm_shuffle_epi8(src, _mm_load_si128(reinterpret_cast<const __m128i*>(lut.ctl[mb])));
+      p += __builtin_popcount(mb);
+      if (width == BLOCK) _mm_storeu_si128(reinterpret_cast<__m128i*>(row + k * BLOCK + 8 * q), w);
+      else _mm_store_si128(reinterpret_cast<__m128i*>(block + 8 * q), w);
+    }
+    if (width < BLOCK) std::memcpy(row + k * BLOCK, block, width * sizeof(uint16_t));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void decompress_row_avx2_32(const uint32_t* m, int64_t nblk, const uint32_t* p,
+                                                               uint32_t* row, int64_t in_f) {
+  const Avx2Lut& lut = avx2_lut();
+  for (int64_t k = 0; k < nblk; ++k) {
+    const uint32_t mk = m[k];
+    const int64_t width = std::min<int64_t>(BLOCK, in_f - k * BLOCK);
+    alignas(32) uint32_t block[BLOCK];
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t mb = (mk >> (8 * q)) & 0xffu;
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      v = _mm256_permutevar8x32_epi32(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.idx[mb])));
+      v = _mm256_and_si256(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[mb])));
+      p += __builtin_popcount(mb);
+      if (width == BLOCK) _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k * BLOCK + 8 * q), v);
+      else _mm256_store_si256(reinterpret_cast<__m256i*>(block + 8 * q), v);
+    }
+    if (width < BLOCK) std::memcpy(row + k * BLOCK, block, width * sizeof(uint32_t));
+  }
+}
+
 // dense rows W[r0:r1] written into out [r1-r0, in] (a reusable scratch tile), values' dtype
 void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, const at::Tensor& row_offsets,
                           int64_t r0, int64_t r1, at::Tensor out, int64_t isa) {
@@ -394,11 +522,13 @@ void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, con
         uint16_t* row = static_cast<uint16_t*>(out.data_ptr()) + (r - r0) * in_f;
         if (isa >= 3) decompress_row_vbmi2_16(m, nblk, p, row, in_f);
         else if (isa == 2) decompress_row_512_16(m, nblk, p, row, in_f);
+        else if (isa == 1) decompress_row_avx2_16(m, nblk, p, row, in_f);
         else decompress_row_portable<uint16_t>(m, nblk, p, row, in_f);
       } else {
         const uint32_t* p = static_cast<const uint32_t*>(values.data_ptr()) + O[r];
         uint32_t* row = static_cast<uint32_t*>(out.data_ptr()) + (r - r0) * in_f;
         if (isa >= 2) decompress_row_512_32(m, nblk, p, row, in_f);
+        else if (isa == 1) decompress_row_avx2_32(m, nblk, p, row, in_f);
         else decompress_row_portable<uint32_t>(m, nblk, p, row, in_f);
       }
     }
