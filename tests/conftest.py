@@ -34,6 +34,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEST_THREADS = int(os.environ.get("OWL_TEST_THREADS", "1"))
 torch.set_num_threads(TEST_THREADS)
 
+# Tests assert which layers the loaders pack. On a CPU without AVX-512 the loaders' default measures each
+# shape at load time and may keep some dense (owl_plugin/kernels/fallback.py), which would make those counts
+# depend on timing; tests/test_kernel_fallback.py sets the mode it tests. Inherited by subprocesses.
+os.environ.setdefault("OWL_SPARSE_FALLBACK", "never")
+
 
 def tiny_llama(vocab_size: int = TINY_VOCAB, seed: int = 0) -> LlamaForCausalLM:
     """hidden 64, intermediate 128, 4 layers, 4 heads; weights seeded, eval mode, float32."""

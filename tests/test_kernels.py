@@ -3,8 +3,8 @@
 Each C++ path (AVX-512 VBMI2+BF16, AVX-512F, AVX2, portable) is forced with ``OWL_SPARSE_ISA`` and
 compared with ``F.linear`` on the dense weight, over shapes that hit every edge of the layout (``in``
 not a multiple of 32, all-zero rows, fully dense rows, fewer rows than the 4 walked at once), every
-batch chunking (1-4 rows per pass, up to 8 on the VBMI2+BF16 path, the sparse/tiled threshold) and both dtypes. Paths the CPU lacks
-are skipped with the reason; the pure-torch twin runs everywhere.
+batch chunking (1-4 rows per pass, up to 8 on the VBMI2+BF16 path, the sparse/tiled threshold) and both
+dtypes. Paths the CPU lacks are skipped with the reason; the pure-torch twin runs everywhere.
 
 Out-of-bounds reads are checked by running this file once under AddressSanitizer (2026-12-05, after the
 AVX2 vpshufb paths and the 8-row bf16 pass: 84 passed, no report, AVX-512 machine, every path forced),

@@ -218,3 +218,23 @@ def test_vllm_refuses_corrupted_compact_naming_the_tensor(vllm_report: dict, che
         assert failure["error_type"] == "CompactFormatError", failure
         for word in words:
             assert word in failure["error"], (name, failure["error"])
+
+
+def test_vllm_keeps_vllms_dense_layers_where_the_kernel_measured_slower(vllm_report: dict, checkpoints: dict) -> None:
+    """The load-time fallback (owl_plugin/kernels/fallback.py) in vLLM: with the floor raised so that every
+    measured shape loses, no layer is packed, the measurements are reported, and greedy tokens stay dense's."""
+    out = checkpoints["root"] / "fallback.json"
+    env = dict(os.environ, OWL_SPARSE_FALLBACK="always", OWL_SPARSE_MIN_SPEEDUP="1e9")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env.setdefault("VLLM_CACHE_ROOT", str(checkpoints["root"] / "vllm-cache"))
+    command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--model", str(checkpoints["compact"]),
+               "--max-tokens", str(MAX_TOKENS), "--json", str(out), "--prompts", *PROMPTS]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.is_file(), result.stderr[-5000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["quantization"] == "owl_sparse" and run["sparse"]["packed_layers"] == 0, run["sparse"]
+    kept = run["sparse"]["dense_fallback"]
+    assert kept and all(d["speedup"] < 1e9 and d["dense_s"] > 0 and d["sparse_s"] > 0 for d in kept), kept
+    assert "stay dense: the sparse kernel ran at" in result.stderr
+    dense = vllm_report["runs"][0]
+    assert [o["token_ids"] for o in run["outputs"]] == [o["token_ids"] for o in dense["outputs"]]

@@ -106,10 +106,12 @@ def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
     """
     try:
         from owl_plugin.kernels import kernel_info
+        from owl_plugin.kernels import fallback
     except ImportError as error:
         logger.warning("owl_sparse: the sparse kernels are unavailable (%s); weights stay dense", error)
         return 0
     swapped = 0
+    kept_dense: list[str] = []
     for name in modules:
         try:
             linear = model.get_submodule(name)
@@ -122,8 +124,16 @@ def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
         except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
             logger.warning("owl_sparse: cannot pack %s (%s); it stays dense", name, error)
             continue
+        slower = fallback.keep_dense(linear.weight.detach(), sparse.packed)
+        if slower is not None:  # a CPU without AVX-512 where this shape runs faster dense (fallback.py)
+            kept_dense.append(name)
+            continue
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, sparse)
         swapped += 1
+    if kept_dense:
+        logger.warning("owl_sparse: %d layers stay dense (e.g. %s): at batch 1 the sparse kernel ran slower than "
+                       "%sx of dense for their shapes on this CPU: %s", len(kept_dense), kept_dense[0],
+                       fallback.min_speedup(), kernel_info()["dense_fallback"])
     logger.info("owl_sparse: %d of %d linear layers run on the sparse kernel %s", swapped, len(modules), kernel_info())
     return swapped

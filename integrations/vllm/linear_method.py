@@ -17,7 +17,8 @@ layout, registers the packed tensors as buffers ``owl_packed_<name>`` and delete
 ``y = x W^T (+ b)`` with ``owl_plugin.kernels.sparse_linear`` (a ``torch.ops.owl`` op with a fake
 implementation, so vLLM's torch.compile traces it). ``OWL_SPARSE_DENSE=1`` in the environment keeps
 the old behaviour (dense weight, vLLM's own dense GEMM), as does a dtype or CPU the kernels do not
-support (logged once).
+support (logged once), and a layer shape where the kernel measured slower than dense at batch 1 on a
+CPU without AVX-512 (``owl_plugin/kernels/fallback.py``, logged once per shape).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def _pack(weight: torch.Tensor, prefix: str):
     """The kernel layout of ``weight``, or None (logged once) when the kernels cannot take it here."""
     try:
         from owl_plugin.kernels import kernel_info, pack_dense
+        from owl_plugin.kernels import fallback
     except ImportError as error:
         _warn_once(f"owl_sparse: the sparse kernels are unavailable ({error}); weights stay dense")
         return None
@@ -188,6 +190,12 @@ def _pack(weight: torch.Tensor, prefix: str):
         packed = pack_dense(weight)
     except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
         _warn_once(f"owl_sparse: cannot pack {prefix} ({error}); such layers stay dense")
+        return None
+    slower = fallback.keep_dense(weight, packed)
+    if slower is not None:
+        _warn_once(f"owl_sparse: {list(weight.shape)} {weight.dtype} layers stay dense: the sparse kernel ran at "
+                   f"{slower['speedup']:.2f}x of dense at batch 1 on the {slower['isa']} path "
+                   f"(< {fallback.min_speedup()}x)")
         return None
     _warn_once(f"owl_sparse: sparse kernel path {kernel_info()}")
     return packed

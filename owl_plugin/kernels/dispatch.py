@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from owl_plugin.kernels.build import _STATE, load_extension
+from owl_plugin.kernels.fallback import kept_dense
 from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 
 # Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
@@ -60,7 +61,8 @@ def selected_isa() -> str:
 
 
 def kernel_info() -> dict:
-    """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch"}``."""
+    """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "dense_fallback"}``
+    (``dense_fallback``: the batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
     isa = selected_isa()
     return {
         "isa": isa,
@@ -69,6 +71,7 @@ def kernel_info() -> dict:
         "extension": _STATE.get("path"),
         "extension_error": _STATE.get("error"),
         "sparse_max_batch": SPARSE_MAX_BATCH,
+        "dense_fallback": kept_dense(),
     }
 
 

@@ -25,11 +25,15 @@ def dense_requested() -> bool:
 def sparse_layer_report(model: Any) -> dict[str, Any]:
     """``{"packed_layers": n, "packed_bytes": b, **kernel_info()}`` for the modules of ``model`` that hold a
     :class:`PackedLinear` (vLLM's ``owl_packed`` attribute, transformers' ``OwlSparseLinear.packed``);
-    ``{"packed_layers": 0}`` when none does."""
+    ``{"packed_layers": 0}`` when none does (plus ``dense_fallback``, the measurements, when the loader kept
+    every layer dense because the sparse kernel was slower on this CPU)."""
     packed = [p for m in model.modules() for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None))
               if isinstance(p, PackedLinear)]
+    from owl_plugin.kernels.fallback import kept_dense
+
     if not packed:
-        return {"packed_layers": 0}
+        kept = kept_dense()  # every layer measured faster dense on this CPU (fallback.py)
+        return {"packed_layers": 0, "dense_fallback": kept} if kept else {"packed_layers": 0}
     from owl_plugin.kernels.dispatch import kernel_info
 
     return {"packed_layers": len(packed), "packed_bytes": sum(p.nbytes() for p in packed), **kernel_info()}

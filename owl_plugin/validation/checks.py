@@ -195,7 +195,8 @@ def kernel_check(result: EngineResult, name: str, report: Mapping[str, Any]) -> 
             packed weights, the ISA path, the extension or its build error); kept in
             ``result.notes["kernel"]``.
 
-    Fails when no layer is packed (unless ``OWL_SPARSE_DENSE=1`` asked for dense layers) or when the
+    Fails when no layer is packed (unless ``OWL_SPARSE_DENSE=1`` asked for dense layers, or the loader's
+    measured fallback kept every layer dense on a CPU where the kernel loses, see kernels/fallback.py) or when the
     C++ extension is missing and the layers run the slow pure-torch twin.
     """
     from owl_plugin.kernels.report import dense_requested
@@ -206,6 +207,16 @@ def kernel_check(result: EngineResult, name: str, report: Mapping[str, Any]) -> 
         if dense_requested():
             result.add(name, True, "OWL_SPARSE_DENSE=1: dense layers by request, no sparse kernels", **report)
             return True
+        kept = report.get("dense_fallback") or []
+        if kept and not any(d.get("isa") == "torch-fallback" for d in kept):
+            result.add(name, True, "every layer stays dense: at batch 1 the sparse kernel measured slower than dense "
+                                   f"on this CPU ({kept})", **report)
+            return True
+        if kept:
+            result.add(name, False, "every layer stays dense because the compiled kernels are missing and the "
+                                    "pure-torch twin is slower than dense; build them with "
+                                    "`python -m owl_plugin.kernels build -v`", **report)
+            return False
         result.add(name, False, "no layer of the compact checkpoint holds packed weights: the sparse kernels do not "
                                 "run (is owl_plugin's loader registered in this engine?)", **report)
         return False
