@@ -8,7 +8,8 @@
 // an AVX2-only CPU as long as the caller never asks for a path the CPU lacks.
 //
 // x arrives padded to nblk*32 columns (zeros), so every 32-wide x load is in bounds.
-// Rows are walked R at a time (independent popcount->pointer chains), NB batch rows per pass.
+// Rows are walked R at a time (independent popcount->pointer chains), NB batch rows per pass; each row's
+// values are prefetched PREFETCH_BYTES ahead (the hardware prefetcher alone left 25-40% on the table).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -27,6 +28,8 @@ constexpr int R = 4;    // rows in flight
 constexpr int NBMAX = 4;  // batch rows per pass
 constexpr int NBMAX_DP = 8;  // ... on the VBMI2+BF16 path: 2 rows x 8 batch rows = 16 zmm accumulators, so
                              // each expanded weight block feeds 8 dot products (batch 5-8 in one pass)
+// software prefetch distance in each row's values (measured, 70% bf16: 1 KB +0-25%, 4-16 KB +25-40% at batch 1-8)
+constexpr int PREFETCH_BYTES = 8192;
 
 inline float bf16_to_f32(uint16_t v) {
   uint32_t u = static_cast<uint32_t>(v) << 16;
@@ -102,6 +105,7 @@ __attribute__((target("avx2,fma"))) void group_avx2(const uint32_t* masks, int64
       __m256 xv[NB];
       for (int b = 0; b < NB; ++b) xv[b] = _mm256_loadu_ps(x + b * xs + k * BLOCK + q * 8);
       for (int r = 0; r < NR; ++r) {
+        if (q == 0) _mm_prefetch(reinterpret_cast<const char*>(p[r]) + PREFETCH_BYTES, _MM_HINT_T0);
         uint32_t mb = (m[r][k] >> (8 * q)) & 0xff;
         __m256 v = avx2_load8<T>(p[r]);
         __m256 w = _mm256_permutevar8x32_ps(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.idx[mb])));
@@ -157,6 +161,7 @@ __attribute__((target("avx2,fma"))) void group_avx2_bf16(const uint32_t* masks, 
     for (int r = 0; r < NR; ++r) {
       const uint32_t mk = m[r][k];
       const uint16_t* pr = p[r];
+      _mm_prefetch(reinterpret_cast<const char*>(pr) + PREFETCH_BYTES, _MM_HINT_T0);
       // start of each 8-column quarter: independent popcounts, one pointer step per block
       const int start[4] = {0, __builtin_popcount(mk & 0xffu), __builtin_popcount(mk & 0xffffu),
                             __builtin_popcount(mk & 0xffffffu)};
@@ -210,6 +215,7 @@ __attribute__((target("avx512f"))) void group_avx512(const uint32_t* masks, int6
     }
     for (int r = 0; r < NR; ++r) {
       uint32_t mk = m[r][k];
+      _mm_prefetch(reinterpret_cast<const char*>(p[r]) + PREFETCH_BYTES, _MM_HINT_T0);
       __mmask16 lo = static_cast<__mmask16>(mk & 0xffff), hi = static_cast<__mmask16>(mk >> 16);
       __m512 wl = _mm512_maskz_expand_ps(lo, avx512_load16<T>(p[r]));
       p[r] += __builtin_popcount(lo);
@@ -243,6 +249,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16"))) void
     for (int b = 0; b < NB; ++b) xv[b] = _mm512_loadu_si512(x + b * xs + k * BLOCK);
     for (int r = 0; r < NR; ++r) {
       uint32_t mk = m[r][k];
+      _mm_prefetch(reinterpret_cast<const char*>(p[r]) + PREFETCH_BYTES, _MM_HINT_T0);
       __m512i w = _mm512_maskz_expand_epi16(static_cast<__mmask32>(mk), _mm512_loadu_si512(p[r]));
       p[r] += __builtin_popcount(mk);
       for (int b = 0; b < NB; ++b) acc[b][r] = _mm512_dpbf16_ps(acc[b][r], (__m512bh)w, (__m512bh)xv[b]);
