@@ -105,8 +105,7 @@ def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
         ValueError: a listed module is missing or is not an ``nn.Linear``.
     """
     try:
-        from owl_plugin.kernels import kernel_info
-        from owl_plugin.kernels import fallback
+        from owl_plugin.kernels import fallback, kernel_info
     except ImportError as error:
         logger.warning("owl_sparse: the sparse kernels are unavailable (%s); weights stay dense", error)
         return 0

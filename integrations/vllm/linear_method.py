@@ -181,8 +181,7 @@ def _warn_once(message: str) -> None:
 def _pack(weight: torch.Tensor, prefix: str):
     """The kernel layout of ``weight``, or None (logged once) when the kernels cannot take it here."""
     try:
-        from owl_plugin.kernels import kernel_info, pack_dense
-        from owl_plugin.kernels import fallback
+        from owl_plugin.kernels import fallback, kernel_info, pack_dense
     except ImportError as error:
         _warn_once(f"owl_sparse: the sparse kernels are unavailable ({error}); weights stay dense")
         return None

@@ -3,10 +3,11 @@
 The issue's rule for CPUs without AVX-512: never slower than dense (≥ 0.95× on every row), falling back
 where the sparse path loses. Measured on this project's machines (batch 1, 70%, weights streamed):
 
-- AVX-512 paths beat the best dense op in every row (1.5-2.7× at batch 1,
+- AVX-512 paths beat the best dense op in every row (1.77-2.74× at batch 1,
   ``examples/results/kernels_vs_vllm.md``), so nothing is measured there and every layer is packed;
-- on AVX2 small bf16 layers lose (576×1536: 0.64× of torch; ``kernels_avx2_on_avx512.md``), because the
-  AVX2 path spends about one instruction per weight where torch's dense bf16 loop spends 0.375.
+- the AVX2 path once lost on small bf16 layers (576×1536 batch 1: 0.64× of torch) and now reaches ≥ 1.06×
+  in every row of ``kernels_avx2_on_avx512.md`` (a proxy: AVX2 forced on an AVX-512 CPU). Other AVX2 CPUs
+  (older cores, other caches) may differ, so there the measurement stays, as a safety net.
 
 So on the AVX2 and portable paths, :func:`keep_dense` times ``F.linear`` on the dense weight against the
 sparse kernel on its packed form, batch 1, with the caches flushed before every call (decode streams the
