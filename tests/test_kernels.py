@@ -7,7 +7,8 @@ batch chunking (1-4 rows per pass, up to 8 on the VBMI2+BF16 path, the sparse/ti
 dtypes. Paths the CPU lacks are skipped with the reason; the pure-torch twin runs everywhere.
 
 Out-of-bounds reads are checked by running this file once under AddressSanitizer (2026-12-05, after the
-AVX2 vpshufb paths and the 8-row bf16 pass: 84 passed, no report, AVX-512 machine, every path forced),
+AVX2 vpshufb paths, the 8-row bf16 pass and the prefetch: 84 passed, no report, AVX-512 machine, every
+path forced),
 with the extension built instrumented into its own cache folder:
 
     OWL_PLUGIN_CACHE=/tmp/asan-cache OWL_SPARSE_ASAN=1 ASAN_OPTIONS=detect_leaks=0 \
