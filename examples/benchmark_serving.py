@@ -140,16 +140,11 @@ def _param_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _packed_layers(model) -> list:
-    """The PackedLinear of every linear on the sparse kernel (vLLM: ``owl_packed``; transformers: ``packed``)."""
-    packed = [getattr(m, "owl_packed", None) or (m.packed if type(m).__name__ == "OwlSparseLinear" else None)
-              for m in model.modules()]
-    return [p for p in packed if p is not None]
-
-
 def _packed_stats(model) -> dict:
     """How many linears are packed, their packed bytes, and the bytes of the same weights dense in their dtype."""
-    packed = _packed_layers(model)
+    from owl_plugin.kernels.report import packed_linears
+
+    packed = packed_linears(model)
     return {"packed_layers": len(packed), "packed_bytes": sum(p.nbytes() for p in packed),
             "packed_dense_bytes": sum(p.out_features * p.in_features * p.tensors["values"].element_size()
                                       for p in packed)}

@@ -22,13 +22,19 @@ def dense_requested() -> bool:
     return value in {"1", "true"}
 
 
+def packed_linears(model: Any) -> list[PackedLinear]:
+    """The :class:`PackedLinear` of every module of ``model`` on the sparse kernels (vLLM's ``owl_packed``
+    attribute, transformers' ``OwlSparseLinear.packed``)."""
+    return [p for m in model.modules() for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None))
+            if isinstance(p, PackedLinear)]
+
+
 def sparse_layer_report(model: Any) -> dict[str, Any]:
     """``{"packed_layers": n, "packed_bytes": b, **kernel_info()}`` for the modules of ``model`` that hold a
     :class:`PackedLinear` (vLLM's ``owl_packed`` attribute, transformers' ``OwlSparseLinear.packed``);
     ``{"packed_layers": 0}`` when none does (plus ``dense_fallback``, the measurements, when the loader kept
     every layer dense because the sparse kernel was slower on this CPU)."""
-    packed = [p for m in model.modules() for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None))
-              if isinstance(p, PackedLinear)]
+    packed = packed_linears(model)
     from owl_plugin.kernels.fallback import kept_dense
 
     if not packed:

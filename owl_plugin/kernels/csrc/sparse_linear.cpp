@@ -82,6 +82,14 @@ struct Avx2Lut {
 };
 const Avx2Lut& avx2_lut() { static Avx2Lut lut; return lut; }
 
+// sum of the 8 lanes
+__attribute__((target("avx2,fma"))) inline float avx2_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
 template <typename T>
 __attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const T* p);
 template <>
@@ -116,12 +124,7 @@ __attribute__((target("avx2,fma"))) void group_avx2(const uint32_t* masks, int64
     }
   }
   for (int b = 0; b < NB; ++b)
-    for (int r = 0; r < NR; ++r) {
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-      y[b * ys + r0 + r] = _mm_cvtss_f32(s);
-    }
+    for (int r = 0; r < NR; ++r) y[b * ys + r0 + r] = avx2_sum(acc[b][r]);
 }
 
 // bf16 weights on AVX2: one vpshufb per 8 weights expands *and* widens them. The 8 stored values
@@ -176,12 +179,7 @@ __attribute__((target("avx2,fma"))) void group_avx2_bf16(const uint32_t* masks, 
     }
   }
   for (int b = 0; b < NB; ++b)
-    for (int r = 0; r < NR; ++r) {
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[b][r]), _mm256_extractf128_ps(acc[b][r], 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-      y[b * ys + r0 + r] = _mm_cvtss_f32(s);
-    }
+    for (int r = 0; r < NR; ++r) y[b * ys + r0 + r] = avx2_sum(acc[b][r]);
 }
 
 // ---------------------------------------------------------------- AVX-512F (16-lane expand of fp32)
