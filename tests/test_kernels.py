@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from owl_plugin.formats.compact import compress
 from owl_plugin.kernels import (
+    PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
     SparseFormatError,
     SparseInputError,
@@ -38,7 +39,8 @@ from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_i
 
 COMPILED = ("avx512_bf16", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
-BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40]
+# ... PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16, bf16) with a partial block of 64 rows
+BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40, PAIRS_MIN_BATCH + 5]
 
 
 def sparse_weight(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -151,6 +153,28 @@ def test_real_layer_shapes_and_sparsities(isa: str, monkeypatch: pytest.MonkeyPa
             torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f))
 
 
+@pytest.mark.parametrize("in_f", [33, 71, 257, 2048])
+def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
+    """From PAIRS_MIN_BATCH rows, bf16 on AVX-512 BF16: the op is the pair kernel (bit-equal to calling it), the
+    numbers are x Wᵀ up to bf16 rounding, for odd widths, all-zero and fully dense rows, partial 64-row blocks,
+    and any thread count (rows of W are split across threads, never a dot product)."""
+    isa_or_skip("avx512_bf16")
+    w = sparse_weight(67, in_f, 0.7, torch.bfloat16, seed=in_f)
+    packed = pack_dense(w)
+    for batch in (PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 5, 3 * 64 + 63):
+        x = torch.randn(batch, in_f).bfloat16()
+        y = sparse_linear(x, packed)
+        direct = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
+        assert torch.equal(y, direct), f"batch {batch}: the op did not run the pair kernel"
+        torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, in_f))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            assert torch.equal(sparse_linear(x, packed), y)
+        finally:
+            torch.set_num_threads(threads)
+
+
 def test_float16_weights_run_the_tiled_path() -> None:
     w = sparse_weight(50, 70, 0.7, torch.float16)
     x = torch.randn(2, 70).half()
@@ -219,7 +243,13 @@ def test_custom_ops_pass_torch_opcheck() -> None:
         if load_extension() is not None:
             torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                                   (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
-                                   SPARSE_MAX_BATCH, 1 << 20))
+                                   SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))
+    if load_extension() is not None:  # bf16 prefill: the pair kernel on AVX-512 BF16, tiled elsewhere
+        packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
+        x = torch.randn(PAIRS_MIN_BATCH + 3, 70).bfloat16()
+        torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
+                              (x, None, *packed.ordered(), packed.out_features, packed.in_features,
+                               SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))
 
 
 def test_torch_compile_traces_through_the_op() -> None:

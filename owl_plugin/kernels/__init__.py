@@ -9,8 +9,10 @@ One op, two entry points:
 
 Dispatch (see ``dispatch.py``): rows of ``x`` ≤ ``SPARSE_MAX_BATCH`` → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced with
-``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); larger batches → decompress tile by
-tile into a scratch buffer and run dense ``F.linear`` on each tile (no dense copy stays resident).
+``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); from ``PAIRS_MIN_BATCH`` rows (prefill) on
+AVX-512 BF16 with bf16 weights → the pair kernel, one ``vdpbf16ps`` per non-empty column pair of W
+(``csrc/sparse_gemm_pairs.cpp``); other larger batches → decompress tile by tile into a scratch buffer
+and run dense ``F.linear`` on each tile. No dense copy of W stays resident on any path.
 
 Example:
     >>> w = torch.randn(64, 96) * (torch.rand(64, 96) > 0.7)
@@ -19,6 +21,7 @@ Example:
 """
 
 from owl_plugin.kernels.dispatch import (
+    PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
     kernel_info,
     sparse_linear,
@@ -37,6 +40,7 @@ from owl_plugin.kernels.report import DENSE_ENV, dense_requested, sparse_layer_r
 
 __all__ = [
     "DENSE_ENV",
+    "PAIRS_MIN_BATCH",
     "SPARSE_MAX_BATCH",
     "TENSOR_ORDER",
     "PackedLinear",

@@ -15,6 +15,11 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
 # Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
 SPARSE_MAX_BATCH = 16
+# From this many rows of x (prefill), on AVX-512 BF16 with bf16 weights, the pair kernel
+# (csrc/sparse_gemm_pairs.cpp) runs instead of the tiled path. Its cost grows in steps of 64 rows and it
+# builds per-call pair lists, so below two blocks the tiled path is faster (measured, 1 thread, 70%:
+# 64 rows 3.5 vs 3.7 ms, 96 rows 5.8 vs 5.2 ms, 128 rows 5.8 vs 6.7 ms at 2560x2048; 512 rows 1.22x F.linear).
+PAIRS_MIN_BATCH = 128
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
 # leave the cache)
@@ -61,8 +66,9 @@ def selected_isa() -> str:
 
 
 def kernel_info() -> dict:
-    """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "dense_fallback"}``
-    (``dense_fallback``: the batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
+    """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "pairs_min_batch",
+    "dense_fallback"}`` (``pairs_min_batch``: None where the pair kernel cannot run; ``dense_fallback``: the
+    batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
     isa = selected_isa()
     return {
         "isa": isa,
@@ -71,6 +77,7 @@ def kernel_info() -> dict:
         "extension": _STATE.get("path"),
         "extension_error": _STATE.get("error"),
         "sparse_max_batch": SPARSE_MAX_BATCH,
+        "pairs_min_batch": PAIRS_MIN_BATCH if isa == "avx512_bf16" else None,
         "dense_fallback": kept_dense(),
     }
 
@@ -161,6 +168,9 @@ def sparse_linear_op(
     if ext is not None and x2.shape[0] <= SPARSE_MAX_BATCH and values.dtype in (torch.float32, torch.bfloat16) \
             and x2.shape[0] > 0:
         y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
+    elif ext is not None and isa == "avx512_bf16" and values.dtype == torch.bfloat16 \
+            and x2.shape[0] >= PAIRS_MIN_BATCH:
+        y = torch.ops.owl_ext.sparse_gemm_pairs(x2, masks, values, row_offsets, out_features, in_features)
     else:
         y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext, isa)
     if bias is not None:
@@ -204,4 +214,4 @@ def sparse_linear(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return sparse_linear_op(x, bias, *tensors, packed.out_features, packed.in_features)
     _check(x, bias, *tensors, packed.out_features, packed.in_features)
     return torch.ops.owl_ext.sparse_linear(x, bias, *tensors, packed.out_features, packed.in_features,
-                                           SPARSE_MAX_BATCH, TILE_BYTES)
+                                           SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, TILE_BYTES)

@@ -574,6 +574,10 @@ int64_t resolve_isa() {
   return (feats & 4) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
 }
 
+// many rows of x, bf16, AVX-512 BF16: one vdpbf16ps per non-empty column pair (sparse_gemm_pairs.cpp)
+at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
+                             const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
+
 // y = x W^T by decompressing ~tile_bytes of W at a time into a reused per-thread scratch tile
 at::Tensor tiled_dense(const at::Tensor& x2, const at::Tensor& masks, const at::Tensor& values,
                        const at::Tensor& row_offsets, int64_t out_f, int64_t in_f, int64_t isa, int64_t tile_bytes) {
@@ -592,17 +596,22 @@ at::Tensor tiled_dense(const at::Tensor& x2, const at::Tensor& masks, const at::
   return y;
 }
 
-// y[..., out] = x[..., in] W^T (+ bias): the sparse kernel up to max_batch rows of x, tiled dense above
+// y[..., out] = x[..., in] W^T (+ bias): the sparse kernel up to max_batch rows of x, the pair kernel from
+// pairs_min_batch rows (AVX-512 BF16, bf16), tiled dense between and elsewhere
 at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& masks,
                          const at::Tensor& values, const at::Tensor& row_offsets, int64_t out_f, int64_t in_f,
-                         int64_t max_batch, int64_t tile_bytes) {
+                         int64_t max_batch, int64_t pairs_min_batch, int64_t tile_bytes) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_f && x.is_contiguous(), "x must be contiguous [..., ", in_f, "]");
   const at::Tensor x2 = x.reshape({-1, in_f});
   const int64_t isa = resolve_isa();
   const bool kernel = x2.size(0) > 0 && x2.size(0) <= max_batch &&
                       (values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16);
-  at::Tensor y = kernel ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
-                        : tiled_dense(x2, masks, values, row_offsets, out_f, in_f, isa, tile_bytes);
+  // from pairs_min_batch rows on AVX-512 BF16 with bf16 weights: the pair kernel (no dense W at all); the
+  // rest above max_batch: decompress tiles into dense GEMMs
+  const bool pairs = !kernel && x2.size(0) >= pairs_min_batch && isa >= 3 && values.scalar_type() == at::kBFloat16;
+  at::Tensor y = kernel  ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
+                 : pairs ? sparse_gemm_pairs(x2, masks, values, row_offsets, out_f, in_f)
+                         : tiled_dense(x2, masks, values, row_offsets, out_f, in_f, isa, tile_bytes);
   if (bias.has_value() && bias->defined()) y.add_(*bias);
   std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = out_f;
@@ -614,13 +623,16 @@ TORCH_LIBRARY(owl_ext, m) {
         "int in_features, int isa) -> Tensor");
   m.def("decompress_rows_into(Tensor masks, Tensor values, Tensor row_offsets, int r0, int r1, Tensor(a!) out, "
         "int isa) -> ()");
+  m.def("sparse_gemm_pairs(Tensor x, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
+        "int in_features) -> Tensor");
   m.def("sparse_linear(Tensor x, Tensor? bias, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
-        "int in_features, int max_batch, int tile_bytes) -> Tensor");
+        "int in_features, int max_batch, int pairs_min_batch, int tile_bytes) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {
   m.impl("sparse_gemm", &sparse_gemm);
   m.impl("decompress_rows_into", &decompress_rows_into);
+  m.impl("sparse_gemm_pairs", &sparse_gemm_pairs);
   m.impl("sparse_linear", &sparse_linear);
 }
 
