@@ -18,9 +18,12 @@ with the extension built instrumented into its own cache folder:
 
 from __future__ import annotations
 
+import os
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from owl_plugin.formats.compact import compress
 from owl_plugin.kernels import (
@@ -137,6 +140,32 @@ def test_every_path_matches_dense_linear(isa: str, dtype: torch.dtype, shape: tu
             assert y.dtype == dtype and y.shape == (batch, out_f)
             torch.testing.assert_close(y.float(), reference(x, w, b), **tolerance(dtype, in_f),
                                        msg=lambda m, n=batch: f"{isa} batch {n}: {m}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(out_f=st.integers(1, 70), in_f=st.integers(1, 300), sparsity=st.sampled_from([0.0, 0.5, 0.7, 0.9, 1.0]),
+       batch=st.one_of(st.integers(1, SPARSE_MAX_BATCH), st.integers(PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 70)),
+       bf16=st.booleans(), isa_index=st.integers(0, len(COMPILED)), seed=st.integers(0, 2**16))
+def test_random_shapes_batches_and_paths_match_dense(out_f: int, in_f: int, sparsity: float, batch: int, bf16: bool,
+                                                     isa_index: int, seed: int) -> None:
+    """Random shapes (widths not a multiple of 32 or 64, all-zero and fully dense rows), batch 1-16 (the sparse
+    kernel) and prefill batches (the pair kernel on AVX-512 BF16), every path this CPU runs: x Wᵀ."""
+    paths = [isa for isa in COMPILED if load_extension() is not None and isa in cpu_supported_isas()] + ["torch"]
+    isa = paths[isa_index % len(paths)]
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    w = sparse_weight(out_f, in_f, sparsity, dtype, seed=seed)
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    previous = os.environ.get("OWL_SPARSE_ISA")
+    os.environ["OWL_SPARSE_ISA"] = isa  # (hypothesis runs many examples per test: no monkeypatch fixture)
+    try:
+        y = sparse_linear(x, pack_dense(w))
+    finally:
+        if previous is None:
+            del os.environ["OWL_SPARSE_ISA"]
+        else:
+            os.environ["OWL_SPARSE_ISA"] = previous
+    torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f),
+                               msg=lambda m: f"{isa} {dtype} {out_f}x{in_f} batch {batch}: {m}")
 
 
 @pytest.mark.parametrize("isa", COMPILED)
