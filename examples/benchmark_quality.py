@@ -37,6 +37,14 @@ calibration windows (``OWLAllocationModifier.statistics_samples``; the pruner st
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda \
         --allocations uniform owl owl-capped --statistics-samples 16 --seeds 0 1 2
 
+``--atp-beta`` sweeps ATP's common difference β (one ``atp`` row per value, default 0.005 alone, whose
+rows stay labelled ``atp``; any other list labels them ``atp β=0.01`` etc. and records ``atp_beta``). A β
+steeper than the bounds allow around the target is projected back by the allocator (mean kept); with L
+blocks the plain progression fits while β ≤ 2·min(S, 0.99 − S)/(L − 1) (0.034 for 18 blocks at 70%):
+
+    python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform atp \
+        --atp-beta 0.005 0.01 0.015 --num-samples 16
+
 ``owl-linear`` rows give every linear its own outlier ratio and sparsity (``granularity: linear``)
 instead of one per decoder block as in the paper; the 2λ band and the parameter-weighted mean
 stay the same.
@@ -129,10 +137,23 @@ CPU_KERNELS = {
 }
 
 
+ATP_DEFAULT_BETA = 0.005  # the β of ALLOCATIONS["atp"]
+
+
+def atp_allocations(betas: list[float]) -> dict[str, float]:
+    """Row name → β for ``--atp-beta``: the default alone keeps the name ``atp``; otherwise ``atp β=0.01``, ..."""
+    if list(betas) == [ATP_DEFAULT_BETA]:
+        return {"atp": ATP_DEFAULT_BETA}
+    return {f"atp β={beta:g}": beta for beta in betas}
+
+
 def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | None = None, *,
-                structure: str = "0:0", owl_lambda: float | None = None, statistics_samples: int = 16) -> str:
+                structure: str = "0:0", owl_lambda: float | None = None, statistics_samples: int = 16,
+                atp_beta: float | None = None) -> str:
     lines = ["sparsity_stage:", "  sparsity_modifiers:"]
-    if allocation == "owl" and owl_lambda is not None:  # N:M rows: OWL's wanda_owl_structure spread
+    if atp_beta is not None:  # an --atp-beta row (any β, default included)
+        lines.append(f"    ATPAllocationModifier: {{atp_beta: {atp_beta!r}}}")
+    elif allocation == "owl" and owl_lambda is not None:  # N:M rows: OWL's wanda_owl_structure spread
         lines.append(f"    OWLAllocationModifier: {{owl_m: 5, owl_lambda: {owl_lambda}}}")
     elif allocation == "tuned":
         lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
@@ -198,15 +219,17 @@ def tune(sparsity: float, args, work: Path, method: str = "all", refine: int = 0
 
 
 def run(pruner: str, allocation: str, sparsity: float, args, work: Path, profile: Path | None = None, *,
-        structure: str = "0:0", seed: int = 0, num_samples: int | None = None, prelude: str = "") -> dict:
+        structure: str = "0:0", seed: int = 0, num_samples: int | None = None, prelude: str = "",
+        atp_beta: float | None = None) -> dict:
     """Prune and evaluate one row in a fresh process; ``prelude`` is Python run before ``RUN_ONE``
     (``propagation_check.py`` uses it to change an llmcompressor argument)."""
     nm = structure != "0:0"
-    recipe = work / (f"{pruner}-{allocation}-{sparsity}" + (f"-{structure.replace(':', 'of')}" if nm else "")
+    name = allocation if atp_beta is None else f"atp-beta{atp_beta!r}"
+    recipe = work / (f"{pruner}-{name}-{sparsity}" + (f"-{structure.replace(':', 'of')}" if nm else "")
                      + f"-seed{seed}.yaml")
     recipe.write_text(recipe_text(pruner, allocation, sparsity, profile, structure=structure,
                                   owl_lambda=args.nm_owl_lambda if nm else None,
-                                  statistics_samples=args.statistics_samples))
+                                  statistics_samples=args.statistics_samples, atp_beta=atp_beta))
     output = work / recipe.stem
     proc = subprocess.run(
         [sys.executable, "-c", prelude + RUN_ONE, str(recipe), str(output), args.dataset,
@@ -228,6 +251,9 @@ def main() -> None:
                         help="unstructured targets (give none with --nm for N:M rows only)")
     parser.add_argument("--pruners", nargs="+", choices=tuple(PRUNERS), default=list(PRUNERS))
     parser.add_argument("--allocations", nargs="+", choices=tuple(ALLOCATIONS), default=list(ALLOCATIONS))
+    parser.add_argument("--atp-beta", type=float, nargs="+", default=[ATP_DEFAULT_BETA], metavar="BETA",
+                        help="ATP's β per decoder block; several values give one atp row each, labelled "
+                             "'atp β=...' (default: 0.005 alone, labelled 'atp')")
     parser.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 validation)")
     parser.add_argument("--dataset", default=None, help="calibration text (default: second half of --text)")
     parser.add_argument("--num-samples", type=int, default=64)
@@ -271,6 +297,18 @@ def main() -> None:
                              "evaluation to AVX2 kernels, which reproduces rows measured on AVX2 machines exactly")
     args = parser.parse_args()
     os.environ.update(CPU_KERNELS[args.cpu_kernels])  # inherited by every prune, evaluation and tune below
+    atp_rows = atp_allocations(args.atp_beta)
+    if atp_rows != {"atp": ATP_DEFAULT_BETA} and "atp" not in args.allocations:
+        parser.error("--atp-beta needs 'atp' among --allocations")
+    if len(set(args.atp_beta)) != len(args.atp_beta):
+        parser.error(f"--atp-beta {' '.join(map(str, args.atp_beta))}: a value is given twice")
+    from owl_plugin.config import ATPConfig
+
+    for beta in args.atp_beta:
+        try:
+            ATPConfig(beta=beta)
+        except ValueError as error:
+            parser.error(f"--atp-beta {beta}: {error}")
     if args.statistics_samples < 1:
         parser.error(f"--statistics-samples {args.statistics_samples}: need at least one calibration window")
     if args.merge:
@@ -291,8 +329,9 @@ def main() -> None:
                                      "calibration text)")
         else:
             check_eval_windows(args)
+        allocations = [name for a in args.allocations for name in (atp_rows if a == "atp" else [a])]
         jobs = [(seed, p, a, s) for seed in args.seeds for s in args.sparsities for p in args.pruners
-                for a in args.allocations]
+                for a in allocations]
         if args.nm:  # N:M rows come last: (seed, pruner, allocation, N/M, structure)
             from owl_plugin.allocators.mixed_nm import parse_mask_structure
 
@@ -310,6 +349,8 @@ def main() -> None:
                    **({"calibration": calibration} if calibration else {})}
             if allocation == "owl-capped":
                 row["statistics_samples"] = args.statistics_samples
+            if allocation in atp_rows and allocation != "atp":
+                row["atp_beta"] = atp_rows[allocation]
             if nm:
                 rows.append({**row, "structure": nm[0], **run(pruner, allocation, sparsity, args, work,
                                                              structure=nm[0], seed=seed)})
@@ -320,7 +361,8 @@ def main() -> None:
             if allocation in TUNED and (allocation, sparsity) not in tuned:  # once per sparsity, for every draw
                 tuned[allocation, sparsity] = tune(sparsity, args, work, TUNED[allocation], refine)
             profile = tuned[allocation, sparsity][0] if allocation in TUNED else None
-            rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed)})
+            rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed,
+                                      atp_beta=atp_rows.get(allocation) if allocation != "atp" else None)})
             if allocation in TUNED:
                 rows[-1]["tune_seconds"] = tuned[allocation, sparsity][1]
                 rows[-1]["tuned_as"] = tuned_as(json.loads(profile.read_text()))

@@ -172,3 +172,19 @@ def test_tuned_rows_prune_with_the_profile_owl_tune_wrote_and_name_what_it_picke
     owl_tuned = Recipe.create_instance(str(recipes["owl-tuned"])).modifiers  # OWL itself, with the picked M and λ
     assert [type(m).__name__ for m in owl_tuned] == ["OWLAllocationModifier", "WandaPruningModifier"]
     assert (owl_tuned[0].owl_m, owl_tuned[0].owl_lambda, owl_tuned[1].sparsity) == (3.0, 0.2, 0.7)
+
+
+def test_atp_beta_rows_keep_the_default_label_and_prune_with_their_own_beta(tmp_path: Path) -> None:
+    """``--atp-beta``: the default β alone stays the ``atp`` row; a sweep labels each row by β and its
+    recipe carries that β."""
+    script = load_script()
+    from llmcompressor.recipe import Recipe
+
+    import owl_plugin.integrations.llmcompressor  # noqa: F401  (registers the modifiers)
+
+    assert script.atp_allocations([0.005]) == {"atp": 0.005}
+    assert script.atp_allocations([0.005, 0.01]) == {"atp β=0.005": 0.005, "atp β=0.01": 0.01}
+    recipe = tmp_path / "atp.yaml"
+    recipe.write_text(script.recipe_text("wanda", "atp β=0.01", 0.7, atp_beta=0.01))
+    modifiers = Recipe.create_instance(str(recipe)).modifiers
+    assert type(modifiers[0]).__name__ == "ATPAllocationModifier" and modifiers[0].atp_beta == 0.01
