@@ -6,15 +6,17 @@
 // sparsity s it issues 1 - s^2 of the dense count (0.51 at 70%, 0.75 at 50%).
 //
 // Layout per call:
-// - x is turned into pair-major blocks of MB = 64 rows: xb[mb][q][lane] = (x[mb*MB+lane, 2q], x[.., 2q+1])
-//   as one dword, so the 64 rows of one column pair are 4 contiguous zmm.
-// - each weight row becomes a list of its non-empty pairs: (byte offset of q in an x block, the bf16 pair
-//   as one dword). The lists of NR rows are built once (vpexpandw of the bitmask block, vptestmd,
-//   register vpcompressd: the memory form of vpcompressd is microcoded and slow on AMD Zen 4) and reused
-//   for every x block.
-// - loops: rows of W in blocks of NR (threads) -> x blocks of 64 rows -> column chunks of KC pairs (16 KB of
-//   x, stays in L1) -> rows -> the row's pairs in that chunk (8 accumulators: 4 lanes x even/odd pairs).
-// - the result is written transposed (yT [out, M_padded], fp32) and turned into y [M, out] by one copy.
+// - x is turned into pair-major blocks of MB = 64 rows (one dword gather per pair and 16 rows):
+//   xb[mb][q][lane] = (x[mb*MB+lane, 2q], x[.., 2q+1]) as one dword, so the 64 rows of one column pair are 4
+//   contiguous zmm (kept in a thread-local scratch between calls).
+// - each weight row becomes a list of its non-empty pairs, one 8-byte entry each (byte offset of q in an x
+//   block, the bf16 pair). The lists of NR rows are built once per call (vpexpandw of the bitmask block,
+//   vptestmd, register vpcompressd: the memory form of vpcompressd is microcoded and slow on AMD Zen 4) and
+//   reused for every x block.
+// - loops: rows of W in blocks of NR (threads) -> x blocks of 64 rows -> column chunks of KC_WORDS*16 pairs
+//   (32 KB of x, mostly in L1) -> rows -> the row's pairs in that chunk (8 accumulators: 4 lanes x even/odd
+//   pairs) into an NR x 64 fp32 block, written into y [M, out] as bf16 (rounded once) by a gather per 16 rows.
+// Bound by the 64-byte x load each vdpbf16ps needs: ~1.2x of a dense bf16 GEMM at 70% (see dispatch.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
