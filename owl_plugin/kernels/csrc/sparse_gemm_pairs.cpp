@@ -26,7 +26,6 @@
 
 namespace {
 
-constexpr int64_t WORD = 32;       // columns per mask word (pack.py BLOCK)
 constexpr int64_t MB = 64;         // rows of x per block: 4 zmm of fp32 lanes
 constexpr int64_t NR = 64;         // weight rows whose pair lists are built at once (one task)
 constexpr int64_t KC_WORDS = 8;    // mask words per column chunk: 8 x 16 pairs x 256 B = 32 KB of x (measured
@@ -155,22 +154,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void store_block
 
 }  // namespace
 
+// sparse_linear.cpp: shapes, dtypes and padding of x and the packed tensors
+void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
+                  const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
+
 // y [M, out] bf16 = x [M, in] bf16 @ W^T, W packed (bf16 values). Needs AVX-512 VBMI2 + BF16 (isa 3): the
 // caller (sparse_linear.cpp) only sends it there.
 at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == in_f && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "sparse_gemm_pairs: x must be contiguous bf16 [M, in_features]");
-  TORCH_CHECK(values.scalar_type() == at::kBFloat16 && values.dim() == 1 && values.is_contiguous(),
-              "sparse_gemm_pairs: values must be contiguous bf16");
+  check_inputs(x, masks, values, row_offsets, out_f, in_f);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "sparse_gemm_pairs: x and values must be bfloat16");
   const int64_t nblk = masks.size(1);
-  TORCH_CHECK(masks.scalar_type() == at::kInt && masks.dim() == 2 && masks.size(0) == out_f &&
-                  nblk == (in_f + WORD - 1) / WORD && masks.is_contiguous(),
-              "sparse_gemm_pairs: masks must be contiguous int32 [out, ceil(in/32)]");
-  TORCH_CHECK(row_offsets.scalar_type() == at::kLong && row_offsets.numel() == out_f + 1 &&
-                  row_offsets.is_contiguous(), "sparse_gemm_pairs: row_offsets must be contiguous int64 [out+1]");
-  TORCH_CHECK(values.numel() >= row_offsets[out_f].item<int64_t>() + WORD,
-              "sparse_gemm_pairs: values must hold nnz + 32 padding");
   const int64_t M = x.size(0);
   const int64_t nmb = (M + MB - 1) / MB;
   const int64_t pairs = nblk * 16;  // column pairs of the padded width nblk*32

@@ -295,6 +295,9 @@ template <int NR, int NB> void g2_h(const uint32_t* a, int64_t b, const uint16_t
   group_avx2_bf16<NR, NB>(a, b, c, d, e, f, g, h, i);
 }
 
+}  // namespace
+
+// shapes, dtypes and padding of x and the packed tensors (also used by sparse_gemm_pairs.cpp)
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == in_f && x.is_contiguous(), "x must be contiguous [B, in_features]");
@@ -308,8 +311,6 @@ void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor
   TORCH_CHECK(x.scalar_type() == values.scalar_type(), "x and values must share a dtype");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "dtype must be float32 or bfloat16");
 }
-
-}  // namespace
 
 // y [B, out] (x's dtype) = x [B, in] @ W^T
 at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
