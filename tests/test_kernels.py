@@ -204,6 +204,22 @@ def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
             torch.set_num_threads(threads)
 
 
+
+@pytest.mark.parametrize("in_f", [33, 257])
+def test_pair_kernel_last_block_of_every_width_matches_dense(in_f: int) -> None:
+    """The last block of x runs 1-4 vectors of 16 rows (only its live rows): every tail width, alone and after
+    full blocks, gives x Wᵀ up to bf16 rounding, and a row's result never depends on the rows beside it."""
+    isa_or_skip("avx512_bf16")
+    w = sparse_weight(67, in_f, 0.7, torch.bfloat16, seed=7 * in_f)
+    packed = pack_dense(w)
+    x_all = torch.randn(64 + 64, in_f).bfloat16()
+    full = torch.ops.owl_ext.sparse_gemm_pairs(x_all, *packed.ordered(), packed.out_features, in_f)
+    for batch in (1, 15, 16, 17, 32, 33, 48, 49, 63, 64, 65, 81, 97, 113, 127):
+        x = x_all[:batch].contiguous()
+        y = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
+        torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, in_f))
+        assert torch.equal(y, full[:batch]), f"batch {batch}: rows changed with the block's width"
+
 def test_float16_weights_run_the_tiled_path() -> None:
     w = sparse_weight(50, 70, 0.7, torch.float16)
     x = torch.randn(2, 70).half()

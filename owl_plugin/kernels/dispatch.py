@@ -15,11 +15,13 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
 # Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
 SPARSE_MAX_BATCH = 16
-# From this many rows of x (prefill), on AVX-512 BF16 with bf16 weights, the pair kernel
-# (csrc/sparse_gemm_pairs.cpp) runs instead of the tiled path. Its cost grows in steps of 64 rows and it
-# builds per-call pair lists, so below two blocks the tiled path is faster (measured, 1 thread, 70%:
-# 64 rows 3.5 vs 3.7 ms, 96 rows 5.8 vs 5.2 ms, 128 rows 5.8 vs 6.7 ms at 2560x2048; 512 rows 1.22x F.linear).
-PAIRS_MIN_BATCH = 128
+# From this many rows of x (prefill, and decode with many sequences), on AVX-512 BF16 with bf16 weights, the
+# pair kernel (csrc/sparse_gemm_pairs.cpp) runs instead of the tiled path. It builds per-call pair lists (a fixed
+# cost of about one tiled decompression plus one 16-row block), so below 64 rows the tiled path is faster.
+# Measured (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536 to 11008x4096; pairs vs
+# tiled): 32 rows 0.80-0.92x, 48 rows 0.95-1.02x, 64 rows 1.04-1.14x in every shape, 80 rows 0.99-1.07x,
+# 96 rows 1.02-1.12x; 128 rows 1.14-1.33x.
+PAIRS_MIN_BATCH = 64
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
 # leave the cache)

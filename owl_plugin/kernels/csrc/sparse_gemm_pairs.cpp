@@ -16,7 +16,9 @@
 // - loops: rows of W in blocks of NR (threads) -> x blocks of 64 rows -> column chunks of KC_WORDS*16 pairs
 //   (32 KB of x, mostly in L1) -> rows -> the row's pairs in that chunk (8 accumulators: 4 lanes x even/odd
 //   pairs) into an NR x 64 fp32 block, written into y [M, out] as bf16 (rounded once) by a gather per 16 rows.
-// Bound by the 64-byte x load each vdpbf16ps needs: ~1.2x of a dense bf16 GEMM at 70% (see dispatch.py).
+//   The last x block runs only its live groups of 16 rows (row_chunk<V>, V = 1..4), so its cost follows M.
+// Bound by the 64-byte x load each vdpbf16ps needs: ~1.1-1.3x of a dense bf16 GEMM at 70% from 64 rows of x
+// (see PAIRS_MIN_BATCH in dispatch.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -59,7 +61,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
     for (int64_t k = 0; k < nblk; ++k) {
       if (k % KC_WORDS == 0) start[k / KC_WORDS] = n;
       const uint32_t w = m[k];
-      const __m512i v = _mm512_maskz_expandloadu_epi16(w, p);
+      // register form: the load form of vpexpandw is slower here; the values' 32-entry padding keeps the
+      // 64-byte load in bounds
+      const __m512i v = _mm512_maskz_expand_epi16(w, _mm512_loadu_si512(p));
       p += __builtin_popcount(w);
       const __mmask16 nonempty = _mm512_test_epi32_mask(v, v);
       const __m512i cw = _mm512_maskz_compress_epi32(nonempty, v);
@@ -73,43 +77,50 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
   }
 }
 
-#define OWL_DP(acc, ptr, w) acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(ptr), w)
+// acc[0 .. 16*V) (+)= sum over the row's pairs in [e, end) of (x pair) . (W pair), for the first 16*V rows of
+// one x block (V = 4: a full block; fewer for the last block of a call, so 80 rows of x cost 1.25 blocks, not 2).
+// P pairs per step into separate accumulators: P*V independent vdpbf16ps chains in flight. P is the same for
+// every V, so the summation order, and so each row of y, does not depend on how many rows share its block
+// (a sequence's logits do not change with the batch it is served in).
+constexpr int P = 4;
 
-// acc[0..63] (+)= sum over the row's pairs in [e, end) of (x pair) . (W pair), for the 64 rows of one x block
+template <int V>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void row_chunk(
     const char* xblock, const uint64_t* entry, int64_t e, int64_t end, float* acc, bool first) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  for (; e + 1 < end; e += 2) {  // two pairs per step, into separate accumulators: 8 independent chains
-    const uint64_t ea = entry[e], eb = entry[e + 1];
-    const char* pa = xblock + static_cast<uint32_t>(ea);
-    const char* pb = xblock + static_cast<uint32_t>(eb);
-    const __m512bh wa = (__m512bh)_mm512_set1_epi32(static_cast<int>(ea >> 32));
-    const __m512bh wb = (__m512bh)_mm512_set1_epi32(static_cast<int>(eb >> 32));
-    OWL_DP(a0, pa, wa); OWL_DP(a1, pa + 64, wa); OWL_DP(a2, pa + 128, wa); OWL_DP(a3, pa + 192, wa);
-    OWL_DP(b0, pb, wb); OWL_DP(b1, pb + 64, wb); OWL_DP(b2, pb + 128, wb); OWL_DP(b3, pb + 192, wb);
+  __m512 a[P][V];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) a[p][v] = _mm512_setzero_ps();
+  for (; e + P <= end; e += P) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const uint64_t ep = entry[e + p];
+      const char* xp = xblock + static_cast<uint32_t>(ep);
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(ep >> 32));
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) a[p][v] = _mm512_dpbf16_ps(a[p][v], (__m512bh)_mm512_loadu_si512(xp + 64 * v), w);
+    }
   }
-  if (e < end) {
-    const uint64_t ea = entry[e];
-    const char* pa = xblock + static_cast<uint32_t>(ea);
-    const __m512bh wa = (__m512bh)_mm512_set1_epi32(static_cast<int>(ea >> 32));
-    OWL_DP(a0, pa, wa); OWL_DP(a1, pa + 64, wa); OWL_DP(a2, pa + 128, wa); OWL_DP(a3, pa + 192, wa);
+  for (; e < end; ++e) {
+    const uint64_t ep = entry[e];
+    const char* xp = xblock + static_cast<uint32_t>(ep);
+    const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(ep >> 32));
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) a[0][v] = _mm512_dpbf16_ps(a[0][v], (__m512bh)_mm512_loadu_si512(xp + 64 * v), w);
   }
-  a0 = _mm512_add_ps(a0, b0);
-  a1 = _mm512_add_ps(a1, b1);
-  a2 = _mm512_add_ps(a2, b2);
-  a3 = _mm512_add_ps(a3, b3);
-  if (!first) {
-    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(acc));
-    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(acc + 16));
-    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(acc + 32));
-    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(acc + 48));
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    __m512 sum = a[0][v];
+#pragma GCC unroll 8
+    for (int p = 1; p < P; ++p) sum = _mm512_add_ps(sum, a[p][v]);
+    if (!first) sum = _mm512_add_ps(sum, _mm512_loadu_ps(acc + 16 * v));
+    _mm512_storeu_ps(acc + 16 * v, sum);
   }
-  _mm512_storeu_ps(acc, a0);
-  _mm512_storeu_ps(acc + 16, a1);
-  _mm512_storeu_ps(acc + 32, a2);
-  _mm512_storeu_ps(acc + 48, a3);
 }
-#undef OWL_DP
+
+using RowChunk = void (*)(const char*, const uint64_t*, int64_t, int64_t, float*, bool);
+constexpr RowChunk ROW_CHUNK[4] = {row_chunk<1>, row_chunk<2>, row_chunk<3>, row_chunk<4>};
 
 // x block mb, pair-major: xb[q * MB + lane] = (x[m, 2q], x[m, 2q+1]) for m = mb*MB + lane (zeros past M, in_f).
 // 16 rows at a time by one dword gather per pair (the pair is one aligned-enough dword of a bf16 row).
@@ -117,7 +128,8 @@ __attribute__((target("avx512f"))) void pack_x_block(const uint16_t* x, int64_t 
                                                      int64_t pairs, uint32_t* xb) {
   const __m512i row_step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                               _mm512_set1_epi32(static_cast<int>(in_f)));
-  for (int64_t g = 0; g < MB; g += 16) {
+  const int64_t groups = std::min<int64_t>(MB, M - mb * MB);  // later groups of the block are never read
+  for (int64_t g = 0; g < groups; g += 16) {
     const int64_t m0 = mb * MB + g;
     const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(16, M - m0));
     const __mmask16 live = static_cast<__mmask16>((1u << rows) - 1u);
@@ -191,10 +203,11 @@ at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const
       build_pairs(Mk, nblk, V, O, r0, r1, nchunk, lists);
       for (int64_t mb = 0; mb < nmb; ++mb) {
         const char* xblock = reinterpret_cast<const char*>(XB + mb * xblock_words);
+        const RowChunk chunk = ROW_CHUNK[(std::min<int64_t>(MB, M - mb * MB) + 15) / 16 - 1];
         for (int64_t c = 0; c < nchunk; ++c) {
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t* start = lists.start.data() + (r - r0) * (nchunk + 1);
-            row_chunk(xblock, lists.entry.data(), start[c], start[c + 1], acc[r - r0], c == 0);
+            chunk(xblock, lists.entry.data(), start[c], start[c + 1], acc[r - r0], c == 0);
           }
         }
         store_block(acc, r0, r1, mb, M, out_f, Y);
