@@ -1,7 +1,7 @@
 """End-to-end serving benchmark: a compact (owl_sparse) checkpoint on the sparse kernels vs its dense twin.
 
     .venv/bin/python examples/benchmark_serving.py [--quick] [--models llama1b smollm2] \\
-        [--engines vllm transformers] [--rounds 5] [--out examples/results/serving_table.md]
+        [--engines vllm vllm-serve transformers] [--batches 1 8] [--rounds 5] [--out examples/results/serving_table.md]
 
 For each model it writes two checkpoints holding the same pruned weights: *dense* (an ordinary
 bf16 checkpoint with zeros) and *compact* (``owl export --format compact``), then, per engine,
@@ -9,7 +9,8 @@ starts one worker process per checkpoint (both stay loaded) and times them **int
 round runs each measurement on dense and compact back to back (order alternating per round), and
 the table gives the median over rounds and the ratio compact / dense of those medians. Measures:
 
-* decode tok/s at batch 1 and 8: ``new_tokens`` greedy tokens (EOS ignored) after a 16-token prompt,
+* decode tok/s at each ``--batches`` (1 and 8; the engines admit that many sequences at once):
+  ``new_tokens`` greedy tokens (EOS ignored) after a 16-token prompt,
   tok/s = batch · new_tokens / wall time;
 * prefill: one ``prefill`` -token prompt, 1 new token, wall time (vLLM's prefix cache off, or the
   repeated prompt would be served from it);
@@ -29,7 +30,9 @@ magnitude with an OWL-shaped block profile: ``owl_plugin.allocators.owl.owl_rati
 mean = the target) applied to a layer-outlier curve that falls with depth, as OWL measures on
 real LLMs (random weights have no outliers of their own, so the curve is given, not measured).
 
-vLLM runs in ``.venv-vllm`` (``$OWL_VLLM_VENV``) with torch.compile (vLLM-CPU's default), bf16;
+vLLM runs in ``.venv-vllm`` (``$OWL_VLLM_VENV``) with torch.compile (vLLM-CPU's default), bf16, either in
+process (``vllm``: ``LLM.generate``) or as ``vllm serve`` (``vllm-serve``: the OpenAI-compatible server, a batch
+of b is b concurrent ``/v1/completions`` requests; only the server processes' RSS is visible from outside);
 transformers in this venv, bf16. ``OWL_SPARSE_DENSE=1`` is how the dense worker of a compact model
 would be made; here the dense worker simply loads the dense checkpoint. The CPU may be shared:
 the table records the load average before and after. Not a test: nothing here asserts a speed.
@@ -167,11 +170,11 @@ def _kernel_info() -> dict:
 
 
 class VllmWorker:
-    def __init__(self, model: str, max_len: int) -> None:
+    def __init__(self, model: str, max_len: int, max_seqs: int) -> None:
         from vllm import LLM
 
         # no prefix caching: every round sends the same prompts, and a cached prefix would hide the prefill
-        self.llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, max_num_seqs=8, seed=0,
+        self.llm = LLM(model=model, dtype="bfloat16", max_model_len=max_len, max_num_seqs=max_seqs, seed=0,
                        skip_tokenizer_init=True, enable_prefix_caching=False)
 
     def info(self) -> dict:
@@ -191,7 +194,7 @@ class VllmWorker:
 
 
 class TransformersWorker:
-    def __init__(self, model: str, max_len: int) -> None:
+    def __init__(self, model: str, max_len: int, max_seqs: int) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -214,9 +217,72 @@ class TransformersWorker:
         return elapsed
 
 
-def worker_main(engine: str, model: str, max_len: int) -> None:
+def _tree_rss_bytes(pid: int) -> int:
+    """VmRSS of a process and all its descendants (``vllm serve`` runs its engine core in a child)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+class VllmServeWorker:
+    """``vllm serve`` (the OpenAI-compatible server, bf16, torch.compile as vLLM-CPU does by default), driven over
+    HTTP: a batch of b prompts is b concurrent ``/v1/completions`` requests, and the time is their wall time."""
+
+    def __init__(self, model: str, max_len: int, max_seqs: int) -> None:
+        from owl_plugin.integrations.vllm.validate import Server
+        from owl_plugin.validation.protocol import ServeSettings
+
+        self.settings = ServeSettings(requests=max_seqs, concurrency=max_seqs, request_timeout=1800.0,
+                                      startup_timeout=1800.0)
+        log = Path(os.environ.get("OWL_BENCH_LOG_DIR", "/tmp")) / f"vllm-serve-{Path(model).name}.log"
+        # the random 1B model ships no tokenizer: prompts are token ids, and the server never detokenizes
+        self.server = Server(model, log, max_model_len=max_len, settings=self.settings,
+                             engine_args=("--dtype", "bfloat16", "--skip-tokenizer-init"))
+        self.server.wait_ready()
+
+    def info(self) -> dict:
+        # the engine's tensors live in the server's engine-core process: only its config line and RSS are visible
+        config = self.server.log.read_text(errors="replace")
+        return {"weight_bytes": None, "kernel": None,
+                "quantization": "owl_sparse" if "quantization=owl_sparse" in config else None,
+                "rss_bytes": _tree_rss_bytes(self.server.process.pid)}
+
+    def run(self, prompts: list[list[int]], new_tokens: int) -> float:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from owl_plugin.integrations.vllm.validate import SERVED_NAME, _post
+
+        def one(ids: list[int]) -> int:
+            body = {"model": SERVED_NAME, "prompt": ids, "max_tokens": new_tokens, "min_tokens": new_tokens,
+                    "temperature": 0.0, "ignore_eos": True}
+            reply = _post(f"{self.server.url}/v1/completions", body, self.settings.request_timeout, self.server.api_key)
+            return int(reply["usage"]["completion_tokens"])
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+            counts = list(pool.map(one, prompts))
+        elapsed = time.perf_counter() - started
+        assert counts == [new_tokens] * len(prompts), counts
+        return elapsed
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+WORKERS = {"vllm": VllmWorker, "vllm-serve": VllmServeWorker, "transformers": TransformersWorker}
+
+
+def worker_main(engine: str, model: str, max_len: int, max_seqs: int) -> None:
     """Serve JSON commands from stdin: {"prompts": [[ids]], "new_tokens": n} → {"seconds": s}; "info"."""
-    worker = VllmWorker(model, max_len) if engine == "vllm" else TransformersWorker(model, max_len)
+    worker = WORKERS[engine](model, max_len, max_seqs)
     print(MARK + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
@@ -227,23 +293,28 @@ def worker_main(engine: str, model: str, max_len: int) -> None:
         else:
             reply = {"seconds": worker.run(command["prompts"], command["new_tokens"])}
         print(MARK + json.dumps(reply), flush=True)
+    if hasattr(worker, "close"):
+        worker.close()
 
 
 # -- orchestration (main venv) -----------------------------------------------------------------------
 class Worker:
     """One engine process with one checkpoint loaded."""
 
-    def __init__(self, engine: str, model: Path, max_len: int, log: Path) -> None:
+    def __init__(self, engine: str, model: Path, max_len: int, max_seqs: int, log: Path) -> None:
         python = sys.executable
         env = dict(os.environ)
-        if engine == "vllm":
+        if engine.startswith("vllm"):
             python = str(Path(os.environ.get("OWL_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python")
-            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if engine == "vllm":  # in-process engine; the server keeps its default engine-core process
+                env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            env["OWL_BENCH_LOG_DIR"] = str(log.parent)
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("VLLM_CACHE_ROOT", str(log.parent / "vllm-cache"))
         self.log = log.open("w")
-        self.proc = subprocess.Popen([python, __file__, "--worker", engine, str(model), str(max_len)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        command = [python, __file__, "--worker", engine, str(model), str(max_len), str(max_seqs)]
+        self.proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True)
         self.read()
 
     def read(self) -> dict:
@@ -287,7 +358,7 @@ def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespa
     try:
         for kind, path in (("dense", dense), ("compact", compact)):
             print(f"starting {engine} {kind} worker ({path.name}) ...", flush=True)
-            workers[kind] = Worker(engine, path, max_len, workdir / f"{engine}-{path.name}.log")
+            workers[kind] = Worker(engine, path, max_len, max(args.batches), workdir / f"{engine}-{path.name}.log")
         info = {kind: w.ask({"cmd": "info"}) for kind, w in workers.items()}
         cases = {f"decode b{b}": (prompts_for(vocab, b, SHORT_PROMPT, b), args.new_tokens) for b in args.batches}
         cases["prefill"] = (prompts_for(vocab, 1, args.prefill, 99), 1)
@@ -313,7 +384,8 @@ def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespa
         else:
             result["cases"][case] = {"dense": med["dense"], "compact": med["compact"], "unit": "s",
                                      "ratio": med["dense"] / med["compact"]}  # > 1: compact faster
-    result["memory_ratio"] = info["compact"]["weight_bytes"] / info["dense"]["weight_bytes"]
+    weights = [info[kind]["weight_bytes"] for kind in ("compact", "dense")]
+    result["memory_ratio"] = weights[0] / weights[1] if None not in weights else None
     checkpoint = json.loads((dense.parent / f"{dense.name.removesuffix('-dense')}-info.json").read_text())
     result["model_bf16_bytes"] = checkpoint["params"] * 2  # what every engine holds for the dense bf16 model
     return result
@@ -336,6 +408,10 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
                 lines.append(f"| {engine} | {case} ({row['unit']}) | {row['dense']:.3f} | {row['compact']:.3f} "
                              f"| {row['ratio']:.2f}× |")
             d, c = res["info"]["dense"], res["info"]["compact"]
+            if res["memory_ratio"] is None:  # vllm-serve: the tensors are in the server's engine process
+                lines.append(f"| {engine} | server processes' RSS (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
+                             f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
+                continue
             lines.append(f"| {engine} | weight tensors (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
                          f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
             lines.append(f"| {engine} | process RSS (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
@@ -349,6 +425,10 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
         lines.append("")
         for engine, res in per_engine.items():
             c = res["info"]["compact"]
+            if c["kernel"] is None:
+                lines.append(f"- {engine}: the compact server loaded with quantization={c['quantization']} "
+                             "(from its engine config line; its kernel path is the `vllm` row's, same venv and CPU)")
+                continue
             lines.append(f"- {engine}: {c['packed_layers']} linear layers on the sparse kernel, "
                          f"kernel_info = `{json.dumps(c['kernel'])}`")
         lines.append("")
@@ -358,7 +438,9 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["llama1b", "smollm2"], choices=["llama1b", "smollm2"])
-    parser.add_argument("--engines", nargs="+", default=["vllm", "transformers"], choices=["vllm", "transformers"])
+    parser.add_argument("--engines", nargs="+", default=["vllm", "transformers"],
+                        choices=["vllm", "vllm-serve", "transformers"],
+                        help="vllm: LLM.generate in process; vllm-serve: `vllm serve` over HTTP, b concurrent requests")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -405,6 +487,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         sys.exit(main())

@@ -248,8 +248,11 @@ class Server:
     Requests bypass any proxy (``LOOPBACK``).
     """
 
-    def __init__(self, model: str, log: Path, *, max_model_len: int, settings: ServeSettings) -> None:
+    def __init__(self, model: str, log: Path, *, max_model_len: int, settings: ServeSettings,
+                 engine_args: Sequence[str] = ("--dtype", "float32", "--enforce-eager")) -> None:
+        # engine_args: the validation compares in fp32 without compilation; the serving benchmark passes bf16
         self.model, self.log, self.settings, self.max_model_len = model, log, settings, max_model_len
+        self.engine_args = list(engine_args)
         self.api_key = secrets.token_urlsafe(32)
         self.attempts = 0
         self._sink = None
@@ -264,7 +267,7 @@ class Server:
         env["VLLM_API_KEY"] = self.api_key
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                    "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", SERVED_NAME,
-                   "--dtype", "float32", "--enforce-eager", "--max-model-len", str(self.max_model_len), "--seed", "0",
+                   *self.engine_args, "--max-model-len", str(self.max_model_len), "--seed", "0",
                    "--max-num-seqs", str(max(self.settings.concurrency, 1)), "--no-enable-prefix-caching"]
         if self._sink is not None:
             self._sink.close()
