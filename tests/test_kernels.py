@@ -34,6 +34,7 @@ from owl_plugin.kernels import (
     SparseInputError,
     decompress_rows,
     kernel_info,
+    runs_pair_kernel,
     pack_compact,
     pack_dense,
     sparse_linear,
@@ -43,8 +44,10 @@ from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_i
 
 COMPILED = ("avx512_bf16", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
-# ... PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16, bf16) with a partial block of 64 rows
-BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40, PAIRS_MIN_BATCH + 5]
+# ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16); 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16,
+# bf16) with a partial block of 64 rows
+BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40, PAIRS_MIN_BATCH + 5,
+           2 * PAIRS_MIN_BATCH + 5]
 
 
 def sparse_weight(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -191,7 +194,7 @@ def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
     isa_or_skip("avx512_bf16")
     w = sparse_weight(67, in_f, 0.7, torch.bfloat16, seed=in_f)
     packed = pack_dense(w)
-    for batch in (PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 5, 3 * 64 + 63):
+    for batch in (PAIRS_MIN_BATCH, 2 * PAIRS_MIN_BATCH + 5, 3 * 64 + 63):
         x = torch.randn(batch, in_f).bfloat16()
         y = sparse_linear(x, packed)
         direct = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
@@ -204,6 +207,30 @@ def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
         finally:
             torch.set_num_threads(threads)
 
+
+
+def dense_gemms_in(fn) -> int:
+    """How many dense GEMMs (aten::linear / mm) ``fn`` ran: the tiled path runs one per tile, the kernels none."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key in ("aten::linear", "aten::mm", "aten::addmm"))
+
+
+def test_the_pair_kernel_runs_where_it_was_measured_faster() -> None:
+    """runs_pair_kernel: from PAIRS_MIN_BATCH rows at whole groups of 16, from twice that at any count; the C++ op
+    follows the same rule: no dense GEMM exactly there, the tiled path's GEMMs elsewhere (bf16 results of the two
+    paths are usually bit-equal, so the profiler, not the numbers, tells them apart)."""
+    rows = [PAIRS_MIN_BATCH - 1, PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 1, PAIRS_MIN_BATCH + 16, PAIRS_MIN_BATCH + 17,
+            2 * PAIRS_MIN_BATCH, 2 * PAIRS_MIN_BATCH + 1, 5 * PAIRS_MIN_BATCH + 3]
+    assert [runs_pair_kernel(r) for r in rows] == [False, True, False, True, False, True, True, True]
+    isa_or_skip("avx512_bf16")
+    w = sparse_weight(64, 2048, 0.7, torch.bfloat16, seed=3)
+    packed = pack_dense(w)
+    for batch in rows:
+        x = torch.randn(batch, 2048).bfloat16()
+        y = sparse_linear(x, packed)
+        assert (dense_gemms_in(lambda x=x: sparse_linear(x, packed)) == 0) == runs_pair_kernel(batch), f"batch {batch}"
+        torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, 2048))
 
 
 @pytest.mark.parametrize("in_f", [33, 257])
@@ -292,7 +319,7 @@ def test_custom_ops_pass_torch_opcheck() -> None:
                                    SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))
     if load_extension() is not None:  # bf16 prefill: the pair kernel on AVX-512 BF16, tiled elsewhere
         packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
-        x = torch.randn(PAIRS_MIN_BATCH + 3, 70).bfloat16()
+        x = torch.randn(2 * PAIRS_MIN_BATCH + 3, 70).bfloat16()
         torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                               (x, None, *packed.ordered(), packed.out_features, packed.in_features,
                                SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))

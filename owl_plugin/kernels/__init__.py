@@ -9,10 +9,11 @@ One op, two entry points:
 
 Dispatch (see ``dispatch.py``): rows of ``x`` ≤ ``SPARSE_MAX_BATCH`` → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced with
-``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); from ``PAIRS_MIN_BATCH`` rows (prefill) on
-AVX-512 BF16 with bf16 weights → the pair kernel, one ``vdpbf16ps`` per non-empty column pair of W
-(``csrc/sparse_gemm_pairs.cpp``); other larger batches → decompress tile by tile into a scratch buffer
-and run dense ``F.linear`` on each tile. No dense copy of W stays resident on any path.
+``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
+``PAIRS_MIN_BATCH`` rows: prefill, many sequences) on AVX-512 BF16 with bf16 weights → the pair kernel,
+one ``vdpbf16ps`` per non-empty column pair of W (``csrc/sparse_gemm_pairs.cpp``); other larger batches →
+decompress tile by tile into a scratch buffer and run dense ``F.linear`` on each tile. No dense copy of W
+stays resident on any path.
 
 Example:
     >>> w = torch.randn(64, 96) * (torch.rand(64, 96) > 0.7)
@@ -24,6 +25,7 @@ from owl_plugin.kernels.dispatch import (
     PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
     kernel_info,
+    runs_pair_kernel,
     sparse_linear,
     sparse_linear_op,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "kernel_info",
     "pack_compact",
     "pack_dense",
+    "runs_pair_kernel",
     "sparse_layer_report",
     "sparse_linear",
     "sparse_linear_op",

@@ -15,13 +15,13 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
 # Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
 SPARSE_MAX_BATCH = 16
-# From this many rows of x (prefill, and decode with many sequences), on AVX-512 BF16 with bf16 weights, the
-# pair kernel (csrc/sparse_gemm_pairs.cpp) runs instead of the tiled path. It builds per-call pair lists (a fixed
-# cost of about one tiled decompression plus one 16-row block), so below 64 rows the tiled path is faster.
-# Measured (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536 to 11008x4096; pairs vs
-# tiled): 32 rows 0.80-0.92x, 48 rows 0.95-1.02x, 64 rows 1.04-1.14x in every shape, 80 rows 0.99-1.07x,
-# 96 rows 1.02-1.12x; 128 rows 1.14-1.33x.
-PAIRS_MIN_BATCH = 64
+# The pair kernel (csrc/sparse_gemm_pairs.cpp; AVX-512 BF16, bf16 weights) instead of the tiled path: see
+# runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
+# pass) and then a step per 16 rows of x (a partial group costs a whole one), while the tiled path grows with
+# every row. Measured pairs vs tiled (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536
+# to 11008x4096, 2026-12-06): 32 rows 0.80-1.0x, 40 0.81-1.0x, 48 1.04-1.18x, 49 0.89-0.97x, 64 1.11-1.30x,
+# 65 0.83-0.95x, 80 1.03-1.11x, 81 0.96-1.0x, 97 1.03-1.11x, 113-200 1.02-1.22x.
+PAIRS_MIN_BATCH = 48
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
 # leave the cache)
@@ -65,6 +65,13 @@ def selected_isa() -> str:
             raise SparseKernelUnavailable(f"OWL_SPARSE_ISA={forced!r} but this CPU supports only {supported}")
         return forced
     return supported[0]
+
+
+def runs_pair_kernel(rows: int) -> bool:
+    """Whether ``rows`` rows of x go to the pair kernel (where it can run): from ``PAIRS_MIN_BATCH`` rows at whole
+    groups of 16, and from twice that at any count; below, the tiled path is faster (the measurements above).
+    sparse_linear.cpp's ``runs_pair_kernel`` is the same rule."""
+    return rows >= PAIRS_MIN_BATCH and (rows % 16 == 0 or rows > 2 * PAIRS_MIN_BATCH)
 
 
 def kernel_info() -> dict:
@@ -171,7 +178,7 @@ def sparse_linear_op(
             and x2.shape[0] > 0:
         y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
     elif ext is not None and isa == "avx512_bf16" and values.dtype == torch.bfloat16 \
-            and x2.shape[0] >= PAIRS_MIN_BATCH:
+            and runs_pair_kernel(x2.shape[0]):
         y = torch.ops.owl_ext.sparse_gemm_pairs(x2, masks, values, row_offsets, out_features, in_features)
     else:
         y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext, isa)

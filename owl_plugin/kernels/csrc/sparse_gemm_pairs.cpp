@@ -66,11 +66,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
       const __m512i v = _mm512_maskz_expand_epi16(w, _mm512_loadu_si512(p));
       p += __builtin_popcount(w);
       const __mmask16 nonempty = _mm512_test_epi32_mask(v, v);
-      const __m512i cw = _mm512_maskz_compress_epi32(nonempty, v);
-      const __m512i co = _mm512_maskz_compress_epi32(nonempty, off);
-      _mm512_storeu_si512(out + n, _mm512_permutex2var_epi32(co, first8, cw));
-      _mm512_storeu_si512(out + n + 8, _mm512_permutex2var_epi32(co, last8, cw));
-      n += __builtin_popcount(nonempty);
+      const __mmask8 low = static_cast<__mmask8>(nonempty), high = static_cast<__mmask8>(nonempty >> 8);
+      // (offset, pair) entries of all 16 pairs first (independent of the mask), then one 8-lane compress each
+      _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(low, _mm512_permutex2var_epi32(off, first8, v)));
+      n += __builtin_popcount(low);
+      _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
+      n += __builtin_popcount(high);
       off = _mm512_add_epi32(off, step);
     }
     start[nchunk] = n;

@@ -597,8 +597,15 @@ at::Tensor tiled_dense(const at::Tensor& x2, const at::Tensor& masks, const at::
   return y;
 }
 
-// y[..., out] = x[..., in] W^T (+ bias): the sparse kernel up to max_batch rows of x, the pair kernel from
-// pairs_min_batch rows (AVX-512 BF16, bf16), tiled dense between and elsewhere
+// The pair kernel's cost grows in steps of 16 rows of x (a partial group costs a whole one) and the tiled path's
+// grows with every row, so the pair kernel wins from pairs_min_batch rows at whole groups of 16, and from twice
+// that at any count (dispatch.py: runs_pair_kernel, the same rule, and its measurements).
+static bool runs_pair_kernel(int64_t rows, int64_t pairs_min_batch) {
+  return rows >= pairs_min_batch && (rows % 16 == 0 || rows > 2 * pairs_min_batch);
+}
+
+// y[..., out] = x[..., in] W^T (+ bias): the sparse kernel up to max_batch rows of x, the pair kernel where
+// runs_pair_kernel (AVX-512 BF16, bf16), tiled dense between and elsewhere
 at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& masks,
                          const at::Tensor& values, const at::Tensor& row_offsets, int64_t out_f, int64_t in_f,
                          int64_t max_batch, int64_t pairs_min_batch, int64_t tile_bytes) {
@@ -607,9 +614,10 @@ at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& b
   const int64_t isa = resolve_isa();
   const bool kernel = x2.size(0) > 0 && x2.size(0) <= max_batch &&
                       (values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16);
-  // from pairs_min_batch rows on AVX-512 BF16 with bf16 weights: the pair kernel (no dense W at all); the
-  // rest above max_batch: decompress tiles into dense GEMMs
-  const bool pairs = !kernel && x2.size(0) >= pairs_min_batch && isa >= 3 && values.scalar_type() == at::kBFloat16;
+  // on AVX-512 BF16 with bf16 weights, where runs_pair_kernel: the pair kernel (no dense W at all); the rest
+  // above max_batch: decompress tiles into dense GEMMs
+  const bool pairs = !kernel && runs_pair_kernel(x2.size(0), pairs_min_batch) && isa >= 3 &&
+                     values.scalar_type() == at::kBFloat16;
   at::Tensor y = kernel  ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
                  : pairs ? sparse_gemm_pairs(x2, masks, values, row_offsets, out_f, in_f)
                          : tiled_dense(x2, masks, values, row_offsets, out_f, in_f, isa, tile_bytes);
