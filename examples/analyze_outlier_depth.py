@@ -1,0 +1,109 @@
+"""Where OWL's outliers sit in a model, and whether the BOS token (the attention sink) makes them.
+
+For each decoder block: OWL's layer outlier density (LOD, % of Wanda scores |W|·‖X‖ above M × their mean,
+OWL §4.1) from activation statistics over all positions and over all positions but the first (the BOS in
+BOS windows), the OWL ratios both give, the share of Σx² that the first position contributes at the block's
+linears' inputs (the largest over its linears), and the ratio ATP gives the block (its depth ramp). Prints a
+markdown table; the correlation of each allocation with depth closes it.
+
+    python examples/analyze_outlier_depth.py --model gemma3-270m          # 16 × 512 BOS windows, draw 0
+
+Calibration text: the second half of the WikiText-2 validation file, as ``benchmark_quality.py`` uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from owl_plugin.allocators import atp_ratios, outlier_ratio, owl_ratios, wanda_scores
+from owl_plugin.layers import find_decoder_blocks, find_linears
+from owl_plugin.models import load_model
+from owl_plugin.statistics import _SquareMeter, collect_input_sq_means
+from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
+
+TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-valid.tokens.txt"
+
+
+class _FirstPositionShare:
+    """A forward hook body for _SquareMeter that leaves out position 0 and records its share of Σx²."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = {}
+        self.rest: dict[str, float] = {}
+
+    def __call__(self, meter: _SquareMeter, module, args, output) -> None:
+        x = args[0].detach().float()
+        rest = x[:, 1:, :].reshape(-1, x.shape[-1])
+        self.total[meter.name] = self.total.get(meter.name, 0.0) + float((x * x).sum())
+        self.rest[meter.name] = self.rest.get(meter.name, 0.0) + float((rest * rest).sum())
+        meter.sum_sq += (rest * rest).sum(dim=0).cpu().double()
+        meter.tokens += rest.shape[0]
+
+
+def outlier_densities(model, means: dict[str, torch.Tensor], m: float) -> tuple[np.ndarray, np.ndarray]:
+    prefix, blocks = find_decoder_blocks(model)
+    densities, params = [], []
+    for index, block in enumerate(blocks):
+        linears = find_linears(block, f"{prefix}.{index}")
+        densities.append(outlier_ratio([wanda_scores(lin.weight.detach().float(), means[name])
+                                        for name, lin in linears.items()], m))
+        params.append(sum(lin.weight.numel() for lin in linears.values()))
+    return np.array(densities), np.array(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--text", default=str(TEXT))
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.7)
+    parser.add_argument("--m", type=float, default=5.0, help="OWL's M")
+    parser.add_argument("--lam", type=float, default=0.08, help="OWL's λ")
+    parser.add_argument("--atp-beta", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    ids = tokenize(tokenizer, load_text(args.text))
+    ids = ids[ids.numel() // 2:]  # calibration half, as benchmark_quality.py
+    protocol = window_protocol(tokenizer, "auto")
+    batches = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
+                                  bos_token_id=tokenizer.bos_token_id if protocol.bos else None)
+    share = _FirstPositionShare()
+    original = _SquareMeter.__call__
+    with torch.no_grad():
+        all_positions = collect_input_sq_means(model, batches)
+        _SquareMeter.__call__ = lambda meter, module, a, out: share(meter, module, a, out)
+        try:
+            without_first = collect_input_sq_means(model, batches)
+        finally:
+            _SquareMeter.__call__ = original
+    d_all, params = outlier_densities(model, all_positions, args.m)
+    d_rest, _ = outlier_densities(model, without_first, args.m)
+    r_all = owl_ratios(d_all, params, args.target, lam=args.lam).ratios
+    r_rest = owl_ratios(d_rest, params, args.target, lam=args.lam).ratios
+    r_atp = atp_ratios(np.arange(len(d_all)), params, args.target, beta=args.atp_beta).ratios
+    prefix, blocks = find_decoder_blocks(model)
+    print(f"{args.model}, {protocol.describe()}; {args.num_samples} × {args.seq_len} windows, draw {args.seed}; "
+          f"M={args.m}, λ={args.lam}, target {args.target:.0%}\n")
+    print("| block | LOD, all positions (%) | LOD, first left out (%) | OWL ratio | OWL ratio, first left out "
+          f"| first position's share of Σx² | ATP ratio (β={args.atp_beta}) |")
+    print("|---|---|---|---|---|---|---|")
+    for i in range(len(blocks)):
+        names = [n for n in share.total if n.startswith(f"{prefix}.{i}.")]
+        first = max(1 - share.rest[n] / share.total[n] for n in names)
+        print(f"| {i} | {d_all[i]:.2f} | {d_rest[i]:.2f} | {r_all[i]:.3f} | {r_rest[i]:.3f} | {first:.3f} "
+              f"| {r_atp[i]:.3f} |")
+    depth = np.arange(len(blocks))
+    print(f"\ncorrelation with depth: LOD {np.corrcoef(d_all, depth)[0, 1]:+.2f}, OWL ratios "
+          f"{np.corrcoef(r_all, depth)[0, 1]:+.2f}, ATP ratios {np.corrcoef(r_atp, depth)[0, 1]:+.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
