@@ -14,11 +14,11 @@
 //   vptestmd, register vpcompressd: the memory form of vpcompressd is microcoded and slow on AMD Zen 4) and
 //   reused for every x block.
 // - loops: rows of W in blocks of NR (threads) -> x blocks of 64 rows -> column chunks of KC_WORDS*16 pairs
-//   (32 KB of x, mostly in L1) -> rows -> the row's pairs in that chunk (8 accumulators: 4 lanes x even/odd
-//   pairs) into an NR x 64 fp32 block, written into y [M, out] as bf16 (rounded once) by a gather per 16 rows.
+//   (32 KB of x, mostly in L1) -> rows -> the row's pairs in that chunk (P = 4 pairs in flight x V vectors of 16
+//   rows: up to 16 accumulators) into an NR x 64 fp32 block, written into y [M, out] as bf16 (rounded once) by a gather per 16 rows.
 //   The last x block runs only its live groups of 16 rows (row_chunk<V>, V = 1..4), so its cost follows M.
 // Bound by the 64-byte x load each vdpbf16ps needs: ~1.1-1.3x of a dense bf16 GEMM at 70% from 64 rows of x
-// (see PAIRS_MIN_BATCH in dispatch.py).
+// (where it runs: runs_pair_kernel in dispatch.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -61,9 +61,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
     for (int64_t k = 0; k < nblk; ++k) {
       if (k % KC_WORDS == 0) start[k / KC_WORDS] = n;
       const uint32_t w = m[k];
-      // register form: the load form of vpexpandw is slower here; the values' 32-entry padding keeps the
-      // 64-byte load in bounds
-      const __m512i v = _mm512_maskz_expand_epi16(w, _mm512_loadu_si512(p));
+      const __m512i v = _mm512_maskz_expandloadu_epi16(w, p);
       p += __builtin_popcount(w);
       const __mmask16 nonempty = _mm512_test_epi32_mask(v, v);
       const __mmask8 low = static_cast<__mmask8>(nonempty), high = static_cast<__mmask8>(nonempty >> 8);
