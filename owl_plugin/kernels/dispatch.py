@@ -19,8 +19,8 @@ SPARSE_MAX_BATCH = 16
 # runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
 # pass) and then a step per 16 rows of x (a partial group costs a whole one), while the tiled path grows with
 # every row. Measured pairs vs tiled (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536
-# to 11008x4096, 2026-12-06): 32 rows 0.80-1.0x, 40 0.81-1.0x, 48 1.04-1.18x, 49 0.89-0.97x, 64 1.11-1.30x,
-# 65 0.83-0.95x, 80 1.03-1.11x, 81 0.96-1.0x, 97 1.03-1.11x, 113-200 1.02-1.22x.
+# to 11008x4096, 2026-12-06): 32 rows 0.87-1.0x, 40 0.90-0.99x, 48 1.04-1.18x, 49 0.89-0.97x, 64 1.11-1.30x,
+# 65 0.83-0.91x, 80 1.04-1.12x, 81 0.97-1.02x, 97-200 (97, 113, 129, 145, 161, 200) 1.02-1.22x.
 PAIRS_MIN_BATCH = 48
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
