@@ -283,18 +283,20 @@ WORKERS = {"vllm": VllmWorker, "vllm-serve": VllmServeWorker, "transformers": Tr
 def worker_main(engine: str, model: str, max_len: int, max_seqs: int) -> None:
     """Serve JSON commands from stdin: {"prompts": [[ids]], "new_tokens": n} → {"seconds": s}; "info"."""
     worker = WORKERS[engine](model, max_len, max_seqs)
-    print(MARK + json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command.get("cmd") == "info":
-            reply = worker.info()
-        elif command.get("cmd") == "quit":
-            break
-        else:
-            reply = {"seconds": worker.run(command["prompts"], command["new_tokens"])}
-        print(MARK + json.dumps(reply), flush=True)
-    if hasattr(worker, "close"):
-        worker.close()
+    try:
+        print(MARK + json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command.get("cmd") == "info":
+                reply = worker.info()
+            elif command.get("cmd") == "quit":
+                break
+            else:
+                reply = {"seconds": worker.run(command["prompts"], command["new_tokens"])}
+            print(MARK + json.dumps(reply), flush=True)
+    finally:  # a server worker stops its server even when a measurement failed
+        if hasattr(worker, "close"):
+            worker.close()
 
 
 # -- orchestration (main venv) -----------------------------------------------------------------------
