@@ -34,9 +34,9 @@ from owl_plugin.kernels import (
     SparseInputError,
     decompress_rows,
     kernel_info,
-    runs_pair_kernel,
     pack_compact,
     pack_dense,
+    runs_pair_kernel,
     sparse_linear,
 )
 from owl_plugin.kernels.build import load_extension
@@ -208,7 +208,6 @@ def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
             torch.set_num_threads(threads)
 
 
-
 def dense_gemms_in(fn) -> int:
     """How many dense GEMMs (aten::linear / mm) ``fn`` ran: the tiled path runs one per tile, the kernels none."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -247,6 +246,7 @@ def test_pair_kernel_last_block_of_every_width_matches_dense(in_f: int) -> None:
         y = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
         torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, in_f))
         assert torch.equal(y, full[:batch]), f"batch {batch}: rows changed with the block's width"
+
 
 def test_float16_weights_run_the_tiled_path() -> None:
     w = sparse_weight(50, 70, 0.7, torch.float16)
