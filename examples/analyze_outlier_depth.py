@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from owl_plugin.allocators import atp_ratios, outlier_ratio, owl_ratios, wanda_scores
-from owl_plugin.layers import find_decoder_blocks, find_linears
+from owl_plugin.allocate import unit_ratios, unit_scores
+from owl_plugin.config import ATPConfig, OWLConfig
+from owl_plugin.layers import prunable_linears
 from owl_plugin.models import load_model
 from owl_plugin.statistics import _SquareMeter, collect_input_sq_means
 from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
@@ -42,17 +43,6 @@ class _FirstPositionShare:
         self.rest[meter.name] = self.rest.get(meter.name, 0.0) + float((rest * rest).sum())
         meter.sum_sq += (rest * rest).sum(dim=0).cpu().double()
         meter.tokens += rest.shape[0]
-
-
-def outlier_densities(model, means: dict[str, torch.Tensor], m: float) -> tuple[np.ndarray, np.ndarray]:
-    prefix, blocks = find_decoder_blocks(model)
-    densities, params = [], []
-    for index, block in enumerate(blocks):
-        linears = find_linears(block, f"{prefix}.{index}")
-        densities.append(outlier_ratio([wanda_scores(lin.weight.detach().float(), means[name])
-                                        for name, lin in linears.items()], m))
-        params.append(sum(lin.weight.numel() for lin in linears.values()))
-    return np.array(densities), np.array(params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,19 +73,21 @@ def main(argv: list[str] | None = None) -> int:
             without_first = collect_input_sq_means(model, batches)
         finally:
             _SquareMeter.__call__ = original
-    d_all, params = outlier_densities(model, all_positions, args.m)
-    d_rest, _ = outlier_densities(model, without_first, args.m)
-    r_all = owl_ratios(d_all, params, args.target, lam=args.lam).ratios
-    r_rest = owl_ratios(d_rest, params, args.target, lam=args.lam).ratios
-    r_atp = atp_ratios(np.arange(len(d_all)), params, args.target, beta=args.atp_beta).ratios
-    prefix, blocks = find_decoder_blocks(model)
+    blocks = prunable_linears(model)
+    owl = OWLConfig(m=args.m, lam=args.lam)
+    scores_all = unit_scores(blocks, owl, input_sq_means=all_positions, progress=False)
+    scores_rest = unit_scores(blocks, owl, input_sq_means=without_first, progress=False)
+    d_all, d_rest = np.array(list(scores_all.values())), np.array(list(scores_rest.values()))
+    r_all = unit_ratios(blocks, owl, args.target, scores_all).ratios
+    r_rest = unit_ratios(blocks, owl, args.target, scores_rest).ratios
+    r_atp = unit_ratios(blocks, ATPConfig(beta=args.atp_beta), args.target, {}).ratios
     print(f"{args.model}, {protocol.describe()}; {args.num_samples} × {args.seq_len} windows, draw {args.seed}; "
           f"M={args.m}, λ={args.lam}, target {args.target:.0%}\n")
     print("| block | LOD, all positions (%) | LOD, first left out (%) | OWL ratio | OWL ratio, first left out "
           f"| first position's share of Σx² | ATP ratio (β={args.atp_beta}) |")
     print("|---|---|---|---|---|---|---|")
-    for i in range(len(blocks)):
-        names = [n for n in share.total if n.startswith(f"{prefix}.{i}.")]
+    for i, block in enumerate(blocks):
+        names = [n for n in share.total if n.startswith(f"{block}.")]
         first = max(1 - share.rest[n] / share.total[n] for n in names)
         print(f"| {i} | {d_all[i]:.2f} | {d_rest[i]:.2f} | {r_all[i]:.3f} | {r_rest[i]:.3f} | {first:.3f} "
               f"| {r_atp[i]:.3f} |")
