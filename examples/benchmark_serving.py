@@ -256,22 +256,16 @@ class VllmServeWorker:
                 "rss_bytes": _tree_rss_bytes(self.server.process.pid)}
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> float:
-        from concurrent.futures import ThreadPoolExecutor
+        from owl_plugin.integrations.vllm.validate import load_test
+        from owl_plugin.validation.protocol import ServeSettings
 
-        from owl_plugin.integrations.vllm.validate import SERVED_NAME, _post
-
-        def one(ids: list[int]) -> int:
-            body = {"model": SERVED_NAME, "prompt": ids, "max_tokens": new_tokens, "min_tokens": new_tokens,
-                    "temperature": 0.0, "ignore_eos": True}
-            reply = _post(f"{self.server.url}/v1/completions", body, self.settings.request_timeout, self.server.api_key)
-            return int(reply["usage"]["completion_tokens"])
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-            counts = list(pool.map(one, prompts))
-        elapsed = time.perf_counter() - started
-        assert counts == [new_tokens] * len(prompts), counts
-        return elapsed
+        # the validation's load test: one greedy request per prompt, all in flight, EOS ignored
+        settings = ServeSettings(requests=len(prompts), concurrency=len(prompts), max_tokens=new_tokens,
+                                 request_timeout=self.settings.request_timeout)
+        result = load_test(self.server.url, prompts, settings, self.server.api_key)
+        if result["errors"]:
+            raise RuntimeError(f"vllm serve: {result['errors']} failed requests: {result['error_samples']}")
+        return result["wall_seconds"]
 
     def close(self) -> None:
         self.server.stop()
