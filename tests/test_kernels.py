@@ -42,7 +42,7 @@ from owl_plugin.kernels import (
 from owl_plugin.kernels.build import load_extension
 from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_isas
 
-COMPILED = ("avx512_bf16", "avx512", "avx2", "portable")
+COMPILED = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
 # ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16); 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16,
 # bf16) with a partial block of 64 rows

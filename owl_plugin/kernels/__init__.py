@@ -8,8 +8,8 @@ One op, two entry points:
   ``torch.compile`` (vLLM) traces through it. Tensor order is ``pack.TENSOR_ORDER``.
 
 Dispatch (see ``dispatch.py``): rows of ``x`` ≤ ``SPARSE_MAX_BATCH`` → the C++ sparse kernel
-(AVX-512 VBMI2+BF16 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced with
-``OWL_SPARSE_ISA=avx512_bf16|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
+(AVX-512 VBMI2+BF16 / AVX-512 VBMI2 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced
+with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
 ``PAIRS_MIN_BATCH`` rows: prefill, many sequences) on AVX-512 BF16 with bf16 weights → the pair kernel,
 one ``vdpbf16ps`` per non-empty column pair of W (``csrc/sparse_gemm_pairs.cpp``); other larger batches →
 decompress tile by tile into a scratch buffer and run dense ``F.linear`` on each tile. No dense copy of W

@@ -28,8 +28,9 @@ PAIRS_MIN_BATCH = 48
 TILE_BYTES = 1 << 23
 _SCRATCH = threading.local()  # one reused tile per thread and dtype: a fresh one costs page faults per call
 
-ISAS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512_bf16": 3}
-_ISA_FEATURE_BIT = {"avx2": 1, "avx512": 2, "avx512_bf16": 4}
+# the C++ paths (csrc/sparse_linear.cpp's isa numbers); each needs cpu_features() bit _ISA_FEATURE_BIT[name]
+ISAS = {"portable": 0, "avx2": 1, "avx512": 2, "avx512_vbmi2": 3, "avx512_bf16": 4}
+_ISA_FEATURE_BIT = {"avx2": 1, "avx512": 2, "avx512_vbmi2": 8, "avx512_bf16": 4}
 
 
 class SparseKernelUnavailable(RuntimeError):
@@ -44,7 +45,7 @@ def cpu_supported_isas() -> list[str]:
     if "features" not in _STATE:
         _STATE["features"] = int(ext.cpu_features())
     feats = int(_STATE["features"])  # type: ignore[arg-type]
-    return [name for name in ("avx512_bf16", "avx512", "avx2") if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
+    return [name for name in ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2") if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
 
 
 def selected_isa() -> str:

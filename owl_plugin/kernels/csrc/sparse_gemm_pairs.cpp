@@ -169,7 +169,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void store_block
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
 
-// y [M, out] bf16 = x [M, in] bf16 @ W^T, W packed (bf16 values). Needs AVX-512 VBMI2 + BF16 (isa 3): the
+// y [M, out] bf16 = x [M, in] bf16 @ W^T, W packed (bf16 values). Needs AVX-512 VBMI2 + BF16 (isa 4): the
 // caller (sparse_linear.cpp) only sends it there.
 at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {

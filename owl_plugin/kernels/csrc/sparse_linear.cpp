@@ -2,9 +2,11 @@
 // (owl_plugin/kernels/pack.py): masks int32 [out, nblk] (32 columns per word), values (non-zeros,
 // row-major, PAD zeros at the end), row_offsets int64 [out + 1].
 //
-// Paths, chosen at run time by the caller (isa argument): 3 = AVX-512 + VBMI2 + BF16 (vpexpandw,
-// vdpbf16ps), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry vpshufb table for bf16, vpermps table for fp32),
-// 0 = portable C++. Each SIMD function carries its own target attribute, so one binary runs on
+// Paths, chosen at run time by the caller (isa argument): 4 = AVX-512 + VBMI2 + BF16 (vpexpandw,
+// vdpbf16ps), 3 = AVX-512 + VBMI2 without BF16 (vpexpandw, then the even/odd bf16 halves widened to fp32 by a
+// shift and a mask: Ice Lake-class Xeons), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry
+// vpshufb table for bf16, vpermps table for fp32), 0 = portable C++. Each path needs the features of the ones below
+// it except AVX-512F's on an AVX2 CPU (cpu_features). Each SIMD function carries its own target attribute, so one binary runs on
 // an AVX2-only CPU as long as the caller never asks for a path the CPU lacks.
 //
 // x arrives padded to nblk*32 columns (zeros), so every 32-wide x load is in bounds.
@@ -257,6 +259,56 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16"))) void
     for (int r = 0; r < NR; ++r) y[b * ys + r0 + r] = _mm512_reduce_add_ps(acc[b][r]);
 }
 
+// ---------------------------------------------------------------- AVX-512 VBMI2 without BF16 (bf16 weights, fp32 x)
+// One vpexpandw places a 32-column block's bf16 weights; lane i of the 16 dwords then holds columns 2i (low half)
+// and 2i+1 (high half), widened to fp32 by `<< 16` and `& 0xffff0000`. x arrives de-interleaved per block (16
+// even columns, then 16 odd, fp32: x_even_odd), so each block costs one load, one expand, two integer ops and
+// two FMAs per batch row, where the AVX-512F path needs two widening loads and two vexpandps. Products of two
+// bf16 values are exact in fp32. With one or two batch rows the even and odd products go to separate
+// accumulators (two FMA chains per row of W instead of one long one).
+template <int NR, int NB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void group_vbmi2(
+    const uint32_t* masks, int64_t nblk, const uint16_t* vals, const int64_t* offs, int64_t r0, const float* x,
+    int64_t xs, float* y, int64_t ys) {
+  constexpr bool split = NB <= 2;
+  __m512 acc[NB][NR], acc_odd[split ? NB : 1][NR];
+  const uint16_t* p[NR];
+  const uint32_t* m[NR];
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int r = 0; r < NR; ++r) {
+    p[r] = vals + offs[r0 + r];
+    m[r] = masks + (r0 + r) * nblk;
+    for (int b = 0; b < NB; ++b) acc[b][r] = _mm512_setzero_ps();
+    for (int b = 0; b < (split ? NB : 1); ++b) acc_odd[b][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < nblk; ++k) {
+    __m512 xe[NB], xo[NB];
+    for (int b = 0; b < NB; ++b) {
+      xe[b] = _mm512_loadu_ps(x + b * xs + k * BLOCK);
+      xo[b] = _mm512_loadu_ps(x + b * xs + k * BLOCK + 16);
+    }
+    for (int r = 0; r < NR; ++r) {
+      uint32_t mk = m[r][k];
+      _mm_prefetch(reinterpret_cast<const char*>(p[r]) + PREFETCH_BYTES, _MM_HINT_T0);
+      __m512i w = _mm512_maskz_expand_epi16(static_cast<__mmask32>(mk), _mm512_loadu_si512(p[r]));
+      p[r] += __builtin_popcount(mk);
+      __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+      for (int b = 0; b < NB; ++b) {
+        acc[b][r] = _mm512_fmadd_ps(we, xe[b], acc[b][r]);
+        if constexpr (split) acc_odd[b][r] = _mm512_fmadd_ps(wo, xo[b], acc_odd[b][r]);
+        else acc[b][r] = _mm512_fmadd_ps(wo, xo[b], acc[b][r]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r) {
+      __m512 sum = acc[b][r];
+      if constexpr (split) sum = _mm512_add_ps(sum, acc_odd[b][r]);
+      y[b * ys + r0 + r] = _mm512_reduce_add_ps(sum);
+    }
+}
+
 // ---------------------------------------------------------------- drivers
 // calls G<NR, NB>(...) for a group of NR rows and a batch chunk of NB rows (runtime NB -> template)
 #define OWL_DISPATCH_NB(NB_RT, FN, NR, ...) \
@@ -285,6 +337,10 @@ template <int NR, int NB> void g512_f(const uint32_t* a, int64_t b, const float*
 template <int NR, int NB> void g512_h(const uint32_t* a, int64_t b, const uint16_t* c, const int64_t* d, int64_t e,
                                       const float* f, int64_t g, float* h, int64_t i) {
   group_avx512<uint16_t, NR, NB>(a, b, c, d, e, f, g, h, i);
+}
+template <int NR, int NB> void gvb_h(const uint32_t* a, int64_t b, const uint16_t* c, const int64_t* d, int64_t e,
+                                     const float* f, int64_t g, float* h, int64_t i) {
+  group_vbmi2<NR, NB>(a, b, c, d, e, f, g, h, i);
 }
 template <int NR, int NB> void g2_f(const uint32_t* a, int64_t b, const float* c, const int64_t* d, int64_t e,
                                     const float* f, int64_t g, float* h, int64_t i) {
@@ -320,9 +376,11 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
   const int64_t nblk = masks.size(1);
   const int64_t xs = nblk * BLOCK;
   const bool bf16 = values.scalar_type() == at::kBFloat16;
-  const bool dp = bf16 && isa >= 3;
+  const bool dp = bf16 && isa >= 4;        // vdpbf16ps on bf16 x
+  const bool even_odd = bf16 && isa == 3;  // group_vbmi2: fp32 x, each block's even columns then its odd ones
   at::Tensor xp = at::zeros({B, xs}, x.options().dtype(dp ? at::kBFloat16 : at::kFloat));
   xp.narrow(1, 0, in_f).copy_(x);
+  if (even_odd) xp = xp.view({B, nblk, BLOCK / 2, 2}).transpose(2, 3).contiguous().view({B, xs});
   at::Tensor y = at::empty({B, out_f}, x.options().dtype(at::kFloat));
   const uint32_t* M = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
   const int64_t* O = row_offsets.data_ptr<int64_t>();
@@ -358,7 +416,11 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
                 OWL_DISPATCH_NB8(nb, group_bf16dp, 2, M, nblk, VH, O, r + h, xb, xs, yb, out_f)
               }
             }
-          } else if (isa == 2) {
+          } else if (even_odd) {
+            const float* xb = XF + b0 * xs;
+            if (full) { OWL_DISPATCH_NB(nb, gvb_h, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+            else { OWL_DISPATCH_NB(nb, gvb_h, 1, M, nblk, VH, O, r, xb, xs, yb, out_f) }
+          } else if (isa >= 2) {  // AVX-512F; also fp32 weights on the VBMI2 (+BF16) paths
             const float* xb = XF + b0 * xs;
             if (bf16) {
               if (full) { OWL_DISPATCH_NB(nb, g512_h, R, M, nblk, VH, O, r, xb, xs, yb, out_f) }
@@ -367,10 +429,6 @@ at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::T
               if (full) { OWL_DISPATCH_NB(nb, g512_f, R, M, nblk, VF, O, r, xb, xs, yb, out_f) }
               else { OWL_DISPATCH_NB(nb, g512_f, 1, M, nblk, VF, O, r, xb, xs, yb, out_f) }
             }
-          } else if (isa == 3) {  // fp32 weights on the bf16 machine: AVX-512F path
-            const float* xb = XF + b0 * xs;
-            if (full) { OWL_DISPATCH_NB(nb, g512_f, R, M, nblk, VF, O, r, xb, xs, yb, out_f) }
-            else { OWL_DISPATCH_NB(nb, g512_f, 1, M, nblk, VF, O, r, xb, xs, yb, out_f) }
           } else {
             const float* xb = XF + b0 * xs;
             if (bf16) {
@@ -526,7 +584,7 @@ void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, con
       if (half) {
         const uint16_t* p = static_cast<const uint16_t*>(values.data_ptr()) + O[r];
         uint16_t* row = static_cast<uint16_t*>(out.data_ptr()) + (r - r0) * in_f;
-        if (isa >= 3) decompress_row_vbmi2_16(m, nblk, p, row, in_f);
+        if (isa >= 3) decompress_row_vbmi2_16(m, nblk, p, row, in_f);  // VBMI2 (with or without BF16)
         else if (isa == 2) decompress_row_512_16(m, nblk, p, row, in_f);
         else if (isa == 1) decompress_row_avx2_16(m, nblk, p, row, in_f);
         else decompress_row_portable<uint16_t>(m, nblk, p, row, in_f);
@@ -541,15 +599,16 @@ void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, con
   });
 }
 
-// bit 0: avx2+fma, bit 1: avx512f, bit 2: avx512 vbmi2+bf16 (+bw, vl)
+// bit 0: avx2+fma, bit 1: avx512f, bit 2: avx512 vbmi2+bf16 (+bw, vl), bit 3: avx512 vbmi2 (+bw, vl)
 int64_t cpu_features() {
   __builtin_cpu_init();
   int64_t f = 0;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) f |= 1;
   if (__builtin_cpu_supports("avx512f")) f |= 2;
-  if (__builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bf16") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    f |= 4;
+  const bool vbmi2 = (f & 2) && __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl");
+  if (vbmi2) f |= 8;
+  if (vbmi2 && __builtin_cpu_supports("avx512bf16")) f |= 4;
   return f;
 }
 
@@ -563,16 +622,17 @@ int64_t resolve_isa() {
     if (!std::isspace(static_cast<unsigned char>(*c))) name += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
   if (!name.empty()) {
     int64_t isa = -1, need = 0;
-    if (name == "avx512_bf16") { isa = 3; need = 4; }
+    if (name == "avx512_bf16") { isa = 4; need = 4; }
+    else if (name == "avx512_vbmi2") { isa = 3; need = 8; }
     else if (name == "avx512") { isa = 2; need = 2; }
     else if (name == "avx2") { isa = 1; need = 1; }
     else if (name == "portable") { isa = 0; need = 0; }
-    TORCH_CHECK(isa >= 0, "OWL_SPARSE_ISA='", name, "' is not a compiled path; allowed: avx512_bf16, avx512, avx2, "
-                "portable (or torch, handled in Python)");
+    TORCH_CHECK(isa >= 0, "OWL_SPARSE_ISA='", name, "' is not a compiled path; allowed: avx512_bf16, avx512_vbmi2, avx512, "
+                "avx2, portable (or torch, handled in Python)");
     TORCH_CHECK((feats & need) == need, "OWL_SPARSE_ISA='", name, "' but this CPU lacks it");
     return isa;
   }
-  return (feats & 4) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
+  return (feats & 4) ? 4 : (feats & 8) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
 }
 
 // many rows of x, bf16, AVX-512 BF16: one vdpbf16ps per non-empty column pair (sparse_gemm_pairs.cpp)
@@ -616,7 +676,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& b
                       (values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16);
   // on AVX-512 BF16 with bf16 weights, where runs_pair_kernel: the pair kernel (no dense W at all); the rest
   // above max_batch: decompress tiles into dense GEMMs
-  const bool pairs = !kernel && runs_pair_kernel(x2.size(0), pairs_min_batch) && isa >= 3 &&
+  const bool pairs = !kernel && runs_pair_kernel(x2.size(0), pairs_min_batch) && isa >= 4 &&
                      values.scalar_type() == at::kBFloat16;
   at::Tensor y = kernel  ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
                  : pairs ? sparse_gemm_pairs(x2, masks, values, row_offsets, out_f, in_f)
@@ -645,4 +705,4 @@ TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {
   m.impl("sparse_linear", &sparse_linear);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("cpu_features", &cpu_features, "bit0 avx2+fma, bit1 avx512f, bit2 vbmi2+bf16"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("cpu_features", &cpu_features, "bit0 avx2+fma, bit1 avx512f, bit2 vbmi2+bf16, bit3 vbmi2"); }
