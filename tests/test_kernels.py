@@ -30,6 +30,7 @@ from owl_plugin.formats.compact import compress
 from owl_plugin.kernels import (
     PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
+    SPARSE_MAX_BATCH_FP32,
     SparseFormatError,
     SparseInputError,
     decompress_rows,
@@ -37,6 +38,7 @@ from owl_plugin.kernels import (
     pack_compact,
     pack_dense,
     runs_pair_kernel,
+    runs_sparse_kernel,
     sparse_linear,
 )
 from owl_plugin.kernels.build import load_extension
@@ -46,8 +48,8 @@ COMPILED = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
 # ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16); 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16,
 # bf16) with a partial block of 64 rows
-BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, 40, PAIRS_MIN_BATCH + 5,
-           2 * PAIRS_MIN_BATCH + 5]
+BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, SPARSE_MAX_BATCH_FP32,
+           SPARSE_MAX_BATCH_FP32 + 1, PAIRS_MIN_BATCH + 5, 2 * PAIRS_MIN_BATCH + 5]
 
 
 def sparse_weight(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -148,7 +150,7 @@ def test_every_path_matches_dense_linear(isa: str, dtype: torch.dtype, shape: tu
 
 @settings(max_examples=60, deadline=None)
 @given(out_f=st.integers(1, 70), in_f=st.integers(1, 300), sparsity=st.sampled_from([0.0, 0.5, 0.7, 0.9, 1.0]),
-       batch=st.one_of(st.integers(1, SPARSE_MAX_BATCH), st.integers(PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 70)),
+       batch=st.one_of(st.integers(1, SPARSE_MAX_BATCH_FP32 + 1), st.integers(PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 70)),
        bf16=st.booleans(), isa_index=st.integers(0, len(COMPILED)), seed=st.integers(0, 2**16))
 def test_random_shapes_batches_and_paths_match_dense(out_f: int, in_f: int, sparsity: float, batch: int, bf16: bool,
                                                      isa_index: int, seed: int) -> None:
@@ -230,6 +232,30 @@ def test_the_pair_kernel_runs_where_it_was_measured_faster() -> None:
         y = sparse_linear(x, packed)
         assert (dense_gemms_in(lambda x=x: sparse_linear(x, packed)) == 0) == runs_pair_kernel(batch), f"batch {batch}"
         torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, 2048))
+
+
+@pytest.mark.parametrize("isa", COMPILED)
+def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs_sparse_kernel, in Python and in the C++ op alike: fp32 up to SPARSE_MAX_BATCH_FP32 rows (16 on the
+    portable path), bf16 up to SPARSE_MAX_BATCH with AVX-512 BF16 and at every count without it: no dense GEMM
+    exactly there (above, the pair kernel runs none either: rows are chosen below PAIRS_MIN_BATCH, or at 200)."""
+    isa_or_skip(isa)
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
+    assert not runs_sparse_kernel(0, isa, torch.float32) and not runs_sparse_kernel(1, isa, torch.float16)
+    expected = {torch.float32: {1: True, 16: True, 17: isa != "portable", 32: isa != "portable", 33: False},
+                torch.bfloat16: {1: True, 16: True, 17: isa not in ("avx512_bf16", "portable"),
+                                 33: isa not in ("avx512_bf16", "portable"),
+                                 200: isa not in ("avx512_bf16", "portable")}}
+    for dtype, by_rows in expected.items():
+        w = sparse_weight(40, 96, 0.7, dtype, seed=5)
+        packed = pack_dense(w)
+        for rows, sparse in by_rows.items():
+            assert runs_sparse_kernel(rows, isa, dtype) == sparse, f"{isa} {dtype} {rows} rows"
+            x = torch.randn(rows, 96).to(dtype)
+            gemms = dense_gemms_in(lambda x=x: sparse_linear(x, packed))
+            assert (gemms == 0) == (sparse or runs_pair_kernel(rows) and isa == "avx512_bf16"
+                                    and dtype == torch.bfloat16), f"{isa} {dtype} {rows} rows: {gemms} GEMMs"
+            torch.testing.assert_close(sparse_linear(x, packed).float(), reference(x, w, None), **tolerance(dtype, 96))
 
 
 @pytest.mark.parametrize("in_f", [33, 257])
@@ -316,13 +342,13 @@ def test_custom_ops_pass_torch_opcheck() -> None:
         if load_extension() is not None:
             torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                                   (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
-                                   SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))
+                                   SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, 1 << 20))
     if load_extension() is not None:  # bf16 prefill: the pair kernel on AVX-512 BF16, tiled elsewhere
         packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
         x = torch.randn(2 * PAIRS_MIN_BATCH + 3, 70).bfloat16()
         torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                               (x, None, *packed.ordered(), packed.out_features, packed.in_features,
-                               SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, 1 << 20))
+                               SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, 1 << 20))
 
 
 def test_torch_compile_traces_through_the_op() -> None:

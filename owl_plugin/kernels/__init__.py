@@ -7,7 +7,8 @@ One op, two entry points:
   (also :func:`sparse_linear_op`): the raw custom op on plain tensors, with a fake impl, so
   ``torch.compile`` (vLLM) traces through it. Tensor order is ``pack.TENSOR_ORDER``.
 
-Dispatch (see ``dispatch.py``): rows of ``x`` ≤ ``SPARSE_MAX_BATCH`` → the C++ sparse kernel
+Dispatch (see ``dispatch.py``): where ``runs_sparse_kernel`` (bf16: up to ``SPARSE_MAX_BATCH`` rows of ``x``
+with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32``) → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512 VBMI2 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced
 with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
 ``PAIRS_MIN_BATCH`` rows: prefill, many sequences) on AVX-512 BF16 with bf16 weights → the pair kernel,
@@ -24,8 +25,10 @@ Example:
 from owl_plugin.kernels.dispatch import (
     PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
+    SPARSE_MAX_BATCH_FP32,
     kernel_info,
     runs_pair_kernel,
+    runs_sparse_kernel,
     sparse_linear,
     sparse_linear_op,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "DENSE_ENV",
     "PAIRS_MIN_BATCH",
     "SPARSE_MAX_BATCH",
+    "SPARSE_MAX_BATCH_FP32",
     "TENSOR_ORDER",
     "PackedLinear",
     "SparseFormatError",
@@ -54,6 +58,7 @@ __all__ = [
     "pack_compact",
     "pack_dense",
     "runs_pair_kernel",
+    "runs_sparse_kernel",
     "sparse_layer_report",
     "sparse_linear",
     "sparse_linear_op",

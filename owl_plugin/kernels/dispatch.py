@@ -12,9 +12,17 @@ from owl_plugin.kernels.build import _STATE, load_extension
 from owl_plugin.kernels.fallback import kept_dense
 from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 
-# Rows of x up to this go to the sparse kernel; more go to tiled decompress + dense F.linear.
-# Measured with examples/benchmark_kernels.py (see its "dispatch threshold" table).
+# Rows of x that go to the sparse kernel (runs_sparse_kernel); more go to the pair kernel or to tiled decompress +
+# dense F.linear. Measured with examples/benchmark_kernels.py (its "dispatch threshold" line):
+# - bf16 on AVX-512 BF16 (AMD EPYC, 2026-12-05): up to 16 rows; above, tiled and the pair kernel (native bf16 GEMMs).
+# - fp32: up to 32 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC, 2026-12-04: 1.10-1.86×
+#   of torch at 32 rows, tiled 0.15-0.89×; Intel Xeon without AVX-512 BF16, 2026-12-06: 0.72-1.02× of vLLM's
+#   oneDNN at 17-32 rows, tiled 0.45-0.68×) and lost to it from 64 on the Xeon.
+# - bf16 without a native bf16 dot (the AVX-512 VBMI2, AVX-512F and AVX2 paths): every count. There every dense bf16
+#   GEMM (torch's, vLLM's oneDNN) widens to fp32 as the kernel does, on all the weights: on the Xeon the kernel ran
+#   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.88×), the tiled path 0.84-1.07×.
 SPARSE_MAX_BATCH = 16
+SPARSE_MAX_BATCH_FP32 = 32
 # The pair kernel (csrc/sparse_gemm_pairs.cpp; AVX-512 BF16, bf16 weights) instead of the tiled path: see
 # runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
 # pass) and then a step per 16 rows of x (a partial group costs a whole one), while the tiled path grows with
@@ -68,6 +76,22 @@ def selected_isa() -> str:
     return supported[0]
 
 
+def sparse_kernel_max_rows(isa: str, dtype: torch.dtype) -> int | None:
+    """Rows of x up to which ``dtype`` weights run the sparse kernel on path ``isa`` (None: every count, 0: never),
+    from the measurements above. sparse_linear.cpp's ``runs_sparse_kernel`` is the same rule."""
+    if dtype not in (torch.float32, torch.bfloat16) or isa == "torch-fallback":
+        return 0
+    if dtype == torch.bfloat16 and isa in ("avx2", "avx512", "avx512_vbmi2"):
+        return None
+    return SPARSE_MAX_BATCH_FP32 if dtype == torch.float32 and isa != "portable" else SPARSE_MAX_BATCH
+
+
+def runs_sparse_kernel(rows: int, isa: str, dtype: torch.dtype) -> bool:
+    """Whether ``rows`` rows of x with ``dtype`` weights go to the sparse kernel on path ``isa``."""
+    limit = sparse_kernel_max_rows(isa, dtype)
+    return rows > 0 and (limit is None or rows <= limit)
+
+
 def runs_pair_kernel(rows: int) -> bool:
     """Whether ``rows`` rows of x go to the pair kernel (where it can run): from ``PAIRS_MIN_BATCH`` rows at whole
     groups of 16, and from twice that at any count; below, the tiled path is faster (the measurements above).
@@ -77,7 +101,8 @@ def runs_pair_kernel(rows: int) -> bool:
 
 def kernel_info() -> dict:
     """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "pairs_min_batch",
-    "dense_fallback"}`` (``pairs_min_batch``: None where the pair kernel cannot run; ``dense_fallback``: the
+    "dense_fallback"}`` (``sparse_max_batch``: rows of x up to which the sparse kernel runs, per weight dtype, None
+    for every count; ``pairs_min_batch``: None where the pair kernel cannot run; ``dense_fallback``: the
     batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
     isa = selected_isa()
     return {
@@ -86,7 +111,8 @@ def kernel_info() -> dict:
         "threads": torch.get_num_threads(),
         "extension": _STATE.get("path"),
         "extension_error": _STATE.get("error"),
-        "sparse_max_batch": SPARSE_MAX_BATCH,
+        "sparse_max_batch": {str(dtype).removeprefix("torch."): sparse_kernel_max_rows(isa, dtype)
+                             for dtype in (torch.bfloat16, torch.float32)},
         "pairs_min_batch": PAIRS_MIN_BATCH if isa == "avx512_bf16" else None,
         "dense_fallback": kept_dense(),
     }
@@ -175,8 +201,7 @@ def sparse_linear_op(
     x2 = x.reshape(-1, in_features)
     isa = selected_isa()
     ext = load_extension() if isa != "torch-fallback" else None
-    if ext is not None and x2.shape[0] <= SPARSE_MAX_BATCH and values.dtype in (torch.float32, torch.bfloat16) \
-            and x2.shape[0] > 0:
+    if ext is not None and runs_sparse_kernel(x2.shape[0], isa, values.dtype):
         y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
     elif ext is not None and isa == "avx512_bf16" and values.dtype == torch.bfloat16 \
             and runs_pair_kernel(x2.shape[0]):
@@ -224,4 +249,4 @@ def sparse_linear(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return sparse_linear_op(x, bias, *tensors, packed.out_features, packed.in_features)
     _check(x, bias, *tensors, packed.out_features, packed.in_features)
     return torch.ops.owl_ext.sparse_linear(x, bias, *tensors, packed.out_features, packed.in_features,
-                                           SPARSE_MAX_BATCH, PAIRS_MIN_BATCH, TILE_BYTES)
+                                           SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, TILE_BYTES)
