@@ -3,8 +3,9 @@
 The issue's rule for CPUs without AVX-512: never slower than dense (≥ 0.95× on every row), falling back
 where the sparse path loses. Measured on this project's machines (batch 1, 70%, weights streamed):
 
-- AVX-512 paths beat the best dense op in every row (1.77-2.74× at batch 1,
-  ``examples/results/kernels_vs_vllm.md``), so nothing is measured there and every layer is packed;
+- AVX-512 paths beat the best dense op in every row (AMD EPYC, AVX-512 BF16: 1.77-2.74× at batch 1,
+  ``examples/results/kernels_vs_vllm.md``; Intel Xeon, AVX-512 VBMI2 without BF16: 1.49-2.18× for bf16 and
+  1.76-2.44× for fp32, ``kernels_avx512_vbmi2.md``), so nothing is measured there and every layer is packed;
 - the AVX2 path once lost on small bf16 layers (576×1536 batch 1: 0.64× of torch) and now reaches ≥ 1.06×
   in every row of ``kernels_avx2_on_avx512.md`` (a proxy: AVX2 forced on an AVX-512 CPU). Other AVX2 CPUs
   (older cores, other caches) may differ, so there the measurement stays, as a safety net.
