@@ -9,7 +9,8 @@ dtypes. Paths the CPU lacks are skipped with the reason; the pure-torch twin run
 Out-of-bounds reads are checked by running this file once under AddressSanitizer (2026-12-05, after the
 AVX2 vpshufb paths, the 8-row bf16 pass and the prefetch: 84 passed, no report, AVX-512 machine, every
 path forced; again after the prefill pair kernel: 88 passed, no report; 2026-12-06, after its partial last
-block and its dispatch rule: 92 passed, no report),
+block and its dispatch rule: 92 passed, no report; 2026-12-06 on an Intel Xeon without AVX-512 BF16, after the
+AVX-512 VBMI2 path and the every-batch bf16 rule: 89 passed, 20 skipped (the BF16 path), no report),
 with the extension built instrumented into its own cache folder:
 
     OWL_PLUGIN_CACHE=/tmp/asan-cache OWL_SPARSE_ASAN=1 ASAN_OPTIONS=detect_leaks=0 \
