@@ -237,13 +237,14 @@ def test_the_pair_kernel_runs_where_it_was_measured_faster() -> None:
 
 @pytest.mark.parametrize("isa", COMPILED)
 def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """runs_sparse_kernel, in Python and in the C++ op alike: fp32 up to SPARSE_MAX_BATCH_FP32 rows (16 on the
-    portable path), bf16 up to SPARSE_MAX_BATCH with AVX-512 BF16 and at every count without it: no dense GEMM
-    exactly there (above, the pair kernel runs none either: rows are chosen below PAIRS_MIN_BATCH, or at 200)."""
+    """runs_sparse_kernel, in Python and in the C++ op alike: fp32 up to SPARSE_MAX_BATCH_FP32 rows on the AVX-512
+    paths (SPARSE_MAX_BATCH on AVX2 and portable), bf16 up to SPARSE_MAX_BATCH with AVX-512 BF16 and at every count
+    on the SIMD paths without it: no dense GEMM exactly there (nor where the pair kernel runs: 200 rows)."""
     isa_or_skip(isa)
     monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     assert not runs_sparse_kernel(0, isa, torch.float32) and not runs_sparse_kernel(1, isa, torch.float16)
-    expected = {torch.float32: {1: True, 16: True, 17: isa != "portable", 32: isa != "portable", 33: False},
+    avx512 = isa.startswith("avx512")
+    expected = {torch.float32: {1: True, 16: True, 17: avx512, 32: avx512, 33: False},
                 torch.bfloat16: {1: True, 16: True, 17: isa not in ("avx512_bf16", "portable"),
                                  33: isa not in ("avx512_bf16", "portable"),
                                  200: isa not in ("avx512_bf16", "portable")}}

@@ -8,7 +8,7 @@ One op, two entry points:
   ``torch.compile`` (vLLM) traces through it. Tensor order is ``pack.TENSOR_ORDER``.
 
 Dispatch (see ``dispatch.py``): where ``runs_sparse_kernel`` (bf16: up to ``SPARSE_MAX_BATCH`` rows of ``x``
-with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32``) → the C++ sparse kernel
+with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32`` on AVX-512) → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512 VBMI2 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced
 with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
 ``PAIRS_MIN_BATCH`` rows: prefill, many sequences) on AVX-512 BF16 with bf16 weights → the pair kernel,

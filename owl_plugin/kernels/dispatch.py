@@ -15,9 +15,10 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x that go to the sparse kernel (runs_sparse_kernel); more go to the pair kernel or to tiled decompress +
 # dense F.linear. Measured with examples/benchmark_kernels.py (its "dispatch threshold" line):
 # - bf16 on AVX-512 BF16 (AMD EPYC, 2026-12-05): up to 16 rows; above, tiled and the pair kernel (native bf16 GEMMs).
-# - fp32: up to 32 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC, 2026-12-04: 1.10-1.86×
-#   of torch at 32 rows, tiled 0.15-0.89×; Intel Xeon without AVX-512 BF16, 2026-12-06: 0.72-1.02× of vLLM's
-#   oneDNN at 17-32 rows, tiled 0.45-0.68×) and lost to it from 64 on the Xeon.
+# - fp32 on the AVX-512 paths: up to 32 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC,
+#   2026-12-04: 1.10-1.86× of torch at 32 rows, tiled 0.15-0.89×; Intel Xeon without AVX-512 BF16, 2026-12-06:
+#   0.72-1.02× of vLLM's oneDNN at 17-32 rows, tiled 0.45-0.68×) and lost to it from 64 on the Xeon. On the AVX2
+#   path (forced on the Xeon, one core) it lost to tiled from 24 rows (0.38-0.75× of torch vs 0.53-0.88×): 16 there.
 # - bf16 without a native bf16 dot (the AVX-512 VBMI2, AVX-512F and AVX2 paths): every count. There every dense bf16
 #   GEMM (torch's, vLLM's oneDNN) widens to fp32 as the kernel does, on all the weights: on the Xeon the kernel ran
 #   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.88×), the tiled path 0.84-1.07×.
@@ -83,7 +84,7 @@ def sparse_kernel_max_rows(isa: str, dtype: torch.dtype) -> int | None:
         return 0
     if dtype == torch.bfloat16 and isa in ("avx2", "avx512", "avx512_vbmi2"):
         return None
-    return SPARSE_MAX_BATCH_FP32 if dtype == torch.float32 and isa != "portable" else SPARSE_MAX_BATCH
+    return SPARSE_MAX_BATCH_FP32 if dtype == torch.float32 and isa.startswith("avx512") else SPARSE_MAX_BATCH
 
 
 def runs_sparse_kernel(rows: int, isa: str, dtype: torch.dtype) -> bool:

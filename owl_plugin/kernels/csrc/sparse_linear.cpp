@@ -666,13 +666,13 @@ static bool runs_pair_kernel(int64_t rows, int64_t pairs_min_batch) {
 
 // Whether `rows` rows of x go to the sparse kernel (dispatch.py: runs_sparse_kernel, the same rule and its
 // measurements): bf16 weights on the AVX2 / AVX-512F / VBMI2 paths at every count (without a native bf16 dot every
-// dense bf16 GEMM widens to fp32 as the kernel does, on 30% of the weights), fp32 up to max_batch_fp32, else up
-// to max_batch.
+// dense bf16 GEMM widens to fp32 as the kernel does, on 30% of the weights), fp32 up to max_batch_fp32 on the
+// AVX-512 paths, else up to max_batch.
 static bool runs_sparse_kernel(int64_t rows, int64_t isa, at::ScalarType dtype, int64_t max_batch,
                                int64_t max_batch_fp32) {
   if (rows <= 0 || (dtype != at::kFloat && dtype != at::kBFloat16)) return false;
   if (dtype == at::kBFloat16 && isa >= 1 && isa <= 3) return true;
-  return rows <= (dtype == at::kFloat && isa >= 1 ? max_batch_fp32 : max_batch);
+  return rows <= (dtype == at::kFloat && isa >= 2 ? max_batch_fp32 : max_batch);
 }
 
 // y[..., out] = x[..., in] W^T (+ bias): the sparse kernel where runs_sparse_kernel, the pair kernel where
