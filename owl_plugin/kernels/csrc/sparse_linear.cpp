@@ -5,9 +5,9 @@
 // Paths, chosen at run time by the caller (isa argument): 4 = AVX-512 + VBMI2 + BF16 (vpexpandw,
 // vdpbf16ps), 3 = AVX-512 + VBMI2 without BF16 (vpexpandw, then the even/odd bf16 halves widened to fp32 by a
 // shift and a mask: Ice Lake-class Xeons), 2 = AVX-512F (vexpandps on 16-lane halves), 1 = AVX2 (256-entry
-// vpshufb table for bf16, vpermps table for fp32), 0 = portable C++. Each path needs the features of the ones below
-// it except AVX-512F's on an AVX2 CPU (cpu_features). Each SIMD function carries its own target attribute, so one binary runs on
-// an AVX2-only CPU as long as the caller never asks for a path the CPU lacks.
+// vpshufb table for bf16, vpermps table for fp32), 0 = portable C++ (cpu_features says which the CPU has). Each
+// SIMD function carries its own target attribute, so one binary runs on an AVX2-only CPU as long as the caller
+// never asks for a path the CPU lacks.
 //
 // x arrives padded to nblk*32 columns (zeros), so every 32-wide x load is in bounds.
 // Rows are walked R at a time (independent popcount->pointer chains), NB batch rows per pass; each row's
