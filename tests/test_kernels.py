@@ -47,8 +47,8 @@ from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_i
 
 COMPILED = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
-# ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16); 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16,
-# bf16) with a partial block of 64 rows
+# ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16; bf16 without AVX-512 BF16: the sparse kernel);
+# 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16, bf16) with a partial block of 64 rows
 BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, SPARSE_MAX_BATCH_FP32,
            SPARSE_MAX_BATCH_FP32 + 1, PAIRS_MIN_BATCH + 5, 2 * PAIRS_MIN_BATCH + 5]
 
@@ -254,7 +254,7 @@ def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypat
         for rows, sparse in by_rows.items():
             assert runs_sparse_kernel(rows, isa, dtype) == sparse, f"{isa} {dtype} {rows} rows"
             x = torch.randn(rows, 96).to(dtype)
-            gemms = dense_gemms_in(lambda x=x: sparse_linear(x, packed))
+            gemms = dense_gemms_in(lambda x=x, packed=packed: sparse_linear(x, packed))
             assert (gemms == 0) == (sparse or runs_pair_kernel(rows) and isa == "avx512_bf16"
                                     and dtype == torch.bfloat16), f"{isa} {dtype} {rows} rows: {gemms} GEMMs"
             torch.testing.assert_close(sparse_linear(x, packed).float(), reference(x, w, None), **tolerance(dtype, 96))
@@ -345,7 +345,7 @@ def test_custom_ops_pass_torch_opcheck() -> None:
             torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                                   (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
                                    SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, 1 << 20))
-    if load_extension() is not None:  # bf16 prefill: the pair kernel on AVX-512 BF16, tiled elsewhere
+    if load_extension() is not None:  # bf16 prefill: the pair kernel (AVX-512 BF16) or the sparse kernel
         packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
         x = torch.randn(2 * PAIRS_MIN_BATCH + 3, 70).bfloat16()
         torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,

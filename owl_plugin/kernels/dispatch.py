@@ -54,7 +54,8 @@ def cpu_supported_isas() -> list[str]:
     if "features" not in _STATE:
         _STATE["features"] = int(ext.cpu_features())
     feats = int(_STATE["features"])  # type: ignore[arg-type]
-    return [name for name in ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2") if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
+    paths = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2")
+    return [name for name in paths if feats & _ISA_FEATURE_BIT[name]] + ["portable"]
 
 
 def selected_isa() -> str:
