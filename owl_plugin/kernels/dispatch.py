@@ -21,7 +21,7 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 #   path (forced on the Xeon, one core) it lost to tiled from 24 rows (0.38-0.75× of torch vs 0.53-0.88×): 16 there.
 # - bf16 without a native bf16 dot (the AVX-512 VBMI2, AVX-512F and AVX2 paths): every count. There every dense bf16
 #   GEMM (torch's, vLLM's oneDNN) widens to fp32 as the kernel does, on all the weights: on the Xeon the kernel ran
-#   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.88×), the tiled path 0.84-1.07×.
+#   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.85×), the tiled path 0.84-1.07×.
 SPARSE_MAX_BATCH = 16
 SPARSE_MAX_BATCH_FP32 = 32
 # The pair kernel (csrc/sparse_gemm_pairs.cpp; AVX-512 BF16, bf16 weights) instead of the tiled path: see
