@@ -158,7 +158,10 @@ def pairs_threshold(rows: list[dict]) -> int | None:
 
 
 def markdown(rows: list[dict], info: dict, args) -> str:
+    command = " ".join(f"{k}={os.environ[k]}" for k in ("OWL_SPARSE_ISA", "OMP_NUM_THREADS") if k in os.environ)
+    command = f"{command} python examples/benchmark_kernels.py {' '.join(sys.argv[1:])}".strip()
     lines = [f"# owl_plugin.kernels micro-benchmark ({time.strftime('%Y-%m-%d')})", "",
+             f"Command (run in `{Path(sys.prefix).name}`): `{command}`", "",
              f"CPU: {platform.processor() or platform.machine()}, {info['threads']} threads, path `{info['isa']}`, "
              f"torch {torch.__version__}; medians of {args.rounds} interleaved rounds × {args.calls} calls, weights "
              f"streamed from memory (≥ {args.stream_mb} MB of distinct layers per variant); load average before "

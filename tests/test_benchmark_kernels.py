@@ -32,4 +32,5 @@ def test_tiny_shape_gives_rows_for_every_batch_and_the_best_speedup_line(tmp_pat
         assert r["dense_us"] > 0 and r["sparse_us"] > 0 and r["tiled_us"] > 0
         assert "vllm_us" not in r and r["best_dense"] == "torch"
     assert out.with_suffix(".md").read_text().count("| 96x200 |") == 6
+    assert "python examples/benchmark_kernels.py --shapes" in out.with_suffix(".md").read_text()  # rerunnable
     assert out.with_suffix(".png").stat().st_size > 0
