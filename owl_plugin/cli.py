@@ -163,7 +163,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     settings = TuneSettings(
         num_samples=args.num_samples, seq_len=args.seq_len, heldout_windows=args.heldout_windows,
         heldout_seq_len=args.heldout_seq_len, heldout_fraction=args.heldout_fraction, seed=args.seed,
-        granularity=args.granularity or "block", bounds=tuple(args.bounds or (0.0, 0.99)),
+        granularity=args.granularity or "block", bounds=tuple(args.bounds or (0.0, 0.99)), proxy=args.proxy,
     )
     refine = RefineSettings(generations=args.refine, step=args.refine_step, offspring=args.refine_offspring,
                             seed=args.refine_seed)
@@ -356,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--heldout-seq-len", type=int, default=512, help="tokens per held-out window (default 512)")
     held.add_argument("--heldout-fraction", type=_fraction, default=0.1,
                       help="share of the calibration text kept out of the statistics (default 0.1)")
+    held.add_argument("--proxy", choices=("dense", "sequential"), default="dense",
+                      help="how each candidate's Wanda masks are made: from the dense model's statistics (dense, "
+                           "default, fast) or block by block on the partly pruned model as llmcompressor prunes "
+                           "(sequential: two more passes over the calibration windows per candidate)")
     evo = tune.add_argument_group("refinement: let every block move (evolutionary search from the best candidate)")
     evo.add_argument("--refine", type=int, default=0, metavar="G",
                      help="generations of block-by-block refinement after the grid (default 0: off); "

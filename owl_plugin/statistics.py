@@ -2,15 +2,18 @@
 
 The inputs of decoder block 0 are captured once; then each block runs on the previous
 block's outputs (the dense model, as in OWL's reference), with hooks that accumulate
-Σ_t x_tj² for every linear's input feature j. Peak memory is one block plus the cached
-hidden states: the model's full set of activations never exists at once, and with
-``device=`` only the block being measured is moved to that device.
+Σ_t x_tj² for every linear's input feature j. With ``after_block``, a caller may change each
+block once its statistics are in (prune it), and the block runs again so the next one sees the
+changed outputs: llmcompressor's sequential pipeline, which ``owl tune``'s sequential proxy
+mirrors. Peak memory is one block plus the cached hidden states: the model's full set of
+activations never exists at once, and with ``device=`` only the block being measured is moved
+to that device.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +95,23 @@ def capture_block_inputs(
     return cached
 
 
+def _run_block(block: nn.Module, name: str, cached: list[tuple[torch.Tensor, dict]], device,
+               meters: dict[str, _SquareMeter]) -> list[torch.Tensor]:
+    """``block``'s output for every cached (hidden, kwargs), on the hidden states' device; NaN/inf raise."""
+    outputs = []
+    for hidden, kwargs in cached:
+        if device is None:
+            out = block(hidden, **kwargs)
+        else:
+            out = block(hidden.to(device), **_to(kwargs, device))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not torch.isfinite(out).all():
+            _check_finite(meters)  # name the first linear whose input went bad, if one did
+            raise ValueError(f"decoder block {name!r} produced NaN or inf activations")
+        outputs.append(out.to(hidden.device))
+    return outputs
+
+
 @torch.no_grad()
 def collect_input_sq_means(
     model: nn.Module,
@@ -99,6 +119,7 @@ def collect_input_sq_means(
     *,
     device: torch.device | str | None = None,
     progress: bool = True,
+    after_block: Callable[[str, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean over calibration tokens of x_j² at the input of every linear in every decoder block.
 
@@ -107,6 +128,9 @@ def collect_input_sq_means(
         batches: token-id tensors of shape (batch, seq_len).
         device: where to run each block (moved there and back one at a time); default: where it is.
         progress: show a tqdm bar over blocks.
+        after_block: called as ``after_block(block_name, means)`` with that block's statistics (full
+            linear name → mean x²) before its outputs are passed on; the block then runs once more on
+            the same inputs, so a block changed by the call (pruned) feeds the next one its new outputs.
 
     Returns:
         Full linear name → float32 tensor of shape (in_features,). A linear that saw no token (an MoE
@@ -127,24 +151,21 @@ def collect_input_sq_means(
         meters = {n: _SquareMeter(n, m.in_features) for n, m in find_linears(block, name).items()}
         handles = [m.register_forward_hook(meters[n]) for n, m in find_linears(block, name).items()]
         try:
-            for i, (hidden, kwargs) in enumerate(cached):
-                if device is None:
-                    out = block(hidden, **kwargs)
-                else:
-                    out = block(hidden.to(device), **_to(kwargs, device))
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                if not torch.isfinite(out).all():
-                    _check_finite(meters)  # name the first linear whose input went bad, if one did
-                    raise ValueError(f"decoder block {name!r} produced NaN or inf activations")
-                cached[i] = (out.to(hidden.device), kwargs)
+            try:
+                outputs = _run_block(block, name, cached, device, meters)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            _check_finite(meters)
+            block_means = {n: meter.mean() for n, meter in meters.items() if meter.tokens}
+            # an MoE expert no token was routed to has no entry (owl_plugin.experts.UNROUTED_RULE)
+            means.update(block_means)
+            if after_block is not None:
+                after_block(name, block_means)
+                outputs = _run_block(block, name, cached, device, {})
         finally:
-            for handle in handles:
-                handle.remove()
             if device is not None:
                 block.to(home)
-        _check_finite(meters)
-        for n, meter in meters.items():
-            if meter.tokens:  # an MoE expert no token was routed to has none (owl_plugin.experts.UNROUTED_RULE)
-                means[n] = meter.mean()
+        cached[:] = [(out, kwargs) for out, (_, kwargs) in zip(outputs, cached, strict=True)]
         logger.debug("collected statistics for %s (%d linears)", name, len(meters))
     return means

@@ -81,6 +81,33 @@ def test_collector_never_runs_the_lm_head_and_leaves_no_hooks(tiny_model, tiny_b
         assert tiny_model(input_ids=tiny_batches[0]).logits.shape == (1, 32, 512)
 
 
+def test_after_block_changes_what_the_next_blocks_see(tiny_model, tiny_batches):
+    """A block changed by ``after_block`` feeds the next ones its new outputs, as if changed beforehand."""
+    import copy
+
+    dense = collect_input_sq_means(copy.deepcopy(tiny_model), tiny_batches, progress=False)
+    edited = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        edited.model.layers[1].mlp.down_proj.weight.zero_()
+    expected = collect_input_sq_means(edited, tiny_batches, progress=False)
+    seen = []
+
+    def zero_down_proj_of_block_1(block, means):
+        seen.append((block, sorted(means)))
+        if block == "model.layers.1":
+            with torch.no_grad():
+                tiny_model.model.layers[1].mlp.down_proj.weight.zero_()
+
+    got = collect_input_sq_means(tiny_model, tiny_batches, progress=False, after_block=zero_down_proj_of_block_1)
+    assert [block for block, _ in seen] == [f"model.layers.{b}" for b in range(len(seen))]
+    assert seen[1][1] == sorted(n for n in dense if n.startswith("model.layers.1."))
+    for name in dense:
+        block = int(name.split(".")[2])
+        # up to block 1 the statistics are measured before the change; from block 2 on, after it
+        torch.testing.assert_close(got[name], dense[name] if block <= 1 else expected[name], rtol=1e-6, atol=0)
+    assert not torch.allclose(dense["model.layers.2.self_attn.q_proj"], expected["model.layers.2.self_attn.q_proj"])
+
+
 def test_collector_rejects_empty_calibration(tiny_model):
     with pytest.raises(ValueError, match="calibration data is empty"):
         collect_input_sq_means(tiny_model, [], progress=False)

@@ -19,7 +19,7 @@ from owl_plugin.profile import SparsityProfile
 from owl_plugin.tuning import search as search_module
 from owl_plugin.tuning.cache import KERNEL_PINS, code_fingerprint
 from owl_plugin.tuning.log import CandidateLog, candidate_id
-from owl_plugin.tuning.proxy import WandaProxy, dense_reference
+from owl_plugin.tuning.proxy import SequentialWandaProxy, WandaProxy, dense_reference
 from owl_plugin.tuning.refine import RefineSettings
 from owl_plugin.tuning.search import TuneSettings, split_calibration, tune
 from owl_plugin.tuning.space import atp_beta_max, candidates, nested_grid
@@ -123,6 +123,64 @@ def test_proxy_kl_is_zero_dense_and_grows_with_sparsity(tiny_model, tiny_batches
     assert 0 < scores[1].kl < scores[2].kl
 
 
+@pytest.mark.llmcompressor
+def test_sequential_proxy_makes_the_masks_llmcompressor_makes(tiny_dir, tokenizer):
+    """The sequential proxy's Wanda masks are oneshot's, mask for mask; the dense proxy's differ after block 0."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from transformers import AutoModelForCausalLM
+
+    from owl_plugin.integrations.llmcompressor.prune import calibration_dataset
+    from owl_plugin.statistics import collect_input_sq_means
+    from owl_plugin.text import calibration_batches, load_text, tokenize
+
+    data = calibration_dataset(tokenizer, "pydoc", num_samples=4, seq_len=64, seed=0)
+    pruned = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    oneshot(model=pruned, processor=tokenizer, dataset=data, num_calibration_samples=4, max_seq_length=64,
+            shuffle_calibration_samples=False,
+            recipe=[WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=[r"re:model\.layers\.\d+$"])])
+    oneshot_zeros = {n: m.weight == 0 for n, m in pruned.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    batches = calibration_batches(tokenize(tokenizer, load_text("pydoc")), num_samples=4, seq_len=64, seed=0)
+    assert [b[0].tolist() for b in batches] == data["input_ids"]  # the same calibration windows
+    linears = {n: m for group in prunable_linears(model).values() for n, m in group.items()}
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    windows = batches[:1]
+    reference = dense_reference(model, windows, topk=8)
+    sequential = SequentialWandaProxy(model, linears, batches, windows, reference)
+    dense = WandaProxy(model, linears, collect_input_sq_means(model, batches, progress=False), windows, reference)
+    agreement = {}
+    for proxy in (sequential, dense):
+        proxy._apply({n: 0.5 for n in linears})
+        agreement[type(proxy).__name__] = {n: float(((m.weight == 0) == oneshot_zeros[n]).float().mean())
+                                           for n, m in linears.items()}
+        proxy._restore()
+    assert agreement["SequentialWandaProxy"] == {n: 1.0 for n in linears}
+    first_block = [n for n in linears if n.startswith("model.layers.0.")]
+    assert all(agreement["WandaProxy"][n] == 1.0 for n in first_block)  # block 0 sees the same inputs either way
+    assert min(agreement["WandaProxy"].values()) < 0.99  # later blocks see pruned inputs only in oneshot
+    for n, m in linears.items():
+        torch.testing.assert_close(m.weight.detach(), before[n], rtol=0, atol=0)
+
+
+def test_sequential_proxy_is_dense_at_zero_and_restores(tiny_model, tiny_batches):
+    from owl_plugin.allocate import allocate
+
+    linears = {n: m for group in prunable_linears(tiny_model).values() for n, m in group.items()}
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    windows = [torch.randint(0, TINY_VOCAB, (1, 24), generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
+    proxy = SequentialWandaProxy(tiny_model, linears, tiny_batches, windows,
+                                 dense_reference(tiny_model, windows, topk=16))
+    scores = [proxy.score(allocate(tiny_model, s, UniformConfig(), progress=False)) for s in (0.0, 0.3, 0.8)]
+    assert scores[0].kl == pytest.approx(0.0, abs=1e-6)
+    assert 0 < scores[1].kl < scores[2].kl
+    for n, m in linears.items():
+        torch.testing.assert_close(m.weight.detach(), before[n], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="batches is empty"):
+        SequentialWandaProxy(tiny_model, linears, [], windows, proxy.reference)
+
+
 # --------------------------------------------------------------------------- tune on a tiny model
 def test_tune_caches_statistics_and_resumes(tiny_model, stream, tmp_path, monkeypatch):
     first = tune(tiny_model, stream, target=0.6, methods=["owl", "dlp", "atp"], budget=2, settings=SMALL,
@@ -197,6 +255,23 @@ def test_numerics_fingerprint_follows_the_cpu_kernels():
     assert native != pinned
 
 
+def test_sequential_tune_shares_the_statistics_and_keeps_its_own_log(tiny_model, stream, tmp_path):
+    from dataclasses import replace
+
+    dense = tune(tiny_model, stream, target=0.6, methods=["atp"], budget=2, settings=SMALL,
+                 cache_root=tmp_path / "cache", progress=False)
+    sequential = tune(tiny_model, stream, target=0.6, methods=["atp"], budget=2,
+                      settings=replace(SMALL, proxy="sequential"), cache_root=tmp_path / "cache", progress=False)
+    assert sequential.cache_folder == dense.cache_folder and sequential.statistics_cached
+    assert len((dense.cache_folder / "candidates-0.6-sequential.jsonl").read_text().splitlines()) == 3
+    assert len((dense.cache_folder / "candidates-0.6.jsonl").read_text().splitlines()) == 3
+    # the same uniform candidate, scored with other masks (block 1 on sees the pruned block 0)
+    assert sequential.records[0]["method"] == dense.records[0]["method"] == "uniform"
+    assert sequential.records[0]["kl"] != pytest.approx(dense.records[0]["kl"], rel=1e-6)
+    assert "partly pruned model" in sequential.proxy and "dense statistics" in dense.proxy
+    assert sequential.profile.params["tuned"]["settings"]["proxy"] == "sequential"
+
+
 def test_tune_rejects_bad_input(tiny_model, stream, tmp_path):
     with pytest.raises(ValueError, match="target sparsity 1.2"):
         tune(tiny_model, stream, target=1.2, settings=SMALL, cache_root=tmp_path)
@@ -204,6 +279,8 @@ def test_tune_rejects_bad_input(tiny_model, stream, tmp_path):
         tune(tiny_model, stream, target=0.5, methods=["owl", "magic"], settings=SMALL, cache_root=tmp_path)
     with pytest.raises(ValueError, match="heldout_fraction=1.5"):
         TuneSettings(heldout_fraction=1.5)
+    with pytest.raises(ValueError, match="proxy='magic' is not one of dense, sequential"):
+        TuneSettings(proxy="magic")
     assert not (tmp_path / "tune").exists()  # nothing cached for rejected input
 
 

@@ -3,10 +3,18 @@
 For a profile (module → ratio s), every block linear is pruned as Wanda does (Sun et al.,
 arXiv 2306.11695, Eq. 1): per output row, the ⌊s · in_features⌋ weights with the lowest
     A_ij = |W_ij| · sqrt(E[x_j²])
-are zeroed (stable sort, as llmcompressor's ``WandaPruningModifier``). E[x²] comes from the
-*dense* model's cached calibration statistics, so a candidate costs one mask and one forward
-pass over the held-out windows; the weights are restored afterwards. (llmcompressor's pruner
-measures E[x²] on the partly pruned model, block after block; this proxy skips that.)
+are zeroed (stable sort, as llmcompressor's ``WandaPruningModifier``). Two ways to get E[x²]:
+
+- ``WandaProxy`` (``--proxy dense``): from the *dense* model's cached calibration statistics, so
+  a candidate costs one mask and one forward pass over the held-out windows.
+- ``SequentialWandaProxy`` (``--proxy sequential``): as llmcompressor's sequential pipeline
+  prunes, block by block: block b's E[x²] is measured on the calibration windows as they leave
+  the already pruned blocks 0..b−1, then b is pruned and runs again to feed b+1. The masks are
+  the ones ``oneshot`` would make; a candidate costs two more passes over the calibration
+  windows. Allocations that move sparsity between blocks change what later blocks see, which
+  only this proxy measures.
+
+The weights are restored after every candidate.
 
 Score, per held-out token position t, with p the dense and q the pruned next-token distribution,
 both coarsened to the dense model's top-k tokens plus one "rest" class (a lower bound of the
@@ -62,6 +70,23 @@ def dense_reference(model: nn.Module, windows: Sequence[torch.Tensor], *, topk: 
     return {"indices": torch.stack(indices), "logp": logp, "logp_rest": _log_rest(logp)}
 
 
+def wanda_order(weight: torch.Tensor, input_sq_mean: torch.Tensor) -> torch.Tensor:
+    """Per output row, the input indices by ascending Wanda score |W_ij| · sqrt(E[x_j²]) (stable)."""
+    metric = weight.detach().abs().float() * input_sq_mean.float().sqrt().unsqueeze(0)
+    order = torch.sort(metric, dim=-1, stable=True).indices
+    # rank order fits in int16 for rows up to 32767 weights: a third of the memory of int64
+    return order.to(torch.int16 if weight.shape[1] <= 32767 else torch.int32)
+
+
+def pruned_weight(dense: torch.Tensor, order: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``dense`` with the first ⌊ratio · in_features⌋ weights of every row's ``order`` set to zero."""
+    k = int(dense.shape[1] * ratio)
+    pruned = dense.clone()
+    if k > 0:
+        pruned.scatter_(1, order[:, :k].long(), 0.0)
+    return pruned
+
+
 class WandaProxy:
     """Prunes ``model`` in place per candidate profile, scores it against the dense reference, restores it.
 
@@ -88,16 +113,12 @@ class WandaProxy:
         if reference["indices"].shape[0] != len(self.windows):
             raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
                              f"but {len(self.windows)} were given")
-        self.dense: dict[str, torch.Tensor] = {}
-        self.order: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name, linear in self.linears.items():
-                weight = linear.weight.detach()
-                metric = weight.abs().float() * input_sq_means[name].float().sqrt().unsqueeze(0)
-                order = torch.sort(metric, dim=-1, stable=True).indices
-                # rank order fits in int16 for rows up to 32767 weights: a third of the memory of int64
-                self.order[name] = order.to(torch.int16 if weight.shape[1] <= 32767 else torch.int32)
-                self.dense[name] = weight.clone()
+        self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
+        self.order = self._orders(self.dense, input_sq_means)
+
+    @staticmethod
+    def _orders(dense: Mapping[str, torch.Tensor], input_sq_means: Mapping[str, torch.Tensor]) -> dict:
+        return {name: wanda_order(weight, input_sq_means[name]) for name, weight in dense.items()}
 
     def on_first(self, windows: int) -> WandaProxy:
         """The same proxy scored on the first ``windows`` held-out windows only (masks and weights shared)."""
@@ -111,12 +132,7 @@ class WandaProxy:
     @torch.no_grad()
     def _apply(self, ratios: Mapping[str, float]) -> None:
         for name, linear in self.linears.items():
-            dense = self.dense[name]
-            k = int(dense.shape[1] * ratios.get(name, 0.0))
-            pruned = dense.clone()
-            if k > 0:
-                pruned.scatter_(1, self.order[name][:, :k].long(), 0.0)
-            linear.weight.copy_(pruned)
+            linear.weight.copy_(pruned_weight(self.dense[name], self.order[name], ratios.get(name, 0.0)))
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -147,3 +163,42 @@ class WandaProxy:
         finally:
             self._restore()
         return ProxyScore(kl=total_kl / positions, ppl=math.exp(total_nll / predicted))
+
+
+class SequentialWandaProxy(WandaProxy):
+    """``WandaProxy`` whose masks are made block by block on the partly pruned model (llmcompressor's way).
+
+    Args:
+        model, linears, windows, reference: as ``WandaProxy``.
+        batches: the calibration windows, each (batch, T): every candidate measures its own E[x²] on them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        linears: Mapping[str, nn.Linear],
+        batches: Sequence[torch.Tensor],
+        windows: Sequence[torch.Tensor],
+        reference: Mapping[str, torch.Tensor],
+    ) -> None:
+        if len(batches) == 0:
+            raise ValueError("the sequential proxy needs calibration windows: batches is empty")
+        self.batches = list(batches)
+        super().__init__(model, linears, {}, windows, reference)
+
+    @staticmethod
+    def _orders(dense, input_sq_means):  # masks are made per candidate, in _apply
+        return {}
+
+    @torch.no_grad()
+    def _apply(self, ratios: Mapping[str, float]) -> None:
+        from owl_plugin.statistics import collect_input_sq_means
+
+        def prune_block(block: str, means: Mapping[str, torch.Tensor]) -> None:
+            for name, mean in means.items():
+                if name in self.linears:
+                    order = wanda_order(self.dense[name], mean)
+                    self.linears[name].weight.copy_(pruned_weight(self.dense[name], order, ratios.get(name, 0.0)))
+
+        self._restore()  # every block starts dense: its statistics see only the earlier blocks' pruning
+        collect_input_sq_means(self.model, self.batches, progress=False, after_block=prune_block)

@@ -46,11 +46,15 @@ from owl_plugin.tuning.cache import (
     tokens_fingerprint,
 )
 from owl_plugin.tuning.log import CandidateLog, candidate_id
-from owl_plugin.tuning.proxy import PROXY_NAME, WandaProxy, dense_reference
+from owl_plugin.tuning.proxy import PROXY_NAME, SequentialWandaProxy, WandaProxy, dense_reference
 from owl_plugin.tuning.refine import RefineSettings, block_view, evolve, shifted
 from owl_plugin.tuning.space import METHODS, candidates
 
 logger = logging.getLogger(__name__)
+
+
+#: ``TuneSettings.proxy`` choices
+PROXIES = ("dense", "sequential")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +70,13 @@ class TuneSettings:
     topk: int = 128
     granularity: str = "block"
     bounds: tuple[float, float] = (0.0, 0.99)
+    #: how candidate masks are made: ``dense`` (from the dense model's statistics) or ``sequential``
+    #: (block by block on the partly pruned model, as llmcompressor prunes); see ``owl_plugin.tuning.proxy``
+    proxy: str = "dense"
 
     def __post_init__(self) -> None:
+        if self.proxy not in PROXIES:
+            raise ValueError(f"proxy={self.proxy!r} is not one of {', '.join(PROXIES)}")
         for name in ("num_samples", "heldout_windows", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
@@ -188,7 +197,8 @@ def tune(
     protocol = (windows or WindowProtocol(choice="off", bos_token_id=None, tokenizer_adds_bos=False)).as_dict()
     batches, heldout = split_calibration(token_ids, settings, bos_token_id=protocol["bos_token_id"])
     kill_point("calibration-ready")
-    key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds")}
+    # statistics and the dense reference do not depend on how masks are made: both proxies share them
+    key_settings = {k: v for k, v in asdict(settings).items() if k not in ("granularity", "bounds", "proxy")}
     if protocol["bos"]:  # raw windows keep the keys (and caches) they had before the protocol was recorded
         key_settings["windows"] = protocol
     key = cache_key(model_fingerprint(model), tokens_fingerprint(batches), tokens_fingerprint(heldout), key_settings,
@@ -217,8 +227,12 @@ def tune(
     rules = sorted({c.xmin for c in configs if isinstance(c, AlphaConfig)}, key=XMIN_RULES.index)
     alphas = _alphas(linears, rules, cache, progress, cached) if rules else {}
 
-    proxy = WandaProxy(model, linears, stats, heldout, reference)
-    log = CandidateLog(cache.path(f"candidates-{target:.6g}.jsonl"))
+    if settings.proxy == "sequential":
+        proxy = SequentialWandaProxy(model, linears, batches, heldout, reference)
+    else:
+        proxy = WandaProxy(model, linears, stats, heldout, reference)
+    suffix = "" if settings.proxy == "dense" else f"-{settings.proxy}"  # dense logs keep their old names
+    log = CandidateLog(cache.path(f"candidates-{target:.6g}{suffix}.jsonl"))
     records = []
     bar = tqdm(configs, desc=f"candidates @ {target:g}", unit="candidate", disable=not progress)
     for config in bar:
@@ -241,7 +255,7 @@ def tune(
                        best["id"])
     start = _profile(blocks, target, best_config, stats, alphas)
     if refine is not None and refine.generations:
-        refined_record, refined = _refine(start, best, proxy, refine, cache, progress)
+        refined_record, refined = _refine(start, best, proxy, refine, cache, progress, suffix)
         records.append(refined_record)
         best = min(records, key=lambda r: r["kl"])
     tuned = {"proxy": PROXY_NAME, "kl": best["kl"], "heldout_ppl": best["ppl"], "budget": budget,
@@ -300,15 +314,16 @@ def check_protocol(cache: StatisticsCache, protocol: Mapping[str, Any]) -> None:
 
 
 def _refine(start: SparsityProfile, start_record: Mapping[str, Any], proxy: WandaProxy, refine: RefineSettings,
-            cache: StatisticsCache, progress: bool) -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
+            cache: StatisticsCache, progress: bool,
+            suffix: str = "") -> tuple[dict[str, Any], tuple[list[str], np.ndarray]]:
     """Evolve ``start`` block by block; (its candidate record, (block names, refined ratios)).
 
-    Every full and screening score goes to ``refine-<target>.jsonl`` keyed by the block ratios,
+    Every full and screening score goes to ``refine-<target><suffix>.jsonl`` keyed by the block ratios,
     so a rerun replays the same (seeded) search from the log and resumes where it stopped.
     """
     names, ratios, sizes, lower, upper = block_view(start)
     target = start.target
-    log = CandidateLog(cache.path(f"refine-{target:.6g}.jsonl"))
+    log = CandidateLog(cache.path(f"refine-{target:.6g}{suffix}.jsonl"))
     screening = proxy.on_first(min(refine.screen_windows, len(proxy.windows)))
     began = time.perf_counter()
 
@@ -350,8 +365,11 @@ def describe_proxy(settings: TuneSettings) -> str:
     """One sentence naming the score, the data it is computed on and how masks are made."""
     return (f"{PROXY_NAME} (dense top-{settings.topk} + rest) on {settings.heldout_windows} held-out calibration "
             f"windows of {settings.heldout_seq_len} tokens (the last {settings.heldout_fraction:.0%}+ of the "
-            f"calibration text); Wanda masks from dense statistics of {settings.num_samples}x{settings.seq_len} "
-            "calibration tokens; lower is better")
+            f"calibration text); Wanda masks from {MASKS[settings.proxy]} of {settings.num_samples}x"
+            f"{settings.seq_len} calibration tokens; lower is better")
+
+
+MASKS = {"dense": "dense statistics", "sequential": "block-by-block statistics of the partly pruned model"}
 
 
 def describe_windows(protocol: Mapping[str, Any]) -> str:
