@@ -467,3 +467,21 @@ def test_truncated_or_garbage_cache_files_are_reported_removed_and_recomputed(ti
         assert path.is_file() and _best(output) == (best, scores), name  # recomputed: the same best
         if name == "input_sq_means.safetensors":
             assert "statistics: collected and cached" in capsys.readouterr().out
+
+
+def test_compare_tune_proxies_script_scores_both_proxies(tiny_checkpoint, eval_text_path, tmp_path):
+    """examples/compare_tune_proxies.py: one row per candidate, uniform first, both proxies and both splits."""
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "examples" / "compare_tune_proxies.py"),
+         "--model", str(tiny_checkpoint), "--sparsity", "0.6", "--num-samples", "2", "--heldout-windows", "1",
+         "--eval-windows", "1", "--atp-beta", "0.01", "--text", str(eval_text_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["candidate"] for r in rows] == ["uniform", "atp β=0.01", "owl (M=5, λ=0.08)"]
+    for row in rows:
+        for kind in ("dense", "sequential"):
+            assert row[f"{kind}_heldout_kl"] > 0 and row[f"{kind}_evaluation_ppl"] > 1
+    assert rows[0]["dense_heldout_kl"] != rows[0]["sequential_heldout_kl"]  # other masks after block 0
+    assert "| uniform | " in proc.stdout and "sequential proxy picks: " in proc.stdout

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -124,10 +125,7 @@ class WandaProxy:
         """The same proxy scored on the first ``windows`` held-out windows only (masks and weights shared)."""
         if not 1 <= windows <= len(self.windows):
             raise ValueError(f"windows={windows!r} must be in [1, {len(self.windows)}] (the held-out windows)")
-        subset = copy.copy(self)
-        subset.windows = self.windows[:windows]
-        subset.reference = {k: v[:windows] for k, v in self.reference.items()}
-        return subset
+        return self.on_windows(self.windows[:windows], {k: v[:windows] for k, v in self.reference.items()})
 
     @torch.no_grad()
     def _apply(self, ratios: Mapping[str, float]) -> None:
@@ -139,29 +137,48 @@ class WandaProxy:
         for name, linear in self.linears.items():
             linear.weight.copy_(self.dense[name])
 
-    @torch.no_grad()
-    def score(self, profile: SparsityProfile) -> ProxyScore:
-        """Prune with ``profile``'s ratios, return (mean KL per position, held-out perplexity), restore."""
+    @contextmanager
+    def pruned(self, profile: SparsityProfile) -> Iterator[WandaProxy]:
+        """Within the block the model is pruned with ``profile``'s ratios; the dense weights come back after."""
         unknown = [n for n in profile.modules if n not in self.linears]
         if unknown:
             raise ValueError(f"the profile names {unknown[0]!r}, which is not a block linear of this model")
-        device = next(self.model.parameters()).device
-        total_kl, total_nll, positions, predicted = 0.0, 0.0, 0, 0
         try:
             self._apply(profile.sparsities)
-            for w, window in enumerate(self.windows):
-                logq = torch.log_softmax(self.model(input_ids=window.to(device), use_cache=False).logits.float(),
-                                         dim=-1)[0].cpu()
-                idx, logp, logp_rest = (self.reference[k][w] for k in ("indices", "logp", "logp_rest"))
-                logq_top = logq.gather(-1, idx)
-                kl = (logp.exp() * (logp - logq_top)).sum(-1) + logp_rest.exp() * (logp_rest - _log_rest(logq_top))
-                total_kl += float(kl.sum())
-                positions += kl.numel()
-                labels = window[0, 1:].cpu()
-                total_nll += float(-logq[:-1].gather(-1, labels.unsqueeze(-1)).sum())
-                predicted += labels.numel()
+            yield self
         finally:
             self._restore()
+
+    def on_windows(self, windows: Sequence[torch.Tensor], reference: Mapping[str, torch.Tensor]) -> WandaProxy:
+        """The same proxy scored on other windows (e.g. an evaluation text) against their dense reference."""
+        if reference["indices"].shape[0] != len(windows):
+            raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
+                             f"but {len(windows)} were given")
+        other = copy.copy(self)
+        other.windows, other.reference = list(windows), reference
+        return other
+
+    def score(self, profile: SparsityProfile) -> ProxyScore:
+        """Prune with ``profile``'s ratios, return (mean KL per position, held-out perplexity), restore."""
+        with self.pruned(profile):
+            return self.score_as_is()
+
+    @torch.no_grad()
+    def score_as_is(self) -> ProxyScore:
+        """(mean KL per position, perplexity) of the model as it is now on this proxy's windows."""
+        device = next(self.model.parameters()).device
+        total_kl, total_nll, positions, predicted = 0.0, 0.0, 0, 0
+        for w, window in enumerate(self.windows):
+            logq = torch.log_softmax(self.model(input_ids=window.to(device), use_cache=False).logits.float(),
+                                     dim=-1)[0].cpu()
+            idx, logp, logp_rest = (self.reference[k][w] for k in ("indices", "logp", "logp_rest"))
+            logq_top = logq.gather(-1, idx)
+            kl = (logp.exp() * (logp - logq_top)).sum(-1) + logp_rest.exp() * (logp_rest - _log_rest(logq_top))
+            total_kl += float(kl.sum())
+            positions += kl.numel()
+            labels = window[0, 1:].cpu()
+            total_nll += float(-logq[:-1].gather(-1, labels.unsqueeze(-1)).sum())
+            predicted += labels.numel()
         return ProxyScore(kl=total_kl / positions, ppl=math.exp(total_nll / predicted))
 
 
