@@ -139,7 +139,7 @@ class WandaProxy:
 
     @contextmanager
     def pruned(self, profile: SparsityProfile) -> Iterator[WandaProxy]:
-        """Within the block the model is pruned with ``profile``'s ratios; the dense weights come back after."""
+        """Inside the ``with`` statement the model is pruned with ``profile``'s ratios; dense again after it."""
         unknown = [n for n in profile.modules if n not in self.linears]
         if unknown:
             raise ValueError(f"the profile names {unknown[0]!r}, which is not a block linear of this model")
@@ -184,6 +184,9 @@ class WandaProxy:
 
 class SequentialWandaProxy(WandaProxy):
     """``WandaProxy`` whose masks are made block by block on the partly pruned model (llmcompressor's way).
+
+    A linear that sees no calibration token (an MoE expert no token is routed to) has no statistics and
+    stays dense in every candidate.
 
     Args:
         model, linears, windows, reference: as ``WandaProxy``.
