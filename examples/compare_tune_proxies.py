@@ -28,6 +28,7 @@ def main() -> None:
     import torch
     from tqdm.auto import tqdm
 
+    from owl_plugin.allocate import allocate_linears
     from owl_plugin.config import make_config
     from owl_plugin.layers import prunable_linears
     from owl_plugin.models import load_model
@@ -35,7 +36,7 @@ def main() -> None:
     from owl_plugin.statistics import collect_input_sq_means
     from owl_plugin.text import evaluation_windows, load_text, tokenize, window_protocol
     from owl_plugin.tuning.proxy import SequentialWandaProxy, WandaProxy, dense_reference
-    from owl_plugin.tuning.search import TuneSettings, _profile, split_calibration
+    from owl_plugin.tuning.search import TuneSettings, split_calibration
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="default (SmolLM2-135M), gemma3-270m or a folder")
@@ -73,7 +74,7 @@ def main() -> None:
     rows = []
     for label, config in tqdm(candidates, desc="candidates", unit="candidate"):
         start = time.perf_counter()
-        profile = _profile(blocks, args.sparsity, config, stats, {})
+        profile = allocate_linears(blocks, args.sparsity, config, input_sq_means=stats, progress=False)
         row = {"candidate": label, "sparsity": args.sparsity}
         for kind, proxy in proxies.items():
             with proxy.pruned(profile):  # one set of masks, scored on both splits

@@ -71,6 +71,12 @@ def dense_reference(model: nn.Module, windows: Sequence[torch.Tensor], *, topk: 
     return {"indices": torch.stack(indices), "logp": logp, "logp_rest": _log_rest(logp)}
 
 
+def _check_reference(windows: Sequence[torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
+    if reference["indices"].shape[0] != len(windows):
+        raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
+                         f"but {len(windows)} were given")
+
+
 def wanda_order(weight: torch.Tensor, input_sq_mean: torch.Tensor) -> torch.Tensor:
     """Per output row, the input indices by ascending Wanda score |W_ij| · sqrt(E[x_j²]) (stable)."""
     metric = weight.detach().abs().float() * input_sq_mean.float().sqrt().unsqueeze(0)
@@ -111,9 +117,7 @@ class WandaProxy:
         self.linears = dict(linears)
         self.windows = list(windows)
         self.reference = reference
-        if reference["indices"].shape[0] != len(self.windows):
-            raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
-                             f"but {len(self.windows)} were given")
+        _check_reference(self.windows, reference)
         self.dense = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
         self.order = self._orders(self.dense, input_sq_means)
 
@@ -151,9 +155,7 @@ class WandaProxy:
 
     def on_windows(self, windows: Sequence[torch.Tensor], reference: Mapping[str, torch.Tensor]) -> WandaProxy:
         """The same proxy scored on other windows (e.g. an evaluation text) against their dense reference."""
-        if reference["indices"].shape[0] != len(windows):
-            raise ValueError(f"the dense reference covers {reference['indices'].shape[0]} windows, "
-                             f"but {len(windows)} were given")
+        _check_reference(windows, reference)
         other = copy.copy(self)
         other.windows, other.reference = list(windows), reference
         return other

@@ -53,8 +53,9 @@ from owl_plugin.tuning.space import METHODS, candidates
 logger = logging.getLogger(__name__)
 
 
-#: ``TuneSettings.proxy`` choices
-PROXIES = ("dense", "sequential")
+#: ``TuneSettings.proxy`` choices → how their masks are described in the outputs
+MASKS = {"dense": "dense statistics", "sequential": "block-by-block statistics of the partly pruned model"}
+PROXIES = tuple(MASKS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,9 +368,6 @@ def describe_proxy(settings: TuneSettings) -> str:
             f"windows of {settings.heldout_seq_len} tokens (the last {settings.heldout_fraction:.0%}+ of the "
             f"calibration text); Wanda masks from {MASKS[settings.proxy]} of {settings.num_samples}x"
             f"{settings.seq_len} calibration tokens; lower is better")
-
-
-MASKS = {"dense": "dense statistics", "sequential": "block-by-block statistics of the partly pruned model"}
 
 
 def describe_windows(protocol: Mapping[str, Any]) -> str:
