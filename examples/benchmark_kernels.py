@@ -9,8 +9,8 @@ runs every variant once, in a rotating order; the table gives the median over ro
 * ``dense``:  ``F.linear(x, W)`` on the dense weight (what transformers runs; the baseline);
 * ``sparse``: the compiled sparse kernel on the packed weight (the op's path up to ``SPARSE_MAX_BATCH``);
 * ``tiled``:  decompress ``TILE_BYTES`` of W at a time + dense ``F.linear`` (the op's path above it);
-* ``pairs``:  the pair kernel (AVX-512 BF16, bf16 only, batches above ``SPARSE_MAX_BATCH``: the op's path
-  from ``PAIRS_MIN_BATCH`` rows, i.e. prefill).
+* ``pairs``:  the pair kernel (bf16 on AVX-512 BF16, fp32 on any AVX-512 path; batches above the sparse
+  kernel's: the op's path from ``PAIRS_MIN_BATCH`` rows for bf16, above ``SPARSE_MAX_BATCH_FP32`` for fp32).
 
 Weights stream from memory as in decode: each variant cycles through enough distinct layers of
 the shape to exceed ``--stream-mb`` (default 512 MB of dense weight), so no layer is still in cache
@@ -110,7 +110,8 @@ def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
             torch.ops.owl_ext.sparse_gemm_pairs(x, *next(ring)[1].ordered(), out_f, in_f)
 
         variants = {"dense": run_dense, "sparse": run_sparse, "tiled": run_tiled}
-        if isa == "avx512_bf16" and dtype == torch.bfloat16 and batch > SPARSE_MAX_BATCH:
+        if (isa == "avx512_bf16" and dtype == torch.bfloat16 and batch > SPARSE_MAX_BATCH
+                or isa.startswith("avx512") and dtype == torch.float32 and batch > SPARSE_MAX_BATCH):
             variants["pairs"] = run_pairs
         if vllm_ops:
             vllm_ring = itertools.cycle(vllm_ops)
@@ -136,11 +137,12 @@ def measure(shape, dtype, sparsity, batches, args, ext, isa) -> list[dict]:
 
 def threshold(rows: list[dict]) -> int:
     """Largest batch b such that for every measured (shape, dtype, sparsity) the sparse kernel beats the
-    tiled path at every batch ≤ b."""
+    tiled path, and the pair kernel where it was timed, at every batch ≤ b."""
     batches = sorted({r["batch"] for r in rows})
     best = 0
     for b in batches:
-        if all(r["sparse_us"] <= r["tiled_us"] for r in rows if r["batch"] <= b):
+        if all(r["sparse_us"] <= min(r["tiled_us"], r.get("pairs_us", float("inf")))
+               for r in rows if r["batch"] <= b):
             best = b
         else:
             break
@@ -180,7 +182,8 @@ def markdown(rows: list[dict], info: dict, args) -> str:
                      f"**{r['speedup_sparse']:.2f}×** | {r['speedup_tiled']:.2f}× | {pairs[1]} | "
                      f"{r['bytes_ratio']:.3f} |")
     best = max(rows, key=lambda r: r["speedup_sparse"])
-    lines += ["", f"Dispatch threshold (largest batch where the sparse kernel beats the tiled path in every row): "
+    lines += ["", f"Dispatch threshold (largest batch where the sparse kernel beats the tiled path and the pair "
+                  f"kernel in every row): "
                   f"**{threshold(rows)}**; `SPARSE_MAX_BATCH` = {info['sparse_max_batch']}. Pair kernel threshold "
                   f"(smallest batch from which it beats the tiled path in every row): **{pairs_threshold(rows)}**; "
                   f"`PAIRS_MIN_BATCH` = {info.get('pairs_min_batch')}.", "",

@@ -10,7 +10,8 @@ Out-of-bounds reads are checked by running this file once under AddressSanitizer
 AVX2 vpshufb paths, the 8-row bf16 pass and the prefetch: 84 passed, no report, AVX-512 machine, every
 path forced; again after the prefill pair kernel: 88 passed, no report; 2026-12-06, after its partial last
 block and its dispatch rule: 92 passed, no report; 2026-12-06 on an Intel Xeon without AVX-512 BF16, after the
-AVX-512 VBMI2 path and the every-batch bf16 rule: 89 passed, 20 skipped (the BF16 path), no report),
+AVX-512 VBMI2 path and the every-batch bf16 rule: 89 passed, 20 skipped (the BF16 path), no report; 2026-12-06
+on AMD EPYC, after the fp32 pair kernel: 115 passed, no report),
 with the extension built instrumented into its own cache folder:
 
     OWL_PLUGIN_CACHE=/tmp/asan-cache OWL_SPARSE_ASAN=1 ASAN_OPTIONS=detect_leaks=0 \
@@ -43,7 +44,7 @@ from owl_plugin.kernels import (
     sparse_linear,
 )
 from owl_plugin.kernels.build import load_extension
-from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_isas
+from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_isas, selected_isa
 
 COMPILED = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
@@ -189,20 +190,28 @@ def test_real_layer_shapes_and_sparsities(isa: str, monkeypatch: pytest.MonkeyPa
             torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f))
 
 
+# the pair kernel's two forms: bf16 pairs (AVX-512 BF16) and fp32 columns (any AVX-512 path)
+PAIR_FORMS = [pytest.param(torch.bfloat16, "avx512_bf16", id="bf16"), pytest.param(torch.float32, "avx512", id="fp32")]
+
+
+@pytest.mark.parametrize(("dtype", "needs"), PAIR_FORMS)
 @pytest.mark.parametrize("in_f", [33, 71, 257, 2048])
-def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int) -> None:
-    """From PAIRS_MIN_BATCH rows, bf16 on AVX-512 BF16: the op is the pair kernel (bit-equal to calling it), the
-    numbers are x Wᵀ up to bf16 rounding, for odd widths, all-zero and fully dense rows, partial 64-row blocks,
-    and any thread count (rows of W are split across threads, never a dot product)."""
-    isa_or_skip("avx512_bf16")
-    w = sparse_weight(67, in_f, 0.7, torch.bfloat16, seed=in_f)
+def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int, dtype: torch.dtype, needs: str) -> None:
+    """Where runs_pair_kernel (bf16 on AVX-512 BF16 from PAIRS_MIN_BATCH rows, fp32 on AVX-512 above
+    SPARSE_MAX_BATCH_FP32): the op is the pair kernel (bit-equal to calling it), the numbers are x Wᵀ up to bf16
+    rounding or 1e-5 (fp32), for odd widths, all-zero and fully dense rows, partial 64-row blocks, and any thread
+    count (rows of W are split across threads, never a dot product)."""
+    isa_or_skip(needs)
+    w = sparse_weight(67, in_f, 0.7, dtype, seed=in_f)
     packed = pack_dense(w)
-    for batch in (PAIRS_MIN_BATCH, 2 * PAIRS_MIN_BATCH + 5, 3 * 64 + 63):
-        x = torch.randn(batch, in_f).bfloat16()
+    first = PAIRS_MIN_BATCH if dtype == torch.bfloat16 else SPARSE_MAX_BATCH_FP32 + 1
+    for batch in (first, 2 * PAIRS_MIN_BATCH + 5, 3 * 64 + 63):
+        x = torch.randn(batch, in_f).to(dtype)
+        assert runs_pair_kernel(batch, selected_isa(), dtype)
         y = sparse_linear(x, packed)
         direct = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
         assert torch.equal(y, direct), f"batch {batch}: the op did not run the pair kernel"
-        torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(torch.bfloat16, in_f))
+        torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f))
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
@@ -225,6 +234,14 @@ def test_the_pair_kernel_runs_where_it_was_measured_faster() -> None:
     rows = [PAIRS_MIN_BATCH - 1, PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 1, PAIRS_MIN_BATCH + 16, PAIRS_MIN_BATCH + 17,
             2 * PAIRS_MIN_BATCH, 2 * PAIRS_MIN_BATCH + 1, 5 * PAIRS_MIN_BATCH + 3]
     assert [runs_pair_kernel(r) for r in rows] == [False, True, False, True, False, True, True, True]
+    # fp32: every count above the sparse kernel's, on any AVX-512 path; never on AVX2 / portable; no other dtype
+    for isa in ("avx512_bf16", "avx512_vbmi2", "avx512"):
+        assert not runs_pair_kernel(SPARSE_MAX_BATCH_FP32, isa, torch.float32)
+        assert all(runs_pair_kernel(r, isa, torch.float32) for r in (SPARSE_MAX_BATCH_FP32 + 1, 33, 49, 512))
+    assert not any(runs_pair_kernel(512, isa, torch.float32) for isa in ("avx2", "portable", "torch-fallback"))
+    assert not runs_pair_kernel(512, "avx512_bf16", torch.float16)
+    assert not any(runs_pair_kernel(512, isa) or runs_pair_kernel(512, isa, torch.bfloat16)
+                   for isa in ("avx512_vbmi2", "avx512", "avx2"))
     isa_or_skip("avx512_bf16")
     w = sparse_weight(64, 2048, 0.7, torch.bfloat16, seed=3)
     packed = pack_dense(w)
@@ -244,7 +261,8 @@ def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypat
     monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     assert not runs_sparse_kernel(0, isa, torch.float32) and not runs_sparse_kernel(1, isa, torch.float16)
     avx512 = isa.startswith("avx512")
-    expected = {torch.float32: {1: True, 16: True, 17: avx512, 32: avx512, 33: False},
+    fp32_max = SPARSE_MAX_BATCH_FP32
+    expected = {torch.float32: {1: True, 16: True, 17: avx512, fp32_max: avx512, fp32_max + 1: False, 33: False},
                 torch.bfloat16: {1: True, 16: True, 17: isa not in ("avx512_bf16", "portable"),
                                  33: isa not in ("avx512_bf16", "portable"),
                                  200: isa not in ("avx512_bf16", "portable")}}
@@ -255,19 +273,21 @@ def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypat
             assert runs_sparse_kernel(rows, isa, dtype) == sparse, f"{isa} {dtype} {rows} rows"
             x = torch.randn(rows, 96).to(dtype)
             gemms = dense_gemms_in(lambda x=x, packed=packed: sparse_linear(x, packed))
-            assert (gemms == 0) == (sparse or runs_pair_kernel(rows) and isa == "avx512_bf16"
-                                    and dtype == torch.bfloat16), f"{isa} {dtype} {rows} rows: {gemms} GEMMs"
+            assert (gemms == 0) == (sparse or runs_pair_kernel(rows, isa, dtype)), \
+                f"{isa} {dtype} {rows} rows: {gemms} GEMMs"
             torch.testing.assert_close(sparse_linear(x, packed).float(), reference(x, w, None), **tolerance(dtype, 96))
 
 
+@pytest.mark.parametrize(("dtype", "needs"), PAIR_FORMS)
 @pytest.mark.parametrize("in_f", [33, 257])
-def test_pair_kernel_last_block_of_every_width_matches_dense(in_f: int) -> None:
+def test_pair_kernel_last_block_of_every_width_matches_dense(in_f: int, dtype: torch.dtype, needs: str) -> None:
     """The last block of x runs 1-4 vectors of 16 rows (only its live rows): every tail width, alone and after
-    full blocks, gives x Wᵀ up to bf16 rounding, and a row's result never depends on the rows beside it."""
-    isa_or_skip("avx512_bf16")
-    w = sparse_weight(67, in_f, 0.7, torch.bfloat16, seed=7 * in_f)
+    full blocks, gives x Wᵀ up to bf16 rounding (fp32: 1e-5), and a row's result never depends on the rows beside
+    it."""
+    isa_or_skip(needs)
+    w = sparse_weight(67, in_f, 0.7, dtype, seed=7 * in_f)
     packed = pack_dense(w)
-    x_all = torch.randn(64 + 64, in_f).bfloat16()
+    x_all = torch.randn(64 + 64, in_f).to(dtype)
     full = torch.ops.owl_ext.sparse_gemm_pairs(x_all, *packed.ordered(), packed.out_features, in_f)
     for batch in (1, 15, 16, 17, 32, 33, 48, 49, 63, 64, 65, 81, 97, 113, 127):
         x = x_all[:batch].contiguous()

@@ -10,9 +10,10 @@ One op, two entry points:
 Dispatch (see ``dispatch.py``): where ``runs_sparse_kernel`` (bf16: up to ``SPARSE_MAX_BATCH`` rows of ``x``
 with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32`` on AVX-512) → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512 VBMI2 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced
-with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (from
-``PAIRS_MIN_BATCH`` rows: prefill, many sequences) on AVX-512 BF16 with bf16 weights → the pair kernel,
-one ``vdpbf16ps`` per non-empty column pair of W (``csrc/sparse_gemm_pairs.cpp``); other larger batches →
+with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (bf16
+on AVX-512 BF16 from ``PAIRS_MIN_BATCH`` rows, fp32 on AVX-512 above ``SPARSE_MAX_BATCH_FP32``: prefill, many
+sequences) → the pair kernel, one ``vdpbf16ps`` per non-empty column pair of W, or one FMA per non-zero fp32
+weight (``csrc/sparse_gemm_pairs.cpp``); other larger batches →
 decompress tile by tile into a scratch buffer and run dense ``F.linear`` on each tile. No dense copy of W
 stays resident on any path.
 

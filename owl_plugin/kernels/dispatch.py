@@ -15,21 +15,27 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # Rows of x that go to the sparse kernel (runs_sparse_kernel); more go to the pair kernel or to tiled decompress +
 # dense F.linear. Measured with examples/benchmark_kernels.py (its "dispatch threshold" line):
 # - bf16 on AVX-512 BF16 (AMD EPYC, 2026-12-05): up to 16 rows; above, tiled and the pair kernel (native bf16 GEMMs).
-# - fp32 on the AVX-512 paths: up to 32 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC,
+# - fp32 on the AVX-512 paths: up to 21 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC,
 #   2026-12-04: 1.10-1.86× of torch at 32 rows, tiled 0.15-0.89×; Intel Xeon without AVX-512 BF16, 2026-12-06:
 #   0.72-1.02× of vLLM's oneDNN at 17-32 rows, tiled 0.45-0.68×) and lost to it from 64 on the Xeon. On the AVX2
 #   path (forced on the Xeon, one core) it lost to tiled from 24 rows (0.38-0.75× of torch vs 0.53-0.88×): 16 there.
+#   Since 2026-12-06 the fp32 pair kernel (one FMA per non-zero weight) takes over above 21 rows on AVX-512: EPYC,
+#   one core, 70%, SmolLM2 and 2048x5632/5632x2048 shapes, speed-up of the pair kernel over the sparse kernel at 17
+#   rows 0.90-1.02×, at 20 0.93-1.10×, at 22 1.05-1.24×, at 24 1.01-1.31×, at 32 1.34-1.71×.
 # - bf16 without a native bf16 dot (the AVX-512 VBMI2, AVX-512F and AVX2 paths): every count. There every dense bf16
 #   GEMM (torch's, vLLM's oneDNN) widens to fp32 as the kernel does, on all the weights: on the Xeon the kernel ran
 #   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.85×), the tiled path 0.84-1.07×.
 SPARSE_MAX_BATCH = 16
-SPARSE_MAX_BATCH_FP32 = 32
+SPARSE_MAX_BATCH_FP32 = 21
 # The pair kernel (csrc/sparse_gemm_pairs.cpp; AVX-512 BF16, bf16 weights) instead of the tiled path: see
 # runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
 # pass) and then a step per 16 rows of x (a partial group costs a whole one), while the tiled path grows with
 # every row. Measured pairs vs tiled (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536
 # to 11008x4096, 2026-12-06): 32 rows 0.87-1.0x, 40 0.90-0.99x, 48 1.04-1.18x, 49 0.89-0.97x, 64 1.11-1.30x,
 # 65 0.83-0.91x, 80 1.04-1.12x, 81 0.97-1.02x, 97-200 (97, 113, 129, 145, 161, 200) 1.02-1.22x.
+# fp32 weights on any AVX-512 path run it at every count above SPARSE_MAX_BATCH_FP32: one FMA per non-zero weight
+# and 16 rows of x, against one per weight in a dense fp32 GEMM. Against the tiled path (EPYC, one core, 70%,
+# 960x576 to 5632x2048): 33 rows 1.27-1.87×, 64 1.76-2.14×, 128 1.80-2.38×, 512 1.61-2.36×.
 PAIRS_MIN_BATCH = 48
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
@@ -94,17 +100,29 @@ def runs_sparse_kernel(rows: int, isa: str, dtype: torch.dtype) -> bool:
     return rows > 0 and (limit is None or rows <= limit)
 
 
-def runs_pair_kernel(rows: int) -> bool:
-    """Whether ``rows`` rows of x go to the pair kernel (where it can run): from ``PAIRS_MIN_BATCH`` rows at whole
-    groups of 16, and from twice that at any count; below, the tiled path is faster (the measurements above).
-    sparse_linear.cpp's ``runs_pair_kernel`` is the same rule."""
-    return rows >= PAIRS_MIN_BATCH and (rows % 16 == 0 or rows > 2 * PAIRS_MIN_BATCH)
+def runs_pair_kernel(rows: int, isa: str = "avx512_bf16", dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether ``rows`` rows of x with ``dtype`` weights go to the pair kernel on path ``isa``: bf16 on AVX-512 BF16
+    from ``PAIRS_MIN_BATCH`` rows at whole groups of 16, and from twice that at any count; fp32 on any AVX-512 path
+    above ``SPARSE_MAX_BATCH_FP32``; below, elsewhere and for other dtypes the sparse kernel or the tiled path is
+    faster (the measurements above). sparse_linear.cpp's ``runs_pair_kernel`` is the same rule."""
+    if dtype == torch.float32:
+        return isa.startswith("avx512") and rows > SPARSE_MAX_BATCH_FP32
+    return (dtype == torch.bfloat16 and isa == "avx512_bf16" and rows >= PAIRS_MIN_BATCH
+            and (rows % 16 == 0 or rows > 2 * PAIRS_MIN_BATCH))
+
+
+def pair_kernel_min_rows(isa: str, dtype: torch.dtype) -> int | None:
+    """Fewest rows of x that can run the pair kernel for ``dtype`` weights on ``isa`` (None: never)."""
+    if dtype == torch.float32 and isa.startswith("avx512"):
+        return SPARSE_MAX_BATCH_FP32 + 1
+    return PAIRS_MIN_BATCH if dtype == torch.bfloat16 and isa == "avx512_bf16" else None
 
 
 def kernel_info() -> dict:
     """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "pairs_min_batch",
     "dense_fallback"}`` (``sparse_max_batch``: rows of x up to which the sparse kernel runs, per weight dtype, None
-    for every count; ``pairs_min_batch``: None where the pair kernel cannot run; ``dense_fallback``: the
+    for every count; ``pairs_min_batch``: fewest rows that can run the pair kernel, per weight dtype, None where it
+    cannot run; ``dense_fallback``: the
     batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
     isa = selected_isa()
     return {
@@ -115,7 +133,8 @@ def kernel_info() -> dict:
         "extension_error": _STATE.get("error"),
         "sparse_max_batch": {str(dtype).removeprefix("torch."): sparse_kernel_max_rows(isa, dtype)
                              for dtype in (torch.bfloat16, torch.float32)},
-        "pairs_min_batch": PAIRS_MIN_BATCH if isa == "avx512_bf16" else None,
+        "pairs_min_batch": {str(dtype).removeprefix("torch."): pair_kernel_min_rows(isa, dtype)
+                            for dtype in (torch.bfloat16, torch.float32)},
         "dense_fallback": kept_dense(),
     }
 
@@ -205,8 +224,7 @@ def sparse_linear_op(
     ext = load_extension() if isa != "torch-fallback" else None
     if ext is not None and runs_sparse_kernel(x2.shape[0], isa, values.dtype):
         y = torch.ops.owl_ext.sparse_gemm(x2, masks, values, row_offsets, out_features, in_features, ISAS[isa])
-    elif ext is not None and isa == "avx512_bf16" and values.dtype == torch.bfloat16 \
-            and runs_pair_kernel(x2.shape[0]):
+    elif ext is not None and runs_pair_kernel(x2.shape[0], isa, values.dtype):
         y = torch.ops.owl_ext.sparse_gemm_pairs(x2, masks, values, row_offsets, out_features, in_features)
     else:
         y = _tiled_dense(x2, masks, values, row_offsets, out_features, in_features, ext, isa)

@@ -19,6 +19,11 @@
 //   The last x block runs only its live groups of 16 rows (row_chunk<V>, V = 1..4), so its cost follows M.
 // Bound by the 64-byte x load each vdpbf16ps needs: ~1.1-1.3x of a dense bf16 GEMM at 70% from 64 rows of x
 // (where it runs: runs_pair_kernel in dispatch.py).
+//
+// fp32 weights (any AVX-512 path): the same loops with one *column* per entry (a pair of one): one vfmadd231ps per
+// non-zero weight and 16 rows of x instead of one per weight, so at sparsity s it issues 1 - s of a dense fp32
+// GEMM's FMAs (0.3 at 70%); entries are built from the bitmask by vpexpandd (AVX-512F) and x is packed
+// column-major per 64-row block by the same dword gather.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -32,6 +37,7 @@ constexpr int64_t MB = 64;         // rows of x per block: 4 zmm of fp32 lanes
 constexpr int64_t NR = 64;         // weight rows whose pair lists are built at once (one task)
 constexpr int64_t KC_WORDS = 8;    // mask words per column chunk: 8 x 16 pairs x 256 B = 32 KB of x (measured
                                    // best of 4/5/6/8/12 at 2560x2048 and 2048x5632)
+constexpr int64_t KC_WORDS_FP32 = 4;  // fp32: 4 x 32 columns x 256 B, the same 32 KB of x
 
 // One entry per non-empty pair: low dword = byte offset of the pair's row in an x block, high dword = the
 // bf16 pair (W[r, 2q], W[r, 2q+1]); one 8-byte load per pair (measured 3-4% faster than two arrays).
@@ -45,7 +51,7 @@ struct PairLists {
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pairs(
     const uint32_t* masks, int64_t nblk, const uint16_t* values, const int64_t* row_offsets, int64_t r0,
     int64_t r1, int64_t nchunk, PairLists& lists) {
-  lists.entry.resize((r1 - r0) * nblk * 16 + 16);
+  lists.entry.resize((r1 - r0) * nblk * 16 + 16);  // (KC_WORDS: the bf16 chunk)
   lists.start.resize((r1 - r0) * (nchunk + 1));
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(static_cast<int>(16 * MB * 4));  // bytes between pair q and q+16
@@ -71,6 +77,42 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
       _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
       n += __builtin_popcount(high);
       off = _mm512_add_epi32(off, step);
+    }
+    start[nchunk] = n;
+  }
+}
+
+// fp32: the entries of rows [r0, r1) are their non-zero weights, one per column (byte offset of column c in an x
+// block, the fp32 weight's bits); 16 columns per vpexpandd, then the same two 8-lane compresses.
+__attribute__((target("avx512f"))) void build_columns(
+    const uint32_t* masks, int64_t nblk, const uint32_t* values, const int64_t* row_offsets, int64_t r0,
+    int64_t r1, int64_t nchunk, PairLists& lists) {
+  lists.entry.resize((r1 - r0) * nblk * 32 + 16);
+  lists.start.resize((r1 - r0) * (nchunk + 1));
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(static_cast<int>(16 * MB * 4));  // bytes between column c and c+16
+  const __m512i first8 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i last8 = _mm512_add_epi32(first8, _mm512_set1_epi32(8));
+  uint64_t* out = lists.entry.data();
+  int64_t n = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* m = masks + r * nblk;
+    const uint32_t* p = values + row_offsets[r];
+    int64_t* start = lists.start.data() + (r - r0) * (nchunk + 1);
+    __m512i off = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(MB * 4)));
+    for (int64_t k = 0; k < nblk; ++k) {
+      if (k % KC_WORDS_FP32 == 0) start[k / KC_WORDS_FP32] = n;
+      for (int half = 0; half < 2; ++half) {
+        const __mmask16 bits = static_cast<__mmask16>(m[k] >> (16 * half));
+        const __m512i v = _mm512_maskz_expandloadu_epi32(bits, p);
+        p += __builtin_popcount(static_cast<unsigned>(bits));
+        const __mmask8 low = static_cast<__mmask8>(bits), high = static_cast<__mmask8>(bits >> 8);
+        _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(low, _mm512_permutex2var_epi32(off, first8, v)));
+        n += __builtin_popcount(low);
+        _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
+        n += __builtin_popcount(high);
+        off = _mm512_add_epi32(off, step);
+      }
     }
     start[nchunk] = n;
   }
@@ -118,8 +160,45 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void row_
   }
 }
 
+// fp32: acc[0 .. 16*V) (+)= sum over the row's entries in [e, end) of x[:, c] * W[r, c] (the same P x V chains)
+template <int V>
+__attribute__((target("avx512f"))) inline void row_chunk_fp32(
+    const char* xblock, const uint64_t* entry, int64_t e, int64_t end, float* acc, bool first) {
+  __m512 a[P][V];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) a[p][v] = _mm512_setzero_ps();
+  for (; e + P <= end; e += P) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const uint64_t ep = entry[e + p];
+      const char* xp = xblock + static_cast<uint32_t>(ep);
+      const __m512 w = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(ep >> 32)));
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) a[p][v] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 64 * v), w, a[p][v]);
+    }
+  }
+  for (; e < end; ++e) {
+    const uint64_t ep = entry[e];
+    const char* xp = xblock + static_cast<uint32_t>(ep);
+    const __m512 w = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(ep >> 32)));
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) a[0][v] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + 64 * v), w, a[0][v]);
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    __m512 sum = a[0][v];
+#pragma GCC unroll 8
+    for (int p = 1; p < P; ++p) sum = _mm512_add_ps(sum, a[p][v]);
+    if (!first) sum = _mm512_add_ps(sum, _mm512_loadu_ps(acc + 16 * v));
+    _mm512_storeu_ps(acc + 16 * v, sum);
+  }
+}
+
 using RowChunk = void (*)(const char*, const uint64_t*, int64_t, int64_t, float*, bool);
 constexpr RowChunk ROW_CHUNK[4] = {row_chunk<1>, row_chunk<2>, row_chunk<3>, row_chunk<4>};
+constexpr RowChunk ROW_CHUNK_FP32[4] = {row_chunk_fp32<1>, row_chunk_fp32<2>, row_chunk_fp32<3>, row_chunk_fp32<4>};
 
 // x block mb, pair-major: xb[q * MB + lane] = (x[m, 2q], x[m, 2q+1]) for m = mb*MB + lane (zeros past M, in_f).
 // 16 rows at a time by one dword gather per pair (the pair is one aligned-enough dword of a bf16 row).
@@ -163,35 +242,74 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void store_block
   }
 }
 
+// fp32: x block mb, column-major: xb[c * MB + lane] = x[m, c] for m = mb*MB + lane (zeros past M, in_f), 16 rows
+// per dword gather.
+__attribute__((target("avx512f"))) void pack_x_block_fp32(const float* x, int64_t M, int64_t in_f, int64_t mb,
+                                                          int64_t columns, float* xb) {
+  const __m512i row_step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32(static_cast<int>(in_f)));
+  const int64_t groups = std::min<int64_t>(MB, M - mb * MB);
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int64_t m0 = mb * MB + g;
+    const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(16, M - m0));
+    const __mmask16 live = static_cast<__mmask16>((1u << rows) - 1u);
+    const float* base = x + m0 * in_f;
+    for (int64_t c = 0; c < columns; ++c) {
+      float* dst = xb + c * MB + g;
+      if (rows == 0 || c >= in_f) _mm512_storeu_ps(dst, _mm512_setzero_ps());
+      else _mm512_storeu_ps(dst, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, row_step, base + c, 4));
+    }
+  }
+}
+
+// fp32: y[m, r0 .. r1) = acc[r - r0][m - mb*MB] for the block's live rows of x
+__attribute__((target("avx512f"))) void store_block_fp32(const float (*acc)[MB], int64_t r0, int64_t r1, int64_t mb,
+                                                         int64_t M, int64_t out_f, float* y) {
+  const __m512i col = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(static_cast<int>(MB)));
+  const int64_t lanes = std::min<int64_t>(MB, M - mb * MB);
+  for (int64_t lane = 0; lane < lanes; ++lane) {
+    float* yrow = y + (mb * MB + lane) * out_f;
+    for (int64_t r = r0; r < r1; r += 16) {
+      const int64_t n = std::min<int64_t>(16, r1 - r);
+      const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
+      _mm512_mask_storeu_ps(yrow + r, k, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, col, &acc[r - r0][lane], 4));
+    }
+  }
+}
+
 }  // namespace
 
 // sparse_linear.cpp: shapes, dtypes and padding of x and the packed tensors
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
 
-// y [M, out] bf16 = x [M, in] bf16 @ W^T, W packed (bf16 values). Needs AVX-512 VBMI2 + BF16 (isa 4): the
-// caller (sparse_linear.cpp) only sends it there.
+// y [M, out] = x [M, in] @ W^T, W packed: bf16 (pairs; needs AVX-512 VBMI2 + BF16, isa 4) or fp32 (columns; needs
+// AVX-512F). The caller (sparse_linear.cpp) only sends it there.
 at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {
   check_inputs(x, masks, values, row_offsets, out_f, in_f);
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "sparse_gemm_pairs: x and values must be bfloat16");
+  const bool fp32 = x.scalar_type() == at::kFloat;
+  TORCH_CHECK(fp32 || x.scalar_type() == at::kBFloat16, "sparse_gemm_pairs: x and values must be bfloat16 or float32");
   const int64_t nblk = masks.size(1);
   const int64_t M = x.size(0);
   const int64_t nmb = (M + MB - 1) / MB;
-  const int64_t pairs = nblk * 16;  // column pairs of the padded width nblk*32
-  const int64_t nchunk = (nblk + KC_WORDS - 1) / KC_WORDS;
-  const int64_t xblock_words = pairs * MB;
+  const int64_t units = nblk * (fp32 ? 32 : 16);  // x columns (fp32) or column pairs (bf16) of the padded width
+  const int64_t kc = fp32 ? KC_WORDS_FP32 : KC_WORDS;
+  const int64_t nchunk = (nblk + kc - 1) / kc;
+  const int64_t xblock_words = units * MB;
   thread_local at::Tensor scratch;  // reused: a fresh buffer costs page faults on every call
   if (!scratch.defined() || scratch.numel() < nmb * xblock_words) scratch = at::empty({nmb * xblock_words}, x.options().dtype(at::kInt));
-  const uint16_t* X = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   uint32_t* XB = reinterpret_cast<uint32_t*>(scratch.data_ptr<int32_t>());
   at::parallel_for(0, nmb, 1, [&](int64_t m0, int64_t m1) {
-    for (int64_t mb = m0; mb < m1; ++mb) pack_x_block(X, M, in_f, mb, pairs, XB + mb * xblock_words);
+    for (int64_t mb = m0; mb < m1; ++mb) {
+      if (fp32) pack_x_block_fp32(x.data_ptr<float>(), M, in_f, mb, units, reinterpret_cast<float*>(XB + mb * xblock_words));
+      else pack_x_block(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), M, in_f, mb, units,
+                        XB + mb * xblock_words);
+    }
   });
   at::Tensor y = at::empty({M, out_f}, x.options());
-  at::BFloat16* Y = y.data_ptr<at::BFloat16>();
   const uint32_t* Mk = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
-  const uint16_t* V = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
   const int64_t* O = row_offsets.data_ptr<int64_t>();
   const int64_t nrb = (out_f + NR - 1) / NR;
   at::parallel_for(0, nrb, 1, [&](int64_t b0, int64_t b1) {
@@ -199,17 +317,20 @@ at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const
     alignas(64) float acc[NR][MB];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * NR, r1 = std::min(out_f, r0 + NR);
-      build_pairs(Mk, nblk, V, O, r0, r1, nchunk, lists);
+      if (fp32) build_columns(Mk, nblk, reinterpret_cast<const uint32_t*>(values.data_ptr<float>()), O, r0, r1, nchunk, lists);
+      else build_pairs(Mk, nblk, reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>()), O, r0, r1, nchunk, lists);
       for (int64_t mb = 0; mb < nmb; ++mb) {
         const char* xblock = reinterpret_cast<const char*>(XB + mb * xblock_words);
-        const RowChunk chunk = ROW_CHUNK[(std::min<int64_t>(MB, M - mb * MB) + 15) / 16 - 1];
+        const int64_t vectors = (std::min<int64_t>(MB, M - mb * MB) + 15) / 16;
+        const RowChunk chunk = (fp32 ? ROW_CHUNK_FP32 : ROW_CHUNK)[vectors - 1];
         for (int64_t c = 0; c < nchunk; ++c) {
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t* start = lists.start.data() + (r - r0) * (nchunk + 1);
             chunk(xblock, lists.entry.data(), start[c], start[c + 1], acc[r - r0], c == 0);
           }
         }
-        store_block(acc, r0, r1, mb, M, out_f, Y);
+        if (fp32) store_block_fp32(acc, r0, r1, mb, M, out_f, y.data_ptr<float>());
+        else store_block(acc, r0, r1, mb, M, out_f, y.data_ptr<at::BFloat16>());
       }
     }
   });

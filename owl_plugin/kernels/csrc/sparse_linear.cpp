@@ -635,7 +635,8 @@ int64_t resolve_isa() {
   return (feats & 4) ? 4 : (feats & 8) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
 }
 
-// many rows of x, bf16, AVX-512 BF16: one vdpbf16ps per non-empty column pair (sparse_gemm_pairs.cpp)
+// many rows of x: bf16 on AVX-512 BF16, one vdpbf16ps per non-empty column pair; fp32 on AVX-512, one
+// vfmadd231ps per non-zero weight (sparse_gemm_pairs.cpp)
 at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
 
@@ -657,11 +658,15 @@ at::Tensor tiled_dense(const at::Tensor& x2, const at::Tensor& masks, const at::
   return y;
 }
 
-// The pair kernel's cost grows in steps of 16 rows of x (a partial group costs a whole one) and the tiled path's
-// grows with every row, so the pair kernel wins from pairs_min_batch rows at whole groups of 16, and from twice
-// that at any count (dispatch.py: runs_pair_kernel, the same rule, and its measurements).
-static bool runs_pair_kernel(int64_t rows, int64_t pairs_min_batch) {
-  return rows >= pairs_min_batch && (rows % 16 == 0 || rows > 2 * pairs_min_batch);
+// bf16 (AVX-512 BF16): the pair kernel's cost grows in steps of 16 rows of x (a partial group costs a whole one)
+// and the tiled path's grows with every row, so the pair kernel wins from pairs_min_batch rows at whole groups of
+// 16, and from twice that at any count. fp32 (AVX-512): every count above the sparse kernel's (dispatch.py:
+// runs_pair_kernel, the same rule, and its measurements).
+static bool runs_pair_kernel(int64_t rows, int64_t isa, at::ScalarType dtype, int64_t pairs_min_batch,
+                             int64_t max_batch_fp32) {
+  if (dtype == at::kFloat) return isa >= 2 && rows > max_batch_fp32;
+  return dtype == at::kBFloat16 && isa >= 4 && rows >= pairs_min_batch &&
+         (rows % 16 == 0 || rows > 2 * pairs_min_batch);
 }
 
 // Whether `rows` rows of x go to the sparse kernel (dispatch.py: runs_sparse_kernel, the same rule and its
@@ -684,10 +689,10 @@ at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& b
   const at::Tensor x2 = x.reshape({-1, in_f});
   const int64_t isa = resolve_isa();
   const bool kernel = runs_sparse_kernel(x2.size(0), isa, values.scalar_type(), max_batch, max_batch_fp32);
-  // on AVX-512 BF16 with bf16 weights, where runs_pair_kernel: the pair kernel (no dense W at all); the rest
-  // above max_batch: decompress tiles into dense GEMMs
-  const bool pairs = !kernel && runs_pair_kernel(x2.size(0), pairs_min_batch) && isa >= 4 &&
-                     values.scalar_type() == at::kBFloat16;
+  // where runs_pair_kernel: the pair kernel (no dense W at all); the rest above max_batch: decompress tiles into
+  // dense GEMMs
+  const bool pairs = !kernel && runs_pair_kernel(x2.size(0), isa, values.scalar_type(), pairs_min_batch,
+                                                 max_batch_fp32);
   at::Tensor y = kernel  ? sparse_gemm(x2, masks, values, row_offsets, out_f, in_f, isa)
                  : pairs ? sparse_gemm_pairs(x2, masks, values, row_offsets, out_f, in_f)
                          : tiled_dense(x2, masks, values, row_offsets, out_f, in_f, isa, tile_bytes);
