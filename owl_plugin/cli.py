@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="method to tune (default all)")
     tune.add_argument("--sparsity", type=_fraction, required=True, metavar="S", help="target mean sparsity")
     tune.add_argument("--budget", type=int, default=6, metavar="N",
-                      help="candidates per method, paper defaults first (default 6; uniform is scored in addition)")
+                      help="candidates per method, paper defaults first (ATP has none: fractions of the steepest "
+                           "ramp the bounds allow); default 6, uniform is scored in addition")
     tune.add_argument("--granularity", choices=("block", "linear"), default=None,
                       help="allocation unit (default block)")
     tune.add_argument("--bounds", type=_fraction, nargs=2, default=None, metavar=("LOW", "HIGH"),

@@ -3,7 +3,9 @@
 Each axis lists its values coarse to fine; the grid is walked in growing nested sub-grids
 (every point whose values all come from the first k of each axis, for k = 1, 2, ...), so a
 small budget still spans each axis end to end instead of exhausting one corner. The papers'
-defaults come first, so the defaults are always among the candidates.
+defaults come first, so the defaults are always among the candidates; ATP's grid is relative to
+the steepest ramp the bounds allow instead (its paper default, β=0.005 at LLaMA's depth, is not a
+fraction of it at every depth and target).
 
     owl:   M ∈ {5, 3, 8, 12}, λ ∈ {0.08, 0.2, 0.04, 0.14, 0.12, 0.25, 0.02}
     alpha: ε ∈ {0.2, 0.6, 0.4, 0.8, 0.3, 0.5, 0.7, 0.1}, xmin ∈ {peak, median}
