@@ -27,7 +27,7 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 #   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.85×), the tiled path 0.84-1.07×.
 SPARSE_MAX_BATCH = 16
 SPARSE_MAX_BATCH_FP32 = 21
-# The pair kernel (csrc/sparse_gemm_pairs.cpp; AVX-512 BF16, bf16 weights) instead of the tiled path: see
+# The pair kernel (csrc/sparse_gemm_pairs.cpp) instead of the tiled path, bf16 weights on AVX-512 BF16: see
 # runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
 # pass) and then a step per 16 rows of x (a partial group costs a whole one), while the tiled path grows with
 # every row. Measured pairs vs tiled (examples/benchmark_kernels.py, 1 thread, 70%, bf16, 5 shapes from 576x1536
@@ -122,8 +122,7 @@ def kernel_info() -> dict:
     """Which path runs: ``{"isa", "op", "threads", "extension", "sparse_max_batch", "pairs_min_batch",
     "dense_fallback"}`` (``sparse_max_batch``: rows of x up to which the sparse kernel runs, per weight dtype, None
     for every count; ``pairs_min_batch``: fewest rows that can run the pair kernel, per weight dtype, None where it
-    cannot run; ``dense_fallback``: the
-    batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
+    cannot run; ``dense_fallback``: the batch-1 measurements that kept layers of a shape dense, see fallback.py)."""
     isa = selected_isa()
     return {
         "isa": isa,
