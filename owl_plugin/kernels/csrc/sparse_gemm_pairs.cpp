@@ -46,17 +46,28 @@ struct PairLists {
   std::vector<int64_t> start;  // [row][chunk]: first entry of that chunk; [row][nchunk] = end
 };
 
+// Append the entries (off[i], v[i]) of the lanes i set in `keep` to out[n ..) and return the new n: all 16
+// entries are formed first (independent of the mask), then one 8-lane compress per half. Both forms use it.
+__attribute__((target("avx512f"))) inline int64_t append_entries(__m512i off, __m512i v, __mmask16 keep,
+                                                                 uint64_t* out, int64_t n) {
+  const __m512i first8 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i last8 = _mm512_add_epi32(first8, _mm512_set1_epi32(8));
+  const __mmask8 low = static_cast<__mmask8>(keep), high = static_cast<__mmask8>(keep >> 8);
+  _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(low, _mm512_permutex2var_epi32(off, first8, v)));
+  n += __builtin_popcount(low);
+  _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
+  return n + __builtin_popcount(high);
+}
+
 // Build the pair lists of rows [r0, r1). Entries are written 16 at a time (full stores), so the vector keeps
 // 16 entries of slack.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pairs(
     const uint32_t* masks, int64_t nblk, const uint16_t* values, const int64_t* row_offsets, int64_t r0,
     int64_t r1, int64_t nchunk, PairLists& lists) {
-  lists.entry.resize((r1 - r0) * nblk * 16 + 16);  // (KC_WORDS: the bf16 chunk)
+  lists.entry.resize((r1 - r0) * nblk * 16 + 16);
   lists.start.resize((r1 - r0) * (nchunk + 1));
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(static_cast<int>(16 * MB * 4));  // bytes between pair q and q+16
-  const __m512i first8 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i last8 = _mm512_add_epi32(first8, _mm512_set1_epi32(8));
   uint64_t* out = lists.entry.data();
   int64_t n = 0;
   for (int64_t r = r0; r < r1; ++r) {
@@ -69,13 +80,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2"))) void build_pair
       const uint32_t w = m[k];
       const __m512i v = _mm512_maskz_expandloadu_epi16(w, p);
       p += __builtin_popcount(w);
-      const __mmask16 nonempty = _mm512_test_epi32_mask(v, v);
-      const __mmask8 low = static_cast<__mmask8>(nonempty), high = static_cast<__mmask8>(nonempty >> 8);
-      // (offset, pair) entries of all 16 pairs first (independent of the mask), then one 8-lane compress each
-      _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(low, _mm512_permutex2var_epi32(off, first8, v)));
-      n += __builtin_popcount(low);
-      _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
-      n += __builtin_popcount(high);
+      n = append_entries(off, v, _mm512_test_epi32_mask(v, v), out, n);  // the non-empty pairs
       off = _mm512_add_epi32(off, step);
     }
     start[nchunk] = n;
@@ -91,8 +96,6 @@ __attribute__((target("avx512f"))) void build_columns(
   lists.start.resize((r1 - r0) * (nchunk + 1));
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(static_cast<int>(16 * MB * 4));  // bytes between column c and c+16
-  const __m512i first8 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i last8 = _mm512_add_epi32(first8, _mm512_set1_epi32(8));
   uint64_t* out = lists.entry.data();
   int64_t n = 0;
   for (int64_t r = r0; r < r1; ++r) {
@@ -106,11 +109,7 @@ __attribute__((target("avx512f"))) void build_columns(
         const __mmask16 bits = static_cast<__mmask16>(m[k] >> (16 * half));
         const __m512i v = _mm512_maskz_expandloadu_epi32(bits, p);
         p += __builtin_popcount(static_cast<unsigned>(bits));
-        const __mmask8 low = static_cast<__mmask8>(bits), high = static_cast<__mmask8>(bits >> 8);
-        _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(low, _mm512_permutex2var_epi32(off, first8, v)));
-        n += __builtin_popcount(low);
-        _mm512_storeu_si512(out + n, _mm512_maskz_compress_epi64(high, _mm512_permutex2var_epi32(off, last8, v)));
-        n += __builtin_popcount(high);
+        n = append_entries(off, v, bits, out, n);  // the non-zero weights
         off = _mm512_add_epi32(off, step);
       }
     }
