@@ -55,6 +55,12 @@ prunes with the best profile through ``ProfileAllocationModifier``. A second tab
 tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
 ``--tune-refine G`` adds G generations of block-by-block refinement (``owl tune --refine``).
 
+``--profiles`` adds one row per saved profile (``owl profile``, ``owl tune``, or an ablation of one written by
+``examples/hold_blocks.py``), pruned through ``ProfileAllocationModifier`` and rescaled to each sparsity:
+
+    python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform owl \
+        --profiles owl70_hold2-6.json
+
     python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
         --allocations uniform owl alpha dlp atp tuned
 
@@ -104,6 +110,23 @@ ALLOCATIONS = {
 }
 #: the rows whose profile comes from `owl tune`, and the --method each tunes
 TUNED = {"tuned": "all", "owl-tuned": "owl"}
+#: label prefix of the --profiles rows (a saved profile each, through ProfileAllocationModifier)
+SAVED = "profile:"
+
+
+def saved_profiles(paths: list[str]) -> dict[str, Path]:
+    """Row label → profile file for ``--profiles``: ``profile:<file stem>`` (the folder's name for a folder)."""
+    rows: dict[str, Path] = {}
+    for given in paths:
+        path = Path(given)
+        path = path / "sparsity_profile.json" if path.is_dir() else path
+        if not path.is_file():
+            raise SystemExit(f"--profiles {given}: no such profile file (give a sparsity_profile.json or its folder)")
+        name = SAVED + (path.parent.name if path.name == "sparsity_profile.json" else path.stem)
+        if name in rows:
+            raise SystemExit(f"--profiles {given}: another profile already gives the row {name!r}; rename one")
+        rows[name] = path.resolve()
+    return rows
 
 RUN_ONE = textwrap.dedent(
     """
@@ -155,7 +178,7 @@ def recipe_text(pruner: str, allocation: str, sparsity: float, profile: Path | N
         lines.append(f"    ATPAllocationModifier: {{atp_beta: {atp_beta!r}}}")
     elif allocation == "owl" and owl_lambda is not None:  # N:M rows: OWL's wanda_owl_structure spread
         lines.append(f"    OWLAllocationModifier: {{owl_m: 5, owl_lambda: {owl_lambda}}}")
-    elif allocation == "tuned":
+    elif allocation == "tuned" or allocation.startswith(SAVED):
         lines.append("    " + ALLOCATIONS["tuned"].format(profile=profile))
     elif allocation == "owl-tuned":  # the recipe's own OWL modifier, on this draw's calibration windows
         params = json.loads(profile.read_text())["params"]
@@ -254,6 +277,10 @@ def main() -> None:
     parser.add_argument("--atp-beta", type=float, nargs="+", default=[ATP_DEFAULT_BETA], metavar="BETA",
                         help="ATP's β per decoder block; several values give one atp row each, labelled "
                              "'atp β=...' (default: 0.005 alone, labelled 'atp')")
+    parser.add_argument("--profiles", nargs="+", default=[], metavar="JSON",
+                        help="also prune with each saved sparsity profile (from `owl profile`, `owl tune` or "
+                             "examples/hold_blocks.py; rescaled to each sparsity), one row each, labelled "
+                             "'profile:<file name>'")
     parser.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 validation)")
     parser.add_argument("--dataset", default=None, help="calibration text (default: second half of --text)")
     parser.add_argument("--num-samples", type=int, default=64)
@@ -319,6 +346,7 @@ def main() -> None:
             plot_rows(rows, Path(args.plot))
         return
     args.text = str(args.text or default_eval_text())
+    profiles = saved_profiles(args.profiles)
 
     with tempfile.TemporaryDirectory(prefix="owl-bench-") as tmp:
         work = Path(tmp)
@@ -330,6 +358,7 @@ def main() -> None:
         else:
             check_eval_windows(args)
         allocations = [name for a in args.allocations for name in (atp_rows if a == "atp" else [a])]
+        allocations += list(profiles)
         jobs = [(seed, p, a, s) for seed in args.seeds for s in args.sparsities for p in args.pruners
                 for a in allocations]
         if args.nm:  # N:M rows come last: (seed, pruner, allocation, N/M, structure)
@@ -360,7 +389,9 @@ def main() -> None:
             refine = args.tune_refine if allocation == "tuned" else 0
             if allocation in TUNED and (allocation, sparsity) not in tuned:  # once per sparsity, for every draw
                 tuned[allocation, sparsity] = tune(sparsity, args, work, TUNED[allocation], refine)
-            profile = tuned[allocation, sparsity][0] if allocation in TUNED else None
+            profile = tuned[allocation, sparsity][0] if allocation in TUNED else profiles.get(allocation)
+            if allocation in profiles:
+                row["profile"] = str(profiles[allocation])
             rows.append({**row, **run(pruner, allocation, sparsity, args, work, profile, seed=seed,
                                       atp_beta=atp_rows.get(allocation) if allocation != "atp" else None)})
             if allocation in TUNED:

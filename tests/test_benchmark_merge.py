@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "benchmark_quality.py"
 
@@ -188,3 +190,57 @@ def test_atp_beta_rows_keep_the_default_label_and_prune_with_their_own_beta(tmp_
     recipe.write_text(script.recipe_text("wanda", "atp β=0.01", 0.7, atp_beta=0.01))
     modifiers = Recipe.create_instance(str(recipe)).modifiers
     assert type(modifiers[0]).__name__ == "ATPAllocationModifier" and modifiers[0].atp_beta == 0.01
+
+
+def test_profiles_rows_prune_with_each_saved_file_and_refuse_a_missing_one_or_a_repeated_label(tmp_path: Path,
+                                                                                              tiny_model) -> None:
+    """``--profiles``: a row per file, labelled by the file (or its folder), pruned through that file."""
+    script = load_script()
+    from llmcompressor.recipe import Recipe
+
+    import owl_plugin.integrations.llmcompressor  # noqa: F401  (registers the modifiers)
+    from owl_plugin.allocate import allocate
+    from owl_plugin.config import ATPConfig
+
+    folder = allocate(tiny_model, 0.7, ATPConfig(beta=0.02), progress=False).save(tmp_path / "atp")
+    single = tmp_path / "held.json"
+    single.write_text(folder.read_text())
+    rows = script.saved_profiles([str(folder.parent), str(single)])
+    assert rows == {"profile:atp": folder.resolve(), "profile:held": single.resolve()}
+    recipe = tmp_path / "row.yaml"
+    recipe.write_text(script.recipe_text("sparsegpt", "profile:held", 0.6, rows["profile:held"]))
+    modifiers = Recipe.create_instance(str(recipe)).modifiers
+    assert [type(m).__name__ for m in modifiers] == ["ProfileAllocationModifier", "SparseGPTModifier"]
+    assert Path(modifiers[0].profile_file) == single.resolve() and modifiers[1].sparsity == 0.6
+    with pytest.raises(SystemExit, match="--profiles .*nowhere.json: no such profile file"):
+        script.saved_profiles([str(tmp_path / "nowhere.json")])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "atp.json").write_text(folder.read_text())
+    with pytest.raises(SystemExit, match="another profile already gives the row 'profile:atp'"):
+        script.saved_profiles([str(folder.parent), str(tmp_path / "other" / "atp.json")])
+
+
+def test_hold_blocks_puts_the_held_blocks_at_the_target_and_keeps_the_rest_s_shape_and_the_mean(
+        tmp_path: Path, tiny_model, tiny_batches) -> None:
+    """examples/hold_blocks.py: s'_m = S in held blocks, s_m + δ elsewhere (one δ), weighted mean S."""
+    spec = importlib.util.spec_from_file_location("hold_blocks", REPO / "examples" / "hold_blocks.py")
+    hold = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hold)
+    from owl_plugin.allocate import allocate
+    from owl_plugin.config import OWLConfig
+    from owl_plugin.profile import SparsityProfile
+
+    owl = allocate(tiny_model, 0.6, OWLConfig(m=3.0, lam=0.2), calibration=tiny_batches, progress=False)
+    source = owl.save(tmp_path / "owl")
+    assert hold.block_numbers("2-3,0") == [0, 2, 3]
+    with pytest.raises(Exception, match="'3-1' is not an increasing range"):
+        hold.block_numbers("3-1")
+    assert hold.main([str(source), "--hold", "1,2", "--output", str(tmp_path / "held.json")]) == 0
+    held = SparsityProfile.load(tmp_path / "held.json")
+    blocks, before, after = list(owl.block_sparsities()), owl.block_sparsities(), held.block_sparsities()
+    assert abs(held.mean_sparsity() - 0.6) < 1e-9 and held.params["held_at_target"] == [blocks[1], blocks[2]]
+    assert after[blocks[1]] == after[blocks[2]] == 0.6
+    shifts = [after[b] - before[b] for b in (blocks[0], blocks[3])]
+    assert abs(shifts[0] - shifts[1]) < 1e-12 and abs(shifts[0]) > 1e-4  # one δ, and the held blocks moved it
+    with pytest.raises(ValueError, match="every block is held"):
+        hold.hold_at_target(owl, blocks)
