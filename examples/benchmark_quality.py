@@ -273,7 +273,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.6, 0.7],
                         help="unstructured targets (give none with --nm for N:M rows only)")
     parser.add_argument("--pruners", nargs="+", choices=tuple(PRUNERS), default=list(PRUNERS))
-    parser.add_argument("--allocations", nargs="+", choices=tuple(ALLOCATIONS), default=list(ALLOCATIONS))
+    parser.add_argument("--allocations", nargs="*", choices=tuple(ALLOCATIONS), default=list(ALLOCATIONS),
+                        help="rows to run (default: all; give none with --profiles for those rows only)")
     parser.add_argument("--atp-beta", type=float, nargs="+", default=[ATP_DEFAULT_BETA], metavar="BETA",
                         help="ATP's β per decoder block; several values give one atp row each, labelled "
                              "'atp β=...' (default: 0.005 alone, labelled 'atp')")
