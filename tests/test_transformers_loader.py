@@ -178,6 +178,33 @@ def test_conversion_op_checks_on_its_own(checkpoints) -> None:
         OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight")
 
 
+def test_loading_packs_each_linear_as_it_arrives_and_never_holds_its_dense_weight(checkpoints) -> None:
+    """With a ``packed`` dict the op packs an ``nn.Linear``'s weight right away and hands transformers a
+    zero-strided placeholder (no memory); the copies transformers makes per layer share the dict; without a
+    dict (``OWL_SPARSE_DENSE=1``) the op returns the dense weight."""
+    import copy
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
+    from owl_plugin.kernels import decompress_rows
+
+    tensors = load_file(checkpoints["bf16-compact"] / "model.safetensors")
+    parts = {f"{suffix}$": [tensors[f"{MODULE}.{suffix}"]] for suffix in ("weight_values", "weight_bitmask",
+                                                                         "weight_shape")}
+    reference = load_file(checkpoints["bf16-source"] / "model.safetensors")[f"{MODULE}.weight"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoints["bf16-source"]),
+                                                 dtype=torch.bfloat16)
+    packed: dict = {}
+    op = copy.deepcopy(OwlSparseDecompress(packed))
+    (placeholder,) = op.convert(parts, full_layer_name=f"{MODULE}.weight", model=model).values()
+    assert placeholder.shape == reference.shape and placeholder.stride() == (0, 0)
+    assert list(packed) == [MODULE] and same_bits(decompress_rows(packed[MODULE]), reference)
+    (dense,) = OwlSparseDecompress().convert(parts, full_layer_name=f"{MODULE}.weight", model=model).values()
+    assert same_bits(dense, reference)
+
+
 # -- the default real model ------------------------------------------------------------------------
 @pytest.mark.real_model
 def test_real_model_round_trip(tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from transformers.core_model_loading import ConversionOps
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
 
 PARTS = (VALUES_SUFFIX, BITMASK_SUFFIX, SHAPE_SUFFIX)
+logger = logging.getLogger(__name__)
 
 
 def _part(input_dict: dict[str, Any], suffix: str) -> torch.Tensor | None:
@@ -21,7 +23,21 @@ def _part(input_dict: dict[str, Any], suffix: str) -> torch.Tensor | None:
 
 
 class OwlSparseDecompress(ConversionOps):
-    """Decompress one owl_sparse weight into the dtype of the model's parameter."""
+    """Decompress one owl_sparse weight into the dtype of the model's parameter.
+
+    With ``packed`` (a dict the quantizer owns), the weight of an ``nn.Linear`` is packed for the sparse
+    kernels right here (``owl_plugin.kernels.pack_dense``) and stored there under the module's name, and the
+    parameter gets a zero-strided placeholder of its shape that holds no memory: the loaded model never holds
+    every layer dense at once (peak and resident memory stay near the packed size), and the quantizer swaps
+    the placeholder's module for an ``OwlSparseLinear`` after loading.
+    """
+
+    def __init__(self, packed: dict[str, Any] | None = None) -> None:
+        self.packed = packed
+
+    def __deepcopy__(self, memo: dict) -> OwlSparseDecompress:
+        """transformers deep-copies a converter for every layer it loads: the copies share ``packed``."""
+        return OwlSparseDecompress(self.packed)
 
     def convert(
         self,
@@ -52,4 +68,14 @@ class OwlSparseDecompress(ConversionOps):
                            expected_shape=None if target is None else tuple(target.shape))
         if target is not None and dense.dtype != target.dtype:
             dense = dense.to(target.dtype)  # e.g. float32 values into a bfloat16 model
+        module = full_layer_name.removesuffix(".weight")
+        if self.packed is not None and model is not None and isinstance(model.get_submodule(module), torch.nn.Linear):
+            from owl_plugin.kernels import pack_dense
+
+            try:
+                self.packed[module] = pack_dense(dense)
+            except (TypeError, ValueError) as error:  # the quantizer's swap logs and keeps such a layer dense
+                logger.warning("owl_sparse: cannot pack %s (%s); it stays dense", module, error)
+            else:
+                return {full_layer_name: torch.zeros((), dtype=dense.dtype).expand(dense.shape)}
         return {full_layer_name: dense}

@@ -62,14 +62,28 @@ class OwlSparseHfQuantizer(HfQuantizer):
         return model
 
     def get_weight_conversions(self) -> list[WeightConverter]:
-        """The one converter: ``*.weight_values/_bitmask/_shape`` → ``*.weight``."""
+        """The one converter: ``*.weight_values/_bitmask/_shape`` → ``*.weight`` (packed on the way when the
+        layers will run on the sparse kernels: ``OwlSparseDecompress``)."""
         return [
             WeightConverter(
                 source_patterns=[f"{VALUES_SUFFIX}$", f"{BITMASK_SUFFIX}$", f"{SHAPE_SUFFIX}$"],
                 target_patterns=WEIGHT_SUFFIX,
-                operations=[OwlSparseDecompress()],
+                operations=[OwlSparseDecompress(self._packed_while_loading())],
             )
         ]
+
+    def _packed_while_loading(self) -> dict | None:
+        """The dict ``OwlSparseDecompress`` packs into (module → PackedLinear), or None to load dense weights
+        (``OWL_SPARSE_DENSE=1``, or no kernels on this machine)."""
+        if dense_requested():
+            return None
+        try:
+            import owl_plugin.kernels  # noqa: F401
+        except ImportError:
+            return None
+        if not hasattr(self, "_packed"):
+            self._packed: dict = {}
+        return self._packed
 
     def update_weight_conversions(self, weight_conversions: list) -> list:
         """MoE: the model's expert-merging converters also read compact parts (``moe.expert_conversions``)."""
@@ -83,9 +97,17 @@ class OwlSparseHfQuantizer(HfQuantizer):
             if not any(isinstance(op, OwlSparseDecompress) for op in getattr(c, "operations", ()))
         ]
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
+        packed = getattr(self, "_packed", {})
         if not dense_requested():  # MoE experts merged into fused 3-D parameters stay dense
             swap_in_sparse_linears(model, [m for m in self.quantization_config.compressed_modules
-                                           if not merged_into_fused_experts(model, m)])
+                                           if not merged_into_fused_experts(model, m)], packed)
+        unswapped = [name for name in packed if isinstance(model.get_submodule(name), torch.nn.Linear)]
+        for name in unswapped:  # packed while loading but kept dense by the swap: its weight back from the packing
+            from owl_plugin.kernels import decompress_rows
+
+            linear = model.get_submodule(name)
+            linear.weight = torch.nn.Parameter(decompress_rows(packed[name]), requires_grad=False)
+        packed.clear()
         return model
 
     def is_serializable(self) -> bool:
@@ -98,8 +120,11 @@ class OwlSparseHfQuantizer(HfQuantizer):
         return dense_requested()
 
 
-def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
+def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str], packed: dict | None = None) -> int:
     """Replace each listed ``nn.Linear`` of ``model`` by an :class:`OwlSparseLinear`; returns how many.
+
+    ``packed``: module → ``PackedLinear`` already packed while loading (its ``nn.Linear`` holds a placeholder
+    weight); the others are packed from their dense weight here.
 
     Raises:
         ValueError: a listed module is missing or is not an ``nn.Linear``.
@@ -118,12 +143,13 @@ def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str]) -> int:
             raise ValueError(f"{name}: listed in compressed_modules but not a module of the model") from error
         if not isinstance(linear, torch.nn.Linear):
             raise ValueError(f"{name}: listed in compressed_modules but is a {type(linear).__name__}, not nn.Linear")
+        preloaded = (packed or {}).get(name)
         try:
-            sparse = OwlSparseLinear.from_linear(linear)
+            sparse = OwlSparseLinear(preloaded, linear.bias) if preloaded else OwlSparseLinear.from_linear(linear)
         except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
             logger.warning("owl_sparse: cannot pack %s (%s); it stays dense", name, error)
             continue
-        slower = fallback.keep_dense(linear.weight.detach(), sparse.packed)
+        slower = fallback.keep_dense(None if preloaded else linear.weight.detach(), sparse.packed)
         if slower is not None:  # a CPU without AVX-512 where this shape runs faster dense (fallback.py)
             kept_dense.append(name)
             continue

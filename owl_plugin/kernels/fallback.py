@@ -95,11 +95,12 @@ def measure(weight: torch.Tensor, packed: PackedLinear) -> dict:
     return {"dense_s": dense_s, "sparse_s": sparse_s, "speedup": dense_s / max(sparse_s, 1e-12)}
 
 
-def keep_dense(weight: torch.Tensor, packed: PackedLinear) -> dict | None:
+def keep_dense(weight: torch.Tensor | None, packed: PackedLinear) -> dict | None:
     """The measurement that says this layer should stay dense, or None to use the sparse kernel.
 
     Measures (once per path, shape, dtype and density to 0.05) only where the sparse path can lose: on the
-    AVX2, portable and pure-torch paths, or everywhere with ``OWL_SPARSE_FALLBACK=always``.
+    AVX2, portable and pure-torch paths, or everywhere with ``OWL_SPARSE_FALLBACK=always``. ``weight`` is the
+    dense weight, or None to rebuild it from ``packed`` if a measurement needs it.
     """
     from owl_plugin.kernels.dispatch import selected_isa
 
@@ -110,6 +111,10 @@ def keep_dense(weight: torch.Tensor, packed: PackedLinear) -> dict | None:
     density = packed.nnz / max(1, packed.out_features * packed.in_features)
     key = (isa, packed.out_features, packed.in_features, packed.dtype, round(density * 20) / 20)
     if key not in _DECISIONS:
+        if weight is None:
+            from owl_plugin.kernels.pack import decompress_rows
+
+            weight = decompress_rows(packed)
         _DECISIONS[key] = {"isa": isa, "shape": [packed.out_features, packed.in_features],
                            "dtype": str(packed.dtype).removeprefix("torch."), **measure(weight, packed)}
     decision = _DECISIONS[key]
