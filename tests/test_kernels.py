@@ -104,17 +104,23 @@ def test_negative_zero_is_a_zero() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pack_compact_reads_the_checkpoint_pieces(dtype: torch.dtype) -> None:
-    w = sparse_weight(37, 70, 0.6, dtype)
+@pytest.mark.parametrize("shape", [(37, 70), (37, 64), (5, 96), (3, 32)])  # rows of whole 32-bit words: fast path
+def test_pack_compact_reads_the_checkpoint_pieces(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    w = sparse_weight(*shape, 0.6, dtype)
+    w[0] = 0  # an all-zero row
+    w[-1] = torch.arange(1, shape[1] + 1)  # a fully dense row
     parts = compress(w)
-    packed = pack_compact(parts["values"], parts["bitmask"], parts["shape"])
-    assert torch.equal(decompress_rows(packed), w)
-    for name, tensor in pack_dense(w).tensors.items():
-        assert torch.equal(packed.tensors[name], tensor), name
+    shifted = torch.cat([torch.zeros(1, dtype=torch.uint8), parts["bitmask"]])[1:]  # storage offset 1 (unaligned)
+    for bitmask in (parts["bitmask"], shifted):
+        packed = pack_compact(parts["values"], bitmask, parts["shape"])
+        assert torch.equal(decompress_rows(packed), w)
+        for name, tensor in pack_dense(w).tensors.items():
+            assert torch.equal(packed.tensors[name], tensor), name
 
 
-def test_pack_compact_names_the_disagreeing_piece() -> None:
-    parts = compress(sparse_weight(8, 40, 0.5, torch.float32))
+@pytest.mark.parametrize("columns", [40, 64])
+def test_pack_compact_names_the_disagreeing_piece(columns: int) -> None:
+    parts = compress(sparse_weight(8, columns, 0.5, torch.float32))
     with pytest.raises(SparseFormatError, match="popcount"):
         pack_compact(parts["values"][:-1], parts["bitmask"], parts["shape"])
     with pytest.raises(SparseFormatError, match="bytes"):

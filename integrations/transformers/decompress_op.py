@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from transformers.core_model_loading import ConversionOps
 
-from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, decompress
+from owl_plugin.formats.compact import (
+    BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, CompactFormatError, check_compressed, decompress,
+)
 
 PARTS = (VALUES_SUFFIX, BITMASK_SUFFIX, SHAPE_SUFFIX)
 logger = logging.getLogger(__name__)
@@ -25,11 +27,11 @@ def _part(input_dict: dict[str, Any], suffix: str) -> torch.Tensor | None:
 class OwlSparseDecompress(ConversionOps):
     """Decompress one owl_sparse weight into the dtype of the model's parameter.
 
-    With ``packed`` (a dict the quantizer owns), the weight of an ``nn.Linear`` is packed for the sparse
-    kernels right here (``owl_plugin.kernels.pack_dense``) and stored there under the module's name, and the
-    parameter gets a zero-strided placeholder of its shape that holds no memory: the loaded model never holds
-    every layer dense at once (peak and resident memory stay near the packed size), and the quantizer swaps
-    the placeholder's module for an ``OwlSparseLinear`` after loading.
+    With ``packed`` (a dict the quantizer owns), the weight of an ``nn.Linear`` is checked and packed for the
+    sparse kernels right here, from its compact pieces (``owl_plugin.kernels.pack_compact``), and stored there
+    under the module's name; the parameter gets a zero-strided placeholder of its shape that holds no memory.
+    The loaded model never holds the layers dense (peak and resident memory stay near the packed size), and
+    the quantizer swaps the placeholder's module for an ``OwlSparseLinear`` after loading.
     """
 
     def __init__(self, packed: dict[str, Any] | None = None) -> None:
@@ -64,18 +66,21 @@ class OwlSparseDecompress(ConversionOps):
             raise CompactFormatError(f"{full_layer_name}: the checkpoint lacks {[f'{module}.{m}' for m in missing]}; "
                                      "the compact checkpoint is incomplete, export it again")
         target = model.get_parameter(full_layer_name) if model is not None else None
-        dense = decompress(parts[VALUES_SUFFIX], parts[BITMASK_SUFFIX], parts[SHAPE_SUFFIX], name=full_layer_name,
-                           expected_shape=None if target is None else tuple(target.shape))
-        if target is not None and dense.dtype != target.dtype:
-            dense = dense.to(target.dtype)  # e.g. float32 values into a bfloat16 model
+        values, bitmask, shape = parts[VALUES_SUFFIX], parts[BITMASK_SUFFIX], parts[SHAPE_SUFFIX]
+        expected_shape = None if target is None else tuple(target.shape)
         module = full_layer_name.removesuffix(".weight")
-        if self.packed is not None and model is not None and isinstance(model.get_submodule(module), torch.nn.Linear):
-            from owl_plugin.kernels import pack_dense
+        if self.packed is not None and target is not None and isinstance(model.get_submodule(module), torch.nn.Linear):
+            from owl_plugin.kernels import pack_compact
 
-            try:
-                self.packed[module] = pack_dense(dense)
+            check_compressed(values.dtype, tuple(values.shape), bitmask, shape, name=full_layer_name,
+                             expected_shape=expected_shape)
+            try:  # values cast first: e.g. float32 values into a bfloat16 model
+                self.packed[module] = pack_compact(values.to(target.dtype), bitmask, shape)
             except (TypeError, ValueError) as error:  # the quantizer's swap logs and keeps such a layer dense
                 logger.warning("owl_sparse: cannot pack %s (%s); it stays dense", module, error)
             else:
-                return {full_layer_name: torch.zeros((), dtype=dense.dtype).expand(dense.shape)}
+                return {full_layer_name: torch.zeros((), dtype=target.dtype).expand(expected_shape)}
+        dense = decompress(values, bitmask, shape, name=full_layer_name, expected_shape=expected_shape)
+        if target is not None and dense.dtype != target.dtype:
+            dense = dense.to(target.dtype)  # e.g. float32 values into a bfloat16 model
         return {full_layer_name: dense}

