@@ -19,12 +19,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BLOCK = 32
 PAD = 32
 TENSOR_ORDER = ("masks", "values", "row_offsets")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_SAME_SIZE_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)  # set bits per byte
 
 
 class SparseFormatError(ValueError):
@@ -71,10 +74,10 @@ def _pack_from_mask(mask: torch.Tensor, values: torch.Tensor) -> PackedLinear:
     nblk = (in_f + BLOCK - 1) // BLOCK
     padded = torch.zeros(out_f, nblk * BLOCK, dtype=torch.bool)
     padded[:, :in_f] = mask
-    weights = torch.ones(BLOCK, dtype=torch.int64) << torch.arange(BLOCK, dtype=torch.int64)
-    words = (padded.view(out_f, nblk, BLOCK).to(torch.int64) * weights).sum(-1)
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    counts = mask.sum(1, dtype=torch.int64)
+    # bit j of word k = column 32k + j: little-endian bytes of 8 columns each, read as little-endian int32
+    packed_bits = np.packbits(padded.numpy(), axis=1, bitorder="little")
+    words = torch.from_numpy(packed_bits.view("<i4").astype(np.int32))
+    counts = _POPCOUNT[torch.from_numpy(packed_bits).long()].sum(1)
     row_offsets = torch.zeros(out_f + 1, dtype=torch.int64)
     row_offsets[1:] = torch.cumsum(counts, 0)
     vals = torch.zeros(values.numel() + PAD, dtype=values.dtype)
@@ -103,7 +106,9 @@ def pack_dense(weight: torch.Tensor) -> PackedLinear:
         raise SparseFormatError(f"weight dtype {weight.dtype} is not supported; allowed: {DTYPES}")
     w = weight.detach().to("cpu").contiguous()
     mask = w != 0
-    return _pack_from_mask(mask, w[mask])
+    bits = _SAME_SIZE_INT[w.dtype]  # numpy has no bfloat16: select the non-zeros as integers of the same width
+    values = np.compress(mask.numpy().reshape(-1), w.view(bits).numpy().reshape(-1))
+    return _pack_from_mask(mask, torch.from_numpy(values).view(w.dtype))
 
 
 def pack_compact(values: torch.Tensor, bitmask: torch.Tensor, shape) -> PackedLinear:
@@ -140,9 +145,6 @@ def pack_compact(values: torch.Tensor, bitmask: torch.Tensor, shape) -> PackedLi
     if nnz != values.numel():
         raise SparseFormatError(f"popcount(bitmask) = {nnz} but values has {values.numel()} elements")
     return _pack_from_mask(mask, values.detach().to("cpu").reshape(-1))
-
-
-_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
 
 
 def _pack_aligned(values: torch.Tensor, bitmask: torch.Tensor, out_f: int, in_f: int) -> PackedLinear:
