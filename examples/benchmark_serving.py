@@ -17,9 +17,10 @@ the table gives the median over rounds and the ratio compact / dense of those me
 * memory: bytes of all parameters and buffers of the model inside the engine (for vLLM read in the
   engine process with ``LLM.apply_model``; vLLM-CPU's dense layers hold oneDNN-prepacked weights that
   are no tensors, so this undercounts dense there), and the worker process's resident set (VmRSS,
-  same KV-cache size in both, so the difference is the weights); then the compact model's weight bytes
-  against the dense bf16 model (parameters × 2, the same for every engine), and the packed linears alone
-  against their dense bytes;
+  same KV-cache size in both, so the difference is the weights) after loading and after the runs (a dense
+  transformers load maps the file lazily: its pages count once a forward has touched them); then the
+  compact model's weight bytes against the dense bf16 model (parameters × 2, the same for every engine),
+  and the packed linears alone against their dense bytes;
 * the kernel path (``owl_plugin.kernels.kernel_info()`` inside the engine) and how many linear
   layers run on it.
 
@@ -367,6 +368,8 @@ def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespa
             for case, (prompts, new) in cases.items():
                 for kind in order:
                     times[case][kind].append(workers[kind].ask({"prompts": prompts, "new_tokens": new})["seconds"])
+        for kind, w in workers.items():  # every page touched now (a dense load maps the file lazily)
+            info[kind]["rss_after_bytes"] = w.ask({"cmd": "info"})["rss_bytes"]
     finally:
         for w in workers.values():
             w.close()
@@ -410,8 +413,12 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
                 continue
             lines.append(f"| {engine} | weight tensors (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
                          f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
-            lines.append(f"| {engine} | process RSS (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
+            lines.append(f"| {engine} | process RSS after loading (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
                          f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
+            if "rss_after_bytes" in c:
+                after = d["rss_after_bytes"], c["rss_after_bytes"]
+                lines.append(f"| {engine} | process RSS after the runs (GiB) | {after[0] / 2**30:.3f} | "
+                             f"{after[1] / 2**30:.3f} | {after[1] / after[0]:.2f}× |")
             model_bytes = res["model_bf16_bytes"]
             lines.append(f"| {engine} | resident weights vs the dense bf16 model (GiB) | {model_bytes / 2**30:.3f} | "
                          f"{c['weight_bytes'] / 2**30:.3f} | {c['weight_bytes'] / model_bytes:.2f}× |")
