@@ -18,7 +18,6 @@ the kernels); so does a machine or dtype the kernels cannot take (logged).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ from transformers.core_model_loading import WeightConverter
 from transformers.quantizers.base import HfQuantizer
 
 from owl_plugin.checkpoint import CheckpointFolder
+from owl_plugin.kernels.heap import return_freed_heap
 from owl_plugin.kernels.report import dense_requested
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, WEIGHT_SUFFIX
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
@@ -109,7 +109,7 @@ class OwlSparseHfQuantizer(HfQuantizer):
             linear = model.get_submodule(name)
             linear.weight = torch.nn.Parameter(decompress_rows(packed[name]), requires_grad=False)
         packed.clear()
-        _return_freed_heap()
+        return_freed_heap()  # the checks' and packing's transients
         return model
 
     def is_serializable(self) -> bool:
@@ -120,19 +120,6 @@ class OwlSparseHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         """Only with dense weights (``OWL_SPARSE_DENSE=1``): packed weights have no gradient."""
         return dense_requested()
-
-
-def _return_freed_heap() -> None:
-    """Give the heap the load freed back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Checking and packing each layer allocates transients below glibc's mmap threshold; freed, they stay in
-    the process's heap, and RSS after loading a 1.1B-parameter compact checkpoint read 2.15 GiB instead of
-    1.66 GiB (``examples/results/NOTES.md``).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str], packed: dict | None = None) -> int:

@@ -147,6 +147,9 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
         layer.owl_packed = packed  # plain attribute: the op's arguments, same tensors as the buffers
         del layer.weight  # the dense copy is not kept
         self.packed = True
+        from owl_plugin.kernels.heap import return_freed_heap
+
+        return_freed_heap()  # the dense weight vLLM's loader filled, and the packing's transients
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x W^T (+ bias)`` with the sparse kernel when the layer was packed, else vLLM's dense GEMM."""
