@@ -24,6 +24,13 @@ def _part(input_dict: dict[str, Any], suffix: str) -> torch.Tensor | None:
     return None
 
 
+def _is_linear(model: torch.nn.Module, name: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(name), torch.nn.Linear)
+    except AttributeError:  # e.g. an expert matrix the model holds inside fused 3-D experts
+        return False
+
+
 class OwlSparseDecompress(ConversionOps):
     """Decompress one owl_sparse weight into the dtype of the model's parameter.
 
@@ -69,7 +76,7 @@ class OwlSparseDecompress(ConversionOps):
         values, bitmask, shape = parts[VALUES_SUFFIX], parts[BITMASK_SUFFIX], parts[SHAPE_SUFFIX]
         expected_shape = None if target is None else tuple(target.shape)
         module = full_layer_name.removesuffix(".weight")
-        if self.packed is not None and target is not None and isinstance(model.get_submodule(module), torch.nn.Linear):
+        if self.packed is not None and target is not None and _is_linear(model, module):
             from owl_plugin.kernels import pack_compact
 
             check_compressed(values.dtype, tuple(values.shape), bitmask, shape, name=full_layer_name,
