@@ -55,14 +55,14 @@ prunes with the best profile through ``ProfileAllocationModifier``. A second tab
 tuned with the better of the two paper defaults (OWL M=5 λ=0.08, AlphaPruning ε=0.2).
 ``--tune-refine G`` adds G generations of block-by-block refinement (``owl tune --refine``).
 
+    python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
+        --allocations uniform owl alpha dlp atp tuned
+
 ``--profiles`` adds one row per saved profile (``owl profile``, ``owl tune``, or an ablation of one written by
 ``examples/hold_blocks.py``), pruned through ``ProfileAllocationModifier`` and rescaled to each sparsity:
 
     python examples/benchmark_quality.py --sparsities 0.7 --pruners wanda --allocations uniform owl \
         --profiles owl70_hold2-6.json
-
-    python examples/benchmark_quality.py --sparsities 0.6 0.7 --pruners wanda \
-        --allocations uniform owl alpha dlp atp tuned
 
 The ``owl-tuned`` row is OWL with its two hyperparameters searched instead of the values the OWL
 paper uses for LLaMA-7B (M=5, λ=0.08): ``owl tune default --method owl`` on the calibration text (its whole

@@ -44,10 +44,10 @@ def block_numbers(spec: str) -> list[int]:
 
 def hold_at_target(profile: SparsityProfile, held: list[str]) -> SparsityProfile:
     """``profile`` with every module of the ``held`` blocks at the target and the others shifted by one δ."""
-    missing = [b for b in held if b not in profile.block_sparsities()]
+    blocks = profile.block_sparsities()
+    missing = [b for b in held if b not in blocks]
     if missing:
-        raise ValueError(f"block(s) {missing} are not in the profile (its blocks: "
-                         f"{list(profile.block_sparsities())[:3]}...)")
+        raise ValueError(f"block(s) {missing} are not in the profile (its blocks: {list(blocks)[:3]}...)")
     rest = {n: e for n, e in profile.modules.items() if e.block not in held}
     if not rest:
         raise ValueError("every block is held: the result would be uniform; hold fewer blocks")

@@ -78,12 +78,17 @@ def _pack_from_mask(mask: torch.Tensor, values: torch.Tensor) -> PackedLinear:
     packed_bits = np.packbits(padded.numpy(), axis=1, bitorder="little")
     words = torch.from_numpy(packed_bits.view("<i4").astype(np.int32))
     counts = _POPCOUNT[torch.from_numpy(packed_bits).long()].sum(1)
-    row_offsets = torch.zeros(out_f + 1, dtype=torch.int64)
+    return _layout(words.contiguous(), counts, values, in_f)
+
+
+def _layout(masks: torch.Tensor, counts: torch.Tensor, values: torch.Tensor, in_f: int) -> PackedLinear:
+    """The layout from its ``[out, nblk]`` mask words, the non-zeros per row and the row-major non-zeros."""
+    row_offsets = torch.zeros(masks.shape[0] + 1, dtype=torch.int64)
     row_offsets[1:] = torch.cumsum(counts, 0)
     vals = torch.zeros(values.numel() + PAD, dtype=values.dtype)
-    vals[: values.numel()] = values.reshape(-1)
-    tensors = {"masks": words.contiguous(), "values": vals, "row_offsets": row_offsets}
-    return PackedLinear(tensors=tensors, out_features=out_f, in_features=in_f, dtype=values.dtype)
+    vals[: values.numel()] = values.detach().to("cpu").reshape(-1)
+    tensors = {"masks": masks, "values": vals, "row_offsets": row_offsets}
+    return PackedLinear(tensors=tensors, out_features=masks.shape[0], in_features=in_f, dtype=values.dtype)
 
 
 def pack_dense(weight: torch.Tensor) -> PackedLinear:
@@ -157,12 +162,7 @@ def _pack_aligned(values: torch.Tensor, bitmask: torch.Tensor, out_f: int, in_f:
     nnz = int(counts.sum())
     if nnz != values.numel():
         raise SparseFormatError(f"popcount(bitmask) = {nnz} but values has {values.numel()} elements")
-    row_offsets = torch.zeros(out_f + 1, dtype=torch.int64)
-    row_offsets[1:] = torch.cumsum(counts, 0)
-    vals = torch.zeros(values.numel() + PAD, dtype=values.dtype)
-    vals[: values.numel()] = values.detach().to("cpu").reshape(-1)
-    tensors = {"masks": masks, "values": vals, "row_offsets": row_offsets}
-    return PackedLinear(tensors=tensors, out_features=out_f, in_features=in_f, dtype=values.dtype)
+    return _layout(masks, counts, values, in_f)
 
 
 def decompress_rows(packed: PackedLinear, start: int = 0, stop: int | None = None) -> torch.Tensor:
