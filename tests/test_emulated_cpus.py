@@ -34,8 +34,8 @@ KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_kernel_fallback.py"]
 # the AVX2 CPU (the kind CI may land on) also loads compact checkpoints through transformers (~2 min more). On the
 # CPU without AVX, inductor's code (compiled by the host's g++, which qemu-user runs natively, for the host's CPU)
 # dies with SIGILL: an artefact of the emulation, so its torch.compile test is left out there.
-TESTS = {"EPYC-Milan": [*KERNEL_TESTS, "tests/test_transformers_loader.py"],
-         "Nehalem": [*KERNEL_TESTS, "-k", "not torch_compile"]}
+PYTEST_ARGS = {"EPYC-Milan": [*KERNEL_TESTS, "tests/test_transformers_loader.py"],
+               "Nehalem": [*KERNEL_TESTS, "-k", "not torch_compile"]}
 
 pytestmark = [
     pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 (Debian's qemu-user) is missing; `make test` installs it"),
@@ -74,7 +74,7 @@ def test_kernel_tests_pass_on_the_emulated_cpu(model: str, tmp_path: Path) -> No
     """tests/test_kernels.py and test_kernel_fallback.py (and on the AVX2 CPU test_transformers_loader.py) on the
     emulated CPU: the paths it has pass (numbers against dense, torch.compile, bad input, fallback decisions, compact
     checkpoints loaded), the AVX-512 ones skip naming the path."""
-    done = _emulated(model, ["-m", "pytest", *TESTS[model], "-q", "-rs", "-p", "no:cacheprovider"], tmp_path,
+    done = _emulated(model, ["-m", "pytest", *PYTEST_ARGS[model], "-q", "-rs", "-p", "no:cacheprovider"], tmp_path,
                      timeout=1800)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, f"{summary}\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
