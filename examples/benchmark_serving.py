@@ -1,7 +1,8 @@
 """End-to-end serving benchmark: a compact (owl_sparse) checkpoint on the sparse kernels vs its dense twin.
 
     .venv/bin/python examples/benchmark_serving.py [--quick] [--models llama1b smollm2] \\
-        [--engines vllm vllm-serve transformers] [--batches 1 8] [--rounds 5] [--out examples/results/serving_table.md]
+        [--engines vllm vllm-serve transformers] [--batches 1 8] [--rounds 5] [--same-process] \\
+        [--out examples/results/serving_table.md]
 
 For each model it writes two checkpoints holding the same pruned weights: *dense* (an ordinary
 bf16 checkpoint with zeros) and *compact* (``owl export --format compact``), then, per engine,
@@ -37,6 +38,12 @@ of b is b concurrent ``/v1/completions`` requests; only the server processes' RS
 transformers in this venv, bf16. ``OWL_SPARSE_DENSE=1`` is how the dense worker of a compact model
 would be made; here the dense worker simply loads the dense checkpoint. The CPU may be shared:
 the table records the load average before and after. Not a test: nothing here asserts a speed.
+
+``--same-process`` loads both checkpoints into *one* worker process (two engines side by side) instead of
+one process each: the two then share one OpenMP pool, one allocator and one set of CPU caches, so what
+differs between them is the model alone. Per-process effects (thread placement, which core a process
+landed on) show up as the gap between the two modes; the RSS rows are left out there (one process holds
+both), the weight-tensor rows stay. Not for ``vllm-serve`` (a server is its own process).
 """
 
 from __future__ import annotations
@@ -275,30 +282,38 @@ class VllmServeWorker:
 WORKERS = {"vllm": VllmWorker, "vllm-serve": VllmServeWorker, "transformers": TransformersWorker}
 
 
-def worker_main(engine: str, model: str, max_len: int, max_seqs: int) -> None:
-    """Serve JSON commands from stdin: {"prompts": [[ids]], "new_tokens": n} → {"seconds": s}; "info"."""
-    worker = WORKERS[engine](model, max_len, max_seqs)
+def worker_main(engine: str, models: list[str], max_len: int, max_seqs: int) -> None:
+    """Load every checkpoint of ``models`` into this process, then serve JSON commands from stdin, each for
+    ``"model"`` (an index into ``models``, 0 if absent): {"prompts": [[ids]], "new_tokens": n} → {"seconds": s};
+    {"cmd": "info"}; {"cmd": "quit"}."""
+    workers = []
     try:
+        for model in models:
+            workers.append(WORKERS[engine](model, max_len, max_seqs))
         print(MARK + json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
             command = json.loads(line)
+            worker = workers[command.get("model", 0)]
             if command.get("cmd") == "info":
                 reply = worker.info()
+                if len(workers) > 1:  # one process holds every model: its RSS is no model's own
+                    reply["rss_bytes"] = None
             elif command.get("cmd") == "quit":
                 break
             else:
                 reply = {"seconds": worker.run(command["prompts"], command["new_tokens"])}
             print(MARK + json.dumps(reply), flush=True)
     finally:  # a server worker stops its server even when a measurement failed
-        if hasattr(worker, "close"):
-            worker.close()
+        for worker in workers:
+            if hasattr(worker, "close"):
+                worker.close()
 
 
 # -- orchestration (main venv) -----------------------------------------------------------------------
 class Worker:
-    """One engine process with one checkpoint loaded."""
+    """One engine process with one checkpoint loaded (or several: ``models``, asked through ``ModelHandle``)."""
 
-    def __init__(self, engine: str, model: Path, max_len: int, max_seqs: int, log: Path) -> None:
+    def __init__(self, engine: str, models: list[Path], max_len: int, max_seqs: int, log: Path) -> None:
         python = sys.executable
         env = dict(os.environ)
         if engine.startswith("vllm"):
@@ -309,7 +324,7 @@ class Worker:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("VLLM_CACHE_ROOT", str(log.parent / "vllm-cache"))
         self.log = log.open("w")
-        command = [python, __file__, "--worker", engine, str(model), str(max_len), str(max_seqs)]
+        command = [python, __file__, "--worker", engine, os.pathsep.join(map(str, models)), str(max_len), str(max_seqs)]
         self.proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True)
         self.read()
@@ -338,6 +353,20 @@ class Worker:
         self.log.close()
 
 
+class ModelHandle:
+    """One model of a shared worker process (``--same-process``): its commands carry the model's index."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.worker, self.index = worker, index
+
+    def ask(self, command: dict) -> dict:
+        return self.worker.ask({**command, "model": self.index})
+
+    def close(self) -> None:
+        if self.index == 0:
+            self.worker.close()
+
+
 def prompts_for(vocab: int, batch: int, length: int, seed: int) -> list[list[int]]:
     import random
 
@@ -351,11 +380,15 @@ def bench_engine(engine: str, dense: Path, compact: Path, args: argparse.Namespa
 
     vocab = json.loads((dense / "config.json").read_text())["vocab_size"]
     max_len = max(args.prefill + 8, SHORT_PROMPT + args.new_tokens + 8)
-    workers = {}
+    workers: dict[str, Worker | ModelHandle] = {}
     try:
-        for kind, path in (("dense", dense), ("compact", compact)):
+        if args.same_process:
+            print(f"starting one {engine} worker with both checkpoints ...", flush=True)
+            shared = Worker(engine, [dense, compact], max_len, max(args.batches), workdir / f"{engine}-shared.log")
+            workers = {"dense": ModelHandle(shared, 0), "compact": ModelHandle(shared, 1)}
+        for kind, path in (() if args.same_process else (("dense", dense), ("compact", compact))):
             print(f"starting {engine} {kind} worker ({path.name}) ...", flush=True)
-            workers[kind] = Worker(engine, path, max_len, max(args.batches), workdir / f"{engine}-{path.name}.log")
+            workers[kind] = Worker(engine, [path], max_len, max(args.batches), workdir / f"{engine}-{path.name}.log")
         info = {kind: w.ask({"cmd": "info"}) for kind, w in workers.items()}
         cases = {f"decode b{b}": (prompts_for(vocab, b, SHORT_PROMPT, b), args.new_tokens) for b in args.batches}
         cases["prefill"] = (prompts_for(vocab, 1, args.prefill, 99), 1)
@@ -395,7 +428,9 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
              f"Command: `{conditions['command']}`", "",
              f"Conditions: {conditions['cpu']}; load average before {conditions['load_before']}, after "
              f"{conditions['load_after']}; {args.rounds} interleaved rounds, medians; CPU shared with other jobs "
-             "unless stated. Speed ratio = compact / dense (for prefill: dense time / compact time, > 1 is faster).",
+             "unless stated. Speed ratio = compact / dense (for prefill: dense time / compact time, > 1 is faster). "
+             + ("Both checkpoints in one worker process (`--same-process`)." if args.same_process
+                else "One worker process per checkpoint."),
              ""]
     for model, per_engine in results.items():
         info = per_engine.pop("_checkpoint")
@@ -413,9 +448,10 @@ def render(results: dict, args: argparse.Namespace, conditions: dict) -> str:
                 continue
             lines.append(f"| {engine} | weight tensors (GiB) | {d['weight_bytes'] / 2**30:.3f} | "
                          f"{c['weight_bytes'] / 2**30:.3f} | {res['memory_ratio']:.2f}× |")
-            lines.append(f"| {engine} | process RSS after loading (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
-                         f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
-            if "rss_after_bytes" in c:
+            if c["rss_bytes"] is not None:  # None: --same-process, one process holds both
+                lines.append(f"| {engine} | process RSS after loading (GiB) | {d['rss_bytes'] / 2**30:.3f} | "
+                             f"{c['rss_bytes'] / 2**30:.3f} | {c['rss_bytes'] / d['rss_bytes']:.2f}× |")
+            if c.get("rss_after_bytes") is not None:
                 after = d["rss_after_bytes"], c["rss_after_bytes"]
                 lines.append(f"| {engine} | process RSS after the runs (GiB) | {after[0] / 2**30:.3f} | "
                              f"{after[1] / 2**30:.3f} | {after[1] / after[0]:.2f}× |")
@@ -451,6 +487,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "owl-bench-serving")
     parser.add_argument("--out", type=Path, default=REPO / "examples" / "results" / "serving_table.md")
+    parser.add_argument("--same-process", action="store_true",
+                        help="load both checkpoints into one worker process (not for vllm-serve)")
     parser.add_argument("--quick", action="store_true",
                         help="small: a 4-layer Llama, 2 rounds, 16 new tokens, 64-token prefill (a smoke run)")
     args = parser.parse_args(argv)
@@ -458,6 +496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--sparsity {args.sparsity}: must be between 0 and 1")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
+    if args.same_process and "vllm-serve" in args.engines:
+        parser.error("--same-process with --engines vllm-serve: a server is its own process; drop one of them")
     if args.quick:
         args.rounds, args.new_tokens, args.prefill = min(args.rounds, 2), 16, 64
         args.workdir = args.workdir.with_name(args.workdir.name + "-quick")
@@ -490,6 +530,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        worker_main(sys.argv[2], sys.argv[3].split(os.pathsep), int(sys.argv[4]), int(sys.argv[5]))
     else:
         sys.exit(main())
