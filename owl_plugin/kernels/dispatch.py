@@ -36,6 +36,10 @@ SPARSE_MAX_BATCH_FP32 = 21
 # fp32 weights on any AVX-512 path run it at every count above SPARSE_MAX_BATCH_FP32: one FMA per non-zero weight
 # and 16 rows of x, against one per weight in a dense fp32 GEMM. Against the tiled path (EPYC, one core, 70%,
 # 960x576 to 5632x2048): 33 rows 1.27-1.87×, 64 1.76-2.14×, 128 1.80-2.38×, 512 1.61-2.36×.
+# 2026-12-07: building the pair lists by table permute instead of vpcompressq (sparse_gemm_pairs.cpp) made the
+# bf16 pair kernel faster (old and new builds alternated, 1 thread, weights streamed, 70%, 2560x2048, 2048x5632,
+# 11008x4096: vLLM's oneDNN / pairs 0.66-0.86× → 0.69-0.95× at 32 and 48 rows); 48 stays: at 32 rows it beat the
+# tiled path in 5 of 6 rows and lost in one (0.92×).
 PAIRS_MIN_BATCH = 48
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
