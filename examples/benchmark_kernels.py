@@ -19,8 +19,8 @@ when it is used again. Threads: torch's pool (``torch.get_num_threads()``).
 Printed and written (``<out>.md``, ``<out>.json``, ``<out>.png``): per row the medians in µs, the
 speed-ups ``dense / sparse`` and ``dense / tiled``, the resident bytes ``packed / dense``, and the
 dispatch thresholds: the largest batch at which the sparse kernel still beats the tiled path in every
-measured shape (``dispatch.SPARSE_MAX_BATCH`` is set from it) and the smallest from which the pair kernel
-beats the tiled path (``dispatch.PAIRS_MIN_BATCH``). Not a test: nothing asserts a speed.
+measured shape (``dispatch.SPARSE_MAX_BATCH_BF16`` and the others are set from it) and the smallest from which the
+pair kernel beats the tiled path (``dispatch.PAIRS_MIN_BATCH``). Not a test: nothing asserts a speed.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from owl_plugin.formats.compact import compress
 from owl_plugin.kernels import (
     PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
+    SPARSE_MAX_BATCH_BF16,
     SPARSE_MAX_BATCH_FP32,
     SparseFormatError,
     SparseInputError,
@@ -51,7 +52,8 @@ SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
 # ... PAIRS_MIN_BATCH + 5: tiled (a partial group of 16; bf16 without AVX-512 BF16: the sparse kernel);
 # 2 * PAIRS_MIN_BATCH + 5: the pair kernel (AVX-512 BF16, bf16) with a partial block of 64 rows
 BATCHES = [1, 2, 3, 4, 5, 8, 9, SPARSE_MAX_BATCH, SPARSE_MAX_BATCH + 1, SPARSE_MAX_BATCH_FP32,
-           SPARSE_MAX_BATCH_FP32 + 1, PAIRS_MIN_BATCH + 5, 2 * PAIRS_MIN_BATCH + 5]
+           SPARSE_MAX_BATCH_FP32 + 1, SPARSE_MAX_BATCH_BF16, SPARSE_MAX_BATCH_BF16 + 1, PAIRS_MIN_BATCH + 5,
+           2 * PAIRS_MIN_BATCH + 5]
 
 
 def sparse_weight(out_f: int, in_f: int, sparsity: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -158,7 +160,7 @@ def test_every_path_matches_dense_linear(isa: str, dtype: torch.dtype, shape: tu
 
 @settings(max_examples=60, deadline=None)
 @given(out_f=st.integers(1, 70), in_f=st.integers(1, 300), sparsity=st.sampled_from([0.0, 0.5, 0.7, 0.9, 1.0]),
-       batch=st.one_of(st.integers(1, SPARSE_MAX_BATCH_FP32 + 1), st.integers(PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 70)),
+       batch=st.one_of(st.integers(1, SPARSE_MAX_BATCH_BF16 + 1), st.integers(PAIRS_MIN_BATCH, PAIRS_MIN_BATCH + 70)),
        bf16=st.booleans(), isa_index=st.integers(0, len(COMPILED)), seed=st.integers(0, 2**16))
 def test_random_shapes_batches_and_paths_match_dense(out_f: int, in_f: int, sparsity: float, batch: int, bf16: bool,
                                                      isa_index: int, seed: int) -> None:
@@ -261,15 +263,17 @@ def test_the_pair_kernel_runs_where_it_was_measured_faster() -> None:
 @pytest.mark.parametrize("isa", COMPILED)
 def test_the_sparse_kernel_runs_where_it_was_measured_faster(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """runs_sparse_kernel, in Python and in the C++ op alike: fp32 up to SPARSE_MAX_BATCH_FP32 rows on the AVX-512
-    paths (SPARSE_MAX_BATCH on AVX2 and portable), bf16 up to SPARSE_MAX_BATCH with AVX-512 BF16 and at every count
-    on the SIMD paths without it: no dense GEMM exactly there (nor where the pair kernel runs: 200 rows)."""
+    paths (SPARSE_MAX_BATCH on AVX2 and portable), bf16 up to SPARSE_MAX_BATCH_BF16 with AVX-512 BF16 (SPARSE_MAX_BATCH
+    on portable) and at every count on the SIMD paths without it: no dense GEMM exactly there (nor where the pair
+    kernel runs: 200 rows)."""
     isa_or_skip(isa)
     monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     assert not runs_sparse_kernel(0, isa, torch.float32) and not runs_sparse_kernel(1, isa, torch.float16)
     avx512 = isa.startswith("avx512")
     fp32_max = SPARSE_MAX_BATCH_FP32
     expected = {torch.float32: {1: True, 16: True, 17: avx512, fp32_max: avx512, fp32_max + 1: False, 33: False},
-                torch.bfloat16: {1: True, 16: True, 17: isa not in ("avx512_bf16", "portable"),
+                torch.bfloat16: {1: True, 16: True, 17: isa != "portable", SPARSE_MAX_BATCH_BF16: isa != "portable",
+                                 SPARSE_MAX_BATCH_BF16 + 1: isa not in ("avx512_bf16", "portable"),
                                  33: isa not in ("avx512_bf16", "portable"),
                                  200: isa not in ("avx512_bf16", "portable")}}
     for dtype, by_rows in expected.items():
@@ -370,13 +374,15 @@ def test_custom_ops_pass_torch_opcheck() -> None:
         if load_extension() is not None:
             torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                                   (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
-                                   SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, 1 << 20))
+                                   SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_BF16, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH,
+                               1 << 20))
     if load_extension() is not None:  # bf16 prefill: the pair kernel (AVX-512 BF16) or the sparse kernel
         packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
         x = torch.randn(2 * PAIRS_MIN_BATCH + 3, 70).bfloat16()
         torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                               (x, None, *packed.ordered(), packed.out_features, packed.in_features,
-                               SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, 1 << 20))
+                               SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_BF16, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH,
+                               1 << 20))
 
 
 def test_torch_compile_traces_through_the_op() -> None:

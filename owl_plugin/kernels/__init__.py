@@ -7,8 +7,9 @@ One op, two entry points:
   (also :func:`sparse_linear_op`): the raw custom op on plain tensors, with a fake impl, so
   ``torch.compile`` (vLLM) traces through it. Tensor order is ``pack.TENSOR_ORDER``.
 
-Dispatch (see ``dispatch.py``): where ``runs_sparse_kernel`` (bf16: up to ``SPARSE_MAX_BATCH`` rows of ``x``
-with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32`` on AVX-512) → the C++ sparse kernel
+Dispatch (see ``dispatch.py``): where ``runs_sparse_kernel`` (bf16: up to ``SPARSE_MAX_BATCH_BF16`` rows of ``x``
+with AVX-512 BF16, every count without it; fp32: up to ``SPARSE_MAX_BATCH_FP32`` on AVX-512, ``SPARSE_MAX_BATCH``
+on AVX2) → the C++ sparse kernel
 (AVX-512 VBMI2+BF16 / AVX-512 VBMI2 / AVX-512F / AVX2 / portable, chosen from the CPU flags or forced
 with ``OWL_SPARSE_ISA=avx512_bf16|avx512_vbmi2|avx512|avx2|portable|torch``); where ``runs_pair_kernel`` (bf16
 on AVX-512 BF16 from ``PAIRS_MIN_BATCH`` rows, fp32 on AVX-512 above ``SPARSE_MAX_BATCH_FP32``: prefill, many
@@ -26,6 +27,7 @@ Example:
 from owl_plugin.kernels.dispatch import (
     PAIRS_MIN_BATCH,
     SPARSE_MAX_BATCH,
+    SPARSE_MAX_BATCH_BF16,
     SPARSE_MAX_BATCH_FP32,
     kernel_info,
     runs_pair_kernel,
@@ -48,6 +50,7 @@ __all__ = [
     "DENSE_ENV",
     "PAIRS_MIN_BATCH",
     "SPARSE_MAX_BATCH",
+    "SPARSE_MAX_BATCH_BF16",
     "SPARSE_MAX_BATCH_FP32",
     "TENSOR_ORDER",
     "PackedLinear",

@@ -53,7 +53,7 @@ def build_dir() -> Path:
 def _register_fakes() -> None:
     """Shape-only twins of the C++ ops, so torch.compile (vLLM) traces through them."""
     @torch.library.register_fake("owl_ext::sparse_linear")
-    def _(x, bias, masks, values, row_offsets, out_features, in_features, max_batch, max_batch_fp32,
+    def _(x, bias, masks, values, row_offsets, out_features, in_features, max_batch, max_batch_bf16, max_batch_fp32,
           pairs_min_batch, tile_bytes):
         return x.new_empty((*x.shape[:-1], out_features))
 

@@ -14,7 +14,10 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 
 # Rows of x that go to the sparse kernel (runs_sparse_kernel); more go to the pair kernel or to tiled decompress +
 # dense F.linear. Measured with examples/benchmark_kernels.py (its "dispatch threshold" line):
-# - bf16 on AVX-512 BF16 (AMD EPYC, 2026-12-05): up to 16 rows; above, tiled and the pair kernel (native bf16 GEMMs).
+# - bf16 on AVX-512 BF16 (AMD EPYC): up to 24 rows (SPARSE_MAX_BATCH_BF16). 2026-12-07, 2 threads (how the engines
+#   run here), 70%, weights streamed, 2560x2048 to 11008x4096 (examples/results/kernels_midbatch_17_47.md): the
+#   kernel over the tiled path 1.05-1.13x at 17 rows, 1.04-1.30x at 20, 1.02-1.21x at 24, 0.98-1.08x at 28,
+#   0.91-1.03x at 33; the pair kernel lost to both below 28. (2026-12-05, before the 8-row pass: 16.)
 # - fp32 on the AVX-512 paths: up to 21 rows. The kernel beat the tiled path in every measured row up to 32 (EPYC,
 #   2026-12-04: 1.10-1.86× of torch at 32 rows, tiled 0.15-0.89×; Intel Xeon without AVX-512 BF16, 2026-12-06:
 #   0.72-1.02× of vLLM's oneDNN at 17-32 rows, tiled 0.45-0.68×) and lost to it from 64 on the Xeon. On the AVX2
@@ -25,7 +28,8 @@ from owl_plugin.kernels.pack import BLOCK, PackedLinear, SparseInputError
 # - bf16 without a native bf16 dot (the AVX-512 VBMI2, AVX-512F and AVX2 paths): every count. There every dense bf16
 #   GEMM (torch's, vLLM's oneDNN) widens to fp32 as the kernel does, on all the weights: on the Xeon the kernel ran
 #   at 1.53-2.65× of the better of them from 17 to 512 rows (AVX2 forced: 1.20-1.85×), the tiled path 0.84-1.07×.
-SPARSE_MAX_BATCH = 16
+SPARSE_MAX_BATCH = 16  # AVX2 and portable (fp32; bf16 on portable)
+SPARSE_MAX_BATCH_BF16 = 24
 SPARSE_MAX_BATCH_FP32 = 21
 # The pair kernel (csrc/sparse_gemm_pairs.cpp) instead of the tiled path, bf16 weights on AVX-512 BF16: see
 # runs_pair_kernel. It pays a fixed cost per call (its pair lists: about one tiled decompression plus one 16-row
@@ -38,9 +42,11 @@ SPARSE_MAX_BATCH_FP32 = 21
 # 960x576 to 5632x2048): 33 rows 1.27-1.87×, 64 1.76-2.14×, 128 1.80-2.38×, 512 1.61-2.36×.
 # 2026-12-07: building the pair lists by table permute instead of vpcompressq (sparse_gemm_pairs.cpp) made the
 # bf16 pair kernel faster (old and new builds alternated, 1 thread, weights streamed, 70%, 2560x2048, 2048x5632,
-# 11008x4096: vLLM's oneDNN / pairs 0.66-0.86× → 0.69-0.95× at 32 and 48 rows); 48 stays: at 32 rows it beat the
-# tiled path in 5 of 6 rows and lost in one (0.92×).
-PAIRS_MIN_BATCH = 48
+# 11008x4096: vLLM's oneDNN / pairs 0.66-0.86× → 0.69-0.95× at 32 and 48 rows). With it, at 2 threads (as above,
+# examples/results/kernels_midbatch*.md) the pair kernel beat the tiled path in every row at 32, 40, 47, 48, 64,
+# 81 and 128 rows (1.02-1.93×), at 65 in 3 of 5 (1.08-1.37×, two 0.96×) and lost at 33 (0.92-0.97×: a partial
+# group): so from 32 rows at whole groups of 16, and any count above 64.
+PAIRS_MIN_BATCH = 32
 # scratch tile of the dense path: about this many bytes of dense weight at a time (8 MB measured best
 # of 2/8/32 MB in examples/benchmark_kernels.py's shapes: small tiles pay per-GEMM overhead, large ones
 # leave the cache)
@@ -95,6 +101,8 @@ def sparse_kernel_max_rows(isa: str, dtype: torch.dtype) -> int | None:
         return 0
     if dtype == torch.bfloat16 and isa in ("avx2", "avx512", "avx512_vbmi2"):
         return None
+    if dtype == torch.bfloat16 and isa == "avx512_bf16":
+        return SPARSE_MAX_BATCH_BF16
     return SPARSE_MAX_BATCH_FP32 if dtype == torch.float32 and isa.startswith("avx512") else SPARSE_MAX_BATCH
 
 
@@ -272,4 +280,5 @@ def sparse_linear(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return sparse_linear_op(x, bias, *tensors, packed.out_features, packed.in_features)
     _check(x, bias, *tensors, packed.out_features, packed.in_features)
     return torch.ops.owl_ext.sparse_linear(x, bias, *tensors, packed.out_features, packed.in_features,
-                                           SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH, TILE_BYTES)
+                                           SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_BF16, SPARSE_MAX_BATCH_FP32,
+                                           PAIRS_MIN_BATCH, TILE_BYTES)

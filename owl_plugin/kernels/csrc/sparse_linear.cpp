@@ -672,11 +672,12 @@ static bool runs_pair_kernel(int64_t rows, int64_t isa, at::ScalarType dtype, in
 // Whether `rows` rows of x go to the sparse kernel (dispatch.py: runs_sparse_kernel, the same rule and its
 // measurements): bf16 weights on the AVX2 / AVX-512F / VBMI2 paths at every count (without a native bf16 dot every
 // dense bf16 GEMM widens to fp32 as the kernel does, on 30% of the weights), fp32 up to max_batch_fp32 on the
-// AVX-512 paths, else up to max_batch.
+// AVX-512 paths, bf16 up to max_batch_bf16 on AVX-512 BF16, else up to max_batch.
 static bool runs_sparse_kernel(int64_t rows, int64_t isa, at::ScalarType dtype, int64_t max_batch,
-                               int64_t max_batch_fp32) {
+                               int64_t max_batch_bf16, int64_t max_batch_fp32) {
   if (rows <= 0 || (dtype != at::kFloat && dtype != at::kBFloat16)) return false;
   if (dtype == at::kBFloat16 && isa >= 1 && isa <= 3) return true;
+  if (dtype == at::kBFloat16 && isa == 4) return rows <= max_batch_bf16;
   return rows <= (dtype == at::kFloat && isa >= 2 ? max_batch_fp32 : max_batch);
 }
 
@@ -684,11 +685,13 @@ static bool runs_sparse_kernel(int64_t rows, int64_t isa, at::ScalarType dtype, 
 // runs_pair_kernel (AVX-512 BF16, bf16), tiled dense between and elsewhere
 at::Tensor sparse_linear(const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& masks,
                          const at::Tensor& values, const at::Tensor& row_offsets, int64_t out_f, int64_t in_f,
-                         int64_t max_batch, int64_t max_batch_fp32, int64_t pairs_min_batch, int64_t tile_bytes) {
+                         int64_t max_batch, int64_t max_batch_bf16, int64_t max_batch_fp32, int64_t pairs_min_batch,
+                         int64_t tile_bytes) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_f && x.is_contiguous(), "x must be contiguous [..., ", in_f, "]");
   const at::Tensor x2 = x.reshape({-1, in_f});
   const int64_t isa = resolve_isa();
-  const bool kernel = runs_sparse_kernel(x2.size(0), isa, values.scalar_type(), max_batch, max_batch_fp32);
+  const bool kernel =
+      runs_sparse_kernel(x2.size(0), isa, values.scalar_type(), max_batch, max_batch_bf16, max_batch_fp32);
   // where runs_pair_kernel: the pair kernel (no dense W at all); the rest above max_batch: decompress tiles into
   // dense GEMMs
   const bool pairs = !kernel && runs_pair_kernel(x2.size(0), isa, values.scalar_type(), pairs_min_batch,
@@ -710,7 +713,8 @@ TORCH_LIBRARY(owl_ext, m) {
   m.def("sparse_gemm_pairs(Tensor x, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
         "int in_features) -> Tensor");
   m.def("sparse_linear(Tensor x, Tensor? bias, Tensor masks, Tensor values, Tensor row_offsets, int out_features, "
-        "int in_features, int max_batch, int max_batch_fp32, int pairs_min_batch, int tile_bytes) -> Tensor");
+        "int in_features, int max_batch, int max_batch_bf16, int max_batch_fp32, int pairs_min_batch, "
+        "int tile_bytes) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(owl_ext, CPU, m) {
