@@ -5,6 +5,7 @@ only where a process holds one model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "benchmark_serving.py"
-QUICK_LAYERS = 4  # LLAMA_QUICK's num_hidden_layers: 7 linears each
+_SPEC = importlib.util.spec_from_file_location("benchmark_serving", SCRIPT)
+_SCRIPT_MODULE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_SCRIPT_MODULE)  # top level: constants and stdlib imports only
+QUICK_LAYERS = _SCRIPT_MODULE.LLAMA_QUICK["num_hidden_layers"]  # 7 linears each
 
 
 def _run(workdir: Path, *extra: str) -> tuple[str, dict]:

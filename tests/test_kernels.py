@@ -375,7 +375,7 @@ def test_custom_ops_pass_torch_opcheck() -> None:
             torch.library.opcheck(torch.ops.owl_ext.sparse_linear.default,
                                   (x, bias, *packed.ordered(), packed.out_features, packed.in_features,
                                    SPARSE_MAX_BATCH, SPARSE_MAX_BATCH_BF16, SPARSE_MAX_BATCH_FP32, PAIRS_MIN_BATCH,
-                               1 << 20))
+                                   1 << 20))
     if load_extension() is not None:  # bf16 prefill: the pair kernel (AVX-512 BF16) or the sparse kernel
         packed = pack_dense(sparse_weight(33, 70, 0.6, torch.bfloat16))
         x = torch.randn(2 * PAIRS_MIN_BATCH + 3, 70).bfloat16()
