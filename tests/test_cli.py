@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import subprocess
@@ -9,7 +10,7 @@ import subprocess
 import pytest
 
 from owl_plugin import SparsityProfile
-from owl_plugin.cli import main
+from owl_plugin.cli import build_parser, main
 
 from conftest import PNG_SIGNATURE, owl_script, run_cli
 
@@ -52,6 +53,39 @@ def test_argument_errors(capsys, argv, message):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[tuple[str, str], tuple]:
+    """(sub-command, option dest) -> choices, for every option with choices in every sub-command."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update({(name, dest): c for (_, dest), c in _choices(sub).items()})
+        elif action.choices is not None:
+            found[("", action.dest)] = tuple(action.choices)
+    return found
+
+
+def test_cli_choices_match_the_library():
+    """The CLI spells its choices out (so ``owl --help`` does not import torch): they must stay the library's."""
+    from owl_plugin.config import CONFIGS, GRANULARITIES
+    from owl_plugin.spectra import XMIN_RULES
+    from owl_plugin.tuning import space
+    from owl_plugin.tuning.search import PROXIES
+
+    library = {"method": set(CONFIGS), "granularity": set(GRANULARITIES), "xmin": set(XMIN_RULES),
+               "proxy": set(PROXIES)}
+    library_for = {("tune", "method"): set(space.METHODS) | {"all"},  # tune searches the non-uniform ones
+                   ("tune", "granularity"): set(GRANULARITIES) - {"expert"}}  # and shifts blocks or linears
+    checked = set()
+    for (command, dest), options in _choices(build_parser()).items():
+        expected = library_for.get((command, dest), library.get(dest))
+        if expected is not None:
+            assert set(options) == expected, (command, dest, options)
+            checked.add((command, dest))
+    assert {dest for _, dest in checked} == set(library), checked  # every library choice is offered somewhere
+    assert {("tune", "proxy"), ("tune", "method"), ("profile", "method"), ("profile", "xmin")} <= checked
 
 
 # --------------------------------------------------------------------------- tiny checkpoint (real tokenizer)
