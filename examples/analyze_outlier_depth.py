@@ -23,26 +23,16 @@ from owl_plugin.allocate import unit_ratios, unit_scores
 from owl_plugin.config import ATPConfig, OWLConfig
 from owl_plugin.layers import prunable_linears
 from owl_plugin.models import load_model
-from owl_plugin.statistics import _SquareMeter, collect_input_sq_means
+from owl_plugin.statistics import collect_input_sq_means
 from owl_plugin.text import calibration_batches, load_text, tokenize, window_protocol
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-valid.tokens.txt"
 
 
-class _FirstPositionShare:
-    """A forward hook body for _SquareMeter that leaves out position 0 and records its share of Σx²."""
-
-    def __init__(self) -> None:
-        self.total: dict[str, float] = {}
-        self.rest: dict[str, float] = {}
-
-    def __call__(self, meter: _SquareMeter, module, args, output) -> None:
-        x = args[0].detach().float()
-        rest = x[:, 1:, :].reshape(-1, x.shape[-1])
-        self.total[meter.name] = self.total.get(meter.name, 0.0) + float((x * x).sum())
-        self.rest[meter.name] = self.rest.get(meter.name, 0.0) + float((rest * rest).sum())
-        meter.sum_sq += (rest * rest).sum(dim=0).cpu().double()
-        meter.tokens += rest.shape[0]
+def first_position_share(every: torch.Tensor, rest: torch.Tensor, windows: int, seq_len: int) -> float:
+    """The first position's share of Σx² at one linear's input, from its mean x² over all positions (``every``)
+    and over positions 1.. (``rest``) of ``windows`` windows of ``seq_len`` tokens."""
+    return 1.0 - float(rest.double().sum()) * (seq_len - 1) / (float(every.double().sum()) * seq_len)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     protocol = window_protocol(tokenizer, "auto")
     batches = calibration_batches(ids, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed,
                                   bos_token_id=tokenizer.bos_token_id if protocol.bos else None)
-    share = _FirstPositionShare()
-    original = _SquareMeter.__call__
     with torch.no_grad():
         all_positions = collect_input_sq_means(model, batches)
-        _SquareMeter.__call__ = lambda meter, module, a, out: share(meter, module, a, out)
-        try:
-            without_first = collect_input_sq_means(model, batches)
-        finally:
-            _SquareMeter.__call__ = original
+        without_first = collect_input_sq_means(model, batches, skip_first=1)
     blocks = prunable_linears(model)
     owl = OWLConfig(m=args.m, lam=args.lam)
     scores_all = unit_scores(blocks, owl, input_sq_means=all_positions, progress=False)
@@ -87,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
           f"| first position's share of Σx² | ATP ratio (β={args.atp_beta}) |")
     print("|---|---|---|---|---|---|---|")
     for i, block in enumerate(blocks):
-        names = [n for n in share.total if n.startswith(f"{block}.")]
-        first = max(1 - share.rest[n] / share.total[n] for n in names)
+        first = max(first_position_share(all_positions[n], without_first[n], args.num_samples, args.seq_len)
+                    for n in all_positions if n.startswith(f"{block}."))
         print(f"| {i} | {d_all[i]:.2f} | {d_rest[i]:.2f} | {r_all[i]:.3f} | {r_rest[i]:.3f} | {first:.3f} "
               f"| {r_atp[i]:.3f} |")
     depth = np.arange(len(blocks))

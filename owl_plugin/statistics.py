@@ -29,17 +29,25 @@ class _BlockInputsCaptured(Exception):
 
 
 class _SquareMeter:
-    """Accumulates Σ x² per input feature and the token count for one linear."""
+    """Accumulates Σ x² per input feature and the token count for one linear (positions before
+    ``skip_first`` of every window left out)."""
 
-    def __init__(self, name: str, in_features: int) -> None:
+    def __init__(self, name: str, in_features: int, skip_first: int = 0) -> None:
         self.name = name
         self.sum_sq = torch.zeros(in_features, dtype=torch.float64)
         self.tokens = 0
+        self.skip_first = skip_first
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         # one batch is summed in float32 (at most a few thousand tokens), the running total in float64;
         # NaN/inf are caught once per block at its output (a NaN input reaches it), not per linear
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        x = args[0].detach()
+        if self.skip_first:
+            if x.dim() < 3:
+                raise ValueError(f"skip_first={self.skip_first}: the inputs of {self.name!r} are routed tokens "
+                                 f"{tuple(x.shape)}, not (batch, position, feature); positions cannot be left out")
+            x = x[:, self.skip_first:]
+        x = x.reshape(-1, x.shape[-1]).float()
         self.sum_sq += (x * x).sum(dim=0).cpu().double()
         self.tokens += x.shape[0]
 
@@ -120,6 +128,7 @@ def collect_input_sq_means(
     device: torch.device | str | None = None,
     progress: bool = True,
     after_block: Callable[[str, dict[str, torch.Tensor]], None] | None = None,
+    skip_first: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Mean over calibration tokens of x_j² at the input of every linear in every decoder block.
 
@@ -131,6 +140,9 @@ def collect_input_sq_means(
         after_block: called as ``after_block(block_name, means)`` with that block's statistics (full
             linear name → mean x²) before its outputs are passed on; the block then runs once more on
             the same inputs, so a block changed by the call (pruned) feeds the next one its new outputs.
+        skip_first: leave the first ``skip_first`` positions of every window out of the means (they still
+            run: later positions attend to them), e.g. 1 to see the statistics without the BOS / attention
+            sink. Not for MoE experts (their inputs are routed tokens without positions: ValueError).
 
     Returns:
         Full linear name → float32 tensor of shape (in_features,). A linear that saw no token (an MoE
@@ -138,6 +150,9 @@ def collect_input_sq_means(
     """
     if len(batches) == 0:
         raise ValueError("calibration data is empty: need at least one batch of token ids")
+    shortest = min(batch.shape[-1] for batch in batches)
+    if isinstance(skip_first, bool) or not (isinstance(skip_first, int) and 0 <= skip_first < shortest):
+        raise ValueError(f"skip_first={skip_first!r} must be an int in [0, {shortest}) (the shortest window's length)")
     prefix, blocks = find_decoder_blocks(model)
     cached = capture_block_inputs(model, blocks[0], batches)
     if len(cached) != len(batches):
@@ -148,7 +163,7 @@ def collect_input_sq_means(
         home = next(block.parameters()).device
         if device is not None:
             block.to(device)
-        meters = {n: _SquareMeter(n, m.in_features) for n, m in find_linears(block, name).items()}
+        meters = {n: _SquareMeter(n, m.in_features, skip_first) for n, m in find_linears(block, name).items()}
         handles = [m.register_forward_hook(meters[n]) for n, m in find_linears(block, name).items()]
         try:
             try:

@@ -7,19 +7,19 @@ import torch
 from torch import nn
 
 from owl_plugin.layers import find_decoder_blocks, prunable_linears
-from owl_plugin.statistics import collect_input_sq_means
+from owl_plugin.statistics import _SquareMeter, collect_input_sq_means
 
 
-def brute_force_input_sq_means(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+def brute_force_input_sq_means(model: nn.Module, batches, skip_first: int = 0) -> dict[str, torch.Tensor]:
     """Run the whole model on every batch with a forward hook on every block linear:
-    mean over all tokens of x_j^2, accumulated in float64."""
+    mean over all tokens (from position ``skip_first`` of each window) of x_j^2, accumulated in float64."""
     linears = {name: lin for group in prunable_linears(model).values() for name, lin in group.items()}
     sums = {name: torch.zeros(lin.in_features, dtype=torch.float64) for name, lin in linears.items()}
     tokens = dict.fromkeys(linears, 0)
 
     def hook_for(name):
         def hook(module, args, output):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            x = args[0][:, skip_first:].reshape(-1, args[0].shape[-1]).double()
             sums[name] += x.square().sum(dim=0)
             tokens[name] += x.shape[0]
         return hook
@@ -50,6 +50,33 @@ def test_collector_equals_whole_model_pass(tiny_model, tiny_batches, expected_ti
     _assert_equal_stats(actual, expected)
     # the statistics differ from block to block (the collector really propagates block outputs)
     assert not torch.allclose(actual["model.layers.0.self_attn.q_proj"], actual["model.layers.3.self_attn.q_proj"])
+
+
+@pytest.mark.parametrize("skip_first", [1, 5])
+def test_collector_leaves_out_the_first_positions(tiny_model, tiny_batches, skip_first):
+    """skip_first=k: the means over positions k.. of every window (the first ones still run: later ones attend
+    to them), as a whole-model pass sees them; different from the means over all positions."""
+    expected = brute_force_input_sq_means(tiny_model, tiny_batches, skip_first)
+    actual = collect_input_sq_means(tiny_model, tiny_batches, progress=False, skip_first=skip_first)
+    _assert_equal_stats(actual, expected)
+    every = collect_input_sq_means(tiny_model, tiny_batches, progress=False)
+    assert not torch.allclose(actual["model.layers.1.mlp.down_proj"], every["model.layers.1.mlp.down_proj"])
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, True, "1", 10_000])
+def test_collector_names_a_bad_skip_first(tiny_model, tiny_batches, bad):
+    with pytest.raises(ValueError, match=f"skip_first={bad!r} must be an int in \\[0, "):
+        collect_input_sq_means(tiny_model, tiny_batches, progress=False, skip_first=bad)
+
+
+def test_skip_first_refuses_routed_tokens_by_name():
+    """An MoE expert's inputs are routed tokens (tokens, features) without positions to leave out."""
+    meter = _SquareMeter("model.layers.0.mlp.experts.3.down_proj", 4, skip_first=1)
+    with pytest.raises(ValueError, match=r"'model.layers.0.mlp.experts.3.down_proj' are routed tokens \(5, 4\)"):
+        meter(nn.Identity(), (torch.ones(5, 4),), None)
+    dense = _SquareMeter("dense", 4, skip_first=1)
+    dense(nn.Identity(), (torch.ones(2, 3, 4),), None)  # (batch, position, feature): positions 1 and 2 counted
+    assert dense.tokens == 4 and torch.equal(dense.sum_sq, torch.full((4,), 4.0, dtype=torch.float64))
 
 
 def test_collector_with_batches_of_different_lengths(tiny_model):
