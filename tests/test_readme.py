@@ -1,4 +1,5 @@
-"""The README stays a user's page: at most 12 KB, and every link in it (files and #anchors) resolves."""
+"""The README stays a user's page: at most 12 KB, every link in it (files and #anchors) resolves, and the counts
+it states are the tests'."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def test_every_readme_link_resolves() -> None:
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(target)
     assert not broken, broken
+
+
+def test_readme_counts_every_bad_input_case() -> None:
+    """The README's "(N cases, tests/test_bad_inputs.py)" is the length of that file's CASES table."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests" / "test_bad_inputs.py").read_text())
+    table = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(target, "id", None) == "CASES" for target in node.targets))
+    stated = re.search(r"\((\d+) cases,\s*\[tests/test_bad_inputs\.py\]", README.read_text())
+    assert stated, "the README no longer states the bad-input case count"
+    assert int(stated.group(1)) == len(table.elts)
