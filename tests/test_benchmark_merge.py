@@ -3,6 +3,7 @@ run separately as one table, never a silent mix."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -233,7 +234,7 @@ def test_hold_blocks_puts_the_held_blocks_at_the_target_and_keeps_the_rest_s_sha
     owl = allocate(tiny_model, 0.6, OWLConfig(m=3.0, lam=0.2), calibration=tiny_batches, progress=False)
     source = owl.save(tmp_path / "owl")
     assert hold.block_numbers("2-3,0") == [0, 2, 3]
-    with pytest.raises(Exception, match="'3-1' is not an increasing range"):
+    with pytest.raises(argparse.ArgumentTypeError, match="'3-1' is not an increasing range"):
         hold.block_numbers("3-1")
     assert hold.main([str(source), "--hold", "1,2", "--output", str(tmp_path / "held.json")]) == 0
     held = SparsityProfile.load(tmp_path / "held.json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -159,11 +158,11 @@ def test_compress_rejects_what_the_format_cannot_hold() -> None:
     assert bitmask_length(0) == 0 and bitmask_length(9) == 2
 
 
-def test_fast_on_a_7b_sized_linear() -> None:
+def test_round_trips_a_7b_sized_linear() -> None:
+    """A LLaMA-7B MLP weight (45 M values) round-trips bit-exactly (its speed is examples/benchmark_kernels.py's
+    business: no timed tests)."""
     weight = _pruned((4096, 11008), torch.float32, 0.7, seed=0)
-    started = time.perf_counter()
     parts = compress(weight)
+    assert parts["bitmask"].numel() == 4096 * 11008 // 8
     restored = decompress(**parts, name=NAME, expected_shape=(4096, 11008))
-    elapsed = time.perf_counter() - started
     assert torch.equal(restored, weight)
-    assert elapsed < 10.0, f"compress + decompress of 4096x11008 took {elapsed:.2f} s"  # ~1 s on one idle core

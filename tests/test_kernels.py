@@ -220,10 +220,12 @@ def test_prefill_batches_run_the_pair_kernel_and_match_dense(in_f: int, dtype: t
         direct = torch.ops.owl_ext.sparse_gemm_pairs(x, *packed.ordered(), packed.out_features, in_f)
         assert torch.equal(y, direct), f"batch {batch}: the op did not run the pair kernel"
         torch.testing.assert_close(y.float(), reference(x, w, None), **tolerance(dtype, in_f))
-        threads = torch.get_num_threads()
+        threads = torch.get_num_threads()  # (the suite runs one thread: tests/conftest.py)
         try:
+            torch.set_num_threads(max(2, threads))
+            many = sparse_linear(x, packed)
             torch.set_num_threads(1)
-            assert torch.equal(sparse_linear(x, packed), y)
+            assert torch.equal(sparse_linear(x, packed), many) and torch.equal(many, y)
         finally:
             torch.set_num_threads(threads)
 
@@ -313,17 +315,22 @@ def test_float16_weights_run_the_tiled_path() -> None:
 
 
 @pytest.mark.parametrize("isa", COMPILED)  # (the torch twin's dense GEMM may split a dot product)
-def test_results_do_not_depend_on_the_thread_count(isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_do_not_depend_on_the_thread_count(isa: str, dtype: torch.dtype,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 and 2+ threads give bit-equal results on every path a batch reaches (sparse kernel, pair kernel, tiled):
+    threads split the rows of W, never a row's sum."""
     isa_or_skip(isa)
     monkeypatch.setenv("OWL_SPARSE_ISA", isa)
-    packed = pack_dense(sparse_weight(257, 300, 0.7, torch.float32))
-    x = torch.randn(5, 300)
+    packed = pack_dense(sparse_weight(257, 300, 0.7, dtype))
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        single = sparse_linear(x, packed)
-        torch.set_num_threads(max(2, threads))
-        assert torch.equal(sparse_linear(x, packed), single)  # rows are split, never a row's sum
+        for batch in (5, SPARSE_MAX_BATCH_FP32 + 2, PAIRS_MIN_BATCH + 16, 3 * 64 + 5):
+            x = torch.randn(batch, 300).to(dtype)
+            torch.set_num_threads(1)
+            single = sparse_linear(x, packed)
+            torch.set_num_threads(max(2, threads))
+            assert torch.equal(sparse_linear(x, packed), single), f"{batch} rows"
     finally:
         torch.set_num_threads(threads)
 

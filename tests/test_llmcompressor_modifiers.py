@@ -295,13 +295,16 @@ def test_yaml_recipe_resolves_modifiers_without_importing_owl_plugin(tmp_path):
     """The start-up hook registers the modifiers as soon as llmcompressor is imported."""
     recipe = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "owl_wanda.yaml"
     code = (
-        "import sys\nfrom llmcompressor.recipe import Recipe\n"
+        "import sys\nassert 'owl_plugin' not in sys.modules, 'owl_plugin imported at start-up'\n"
+        "from llmcompressor.recipe import Recipe\n"
+        "print('hook fired:', 'owl_plugin.integrations.llmcompressor.modifiers' in sys.modules)\n"
         f"names = [type(m).__name__ for m in Recipe.create_instance({str(recipe)!r}).modifiers]\n"
-        "assert 'owl_plugin' not in sys.argv\nprint(names)\n"
+        "print(names)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "['OWLAllocationModifier', 'WandaPruningModifier']" in proc.stdout
+    assert "hook fired: True" in proc.stdout and "['OWLAllocationModifier', 'WandaPruningModifier']" in proc.stdout
     disabled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                               timeout=300, env={**__import__("os").environ, "OWL_PLUGIN_NO_AUTOLOAD": "1"})
     assert disabled.returncode != 0 and "OWLAllocationModifier" in disabled.stderr
+    assert "hook fired: False" in disabled.stdout
