@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ class Case:
     culprit: str
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    non_root: bool = False  # permission cases: root writes anywhere
+    non_root: bool = False  # permission cases (root writes through 0555: for root a read-only mount instead)
 
 
 def _write(relative: str, data: str | bytes) -> Callable[[Path], None]:
@@ -303,6 +305,20 @@ def _without_stale_loguru_noise(err: str) -> str:
     return "\n".join(kept)
 
 
+def _run_under_a_read_only_mount(argv: list[str], work: Path, read_only: Path) -> tuple[int, str]:
+    """``owl ARGV`` (in ``work``) in a private mount namespace where ``read_only`` is bind-mounted read-only, so
+    that writing there fails for root too (EROFS); its exit code and stderr."""
+    if shutil.which("unshare") is None:
+        pytest.skip("root, and no `unshare` (util-linux) for a read-only bind mount")
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 99; shift; exec "$@"'
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", str(read_only), sys.executable, "-m",
+                           "owl_plugin", *argv], cwd=work, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    if done.returncode == 99:
+        pytest.skip(f"root, and no read-only bind mount possible here: {done.stderr.strip()[-300:]}")
+    return done.returncode, done.stderr
+
+
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A magnitude-pruned tiny Llama exported dense, so it carries the sparsity_profile.json of its zeros."""
@@ -323,8 +339,7 @@ def test_the_table_is_large_enough() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_fails_with_one_line_and_touches_nothing(case: Case, tmp_path, tiny_checkpoint, pruned, capsys,
                                                            monkeypatch) -> None:
-    if case.non_root and os.geteuid() == 0:
-        pytest.skip("root may write into a read-only folder; this case needs an ordinary user")
+    as_root = case.non_root and os.geteuid() == 0  # root writes through 0555: the folder becomes a read-only mount
     work = tmp_path / "case"
     work.mkdir()
     for name in HUB_VARIABLES:
@@ -344,16 +359,20 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(case: Case, tmp_path,
     argv = [arg.format(**values) for arg in case.argv]
     roots = (work, tiny_checkpoint, pruned)
     before = _snapshot(*roots)
-    cwd = os.getcwd()
-    os.chdir(work)  # a relative default output would land here, and be seen
-    try:
+    if as_root:
+        code, err = _run_under_a_read_only_mount(argv, work, work / case.culprit)
+    else:
+        cwd = os.getcwd()
+        os.chdir(work)  # a relative default output would land here, and be seen
         try:
-            code = main(argv)
-        except SystemExit as stop:  # argparse
-            code = stop.code
-    finally:
-        os.chdir(cwd)
-    err = _without_stale_loguru_noise(capsys.readouterr().err)
+            try:
+                code = main(argv)
+            except SystemExit as stop:  # argparse
+                code = stop.code
+        finally:
+            os.chdir(cwd)
+        err = capsys.readouterr().err
+    err = _without_stale_loguru_noise(err)
     errors = [line for line in err.splitlines() if ": error: " in line]
     assert code == 2, f"exit {code}; stderr:\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
