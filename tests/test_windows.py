@@ -14,16 +14,13 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import tiny_llama
-from owl_plugin.evaluation import perplexity
 from owl_plugin.text import (
     calibration_batches,
     evaluation_windows,
-    tokenize,
     tokenizer_adds_bos,
     window_protocol,
 )
@@ -156,34 +153,6 @@ def test_owl_perplexity_keeps_raw_windows_when_the_tokenizer_adds_nothing(tmp_pa
                                       rel=1e-3)
 
 
-class TorchBehindOpenVINOInterface:
-    """The tiny torch model behind the two methods ``StatefulLM.perplexity`` uses (reset, __call__ → logits)."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def reset(self) -> None:
-        pass
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.model(input_ids=torch.from_numpy(ids)).logits.double().numpy()
-
-
-def test_openvino_perplexity_scores_the_core_windows(text_file) -> None:
-    """The OpenVINO runner's perplexity (integrations/openvino/engine.py) builds the same windows as the core:
-    run on the same logits, it equals owl_plugin.evaluation.perplexity with BOS windows and without."""
-    from owl_plugin.integrations.openvino.engine import StatefulLM
-
-    model = tiny_llama(seed=5)
-    ids = tokenize(word_tokenizer(prepends_bos=True), text_file.read_text())
-    for bos in (BOS_ID, None):
-        core = perplexity(model, ids, seq_len=SEQ_LEN, max_windows=WINDOWS, progress=False, bos_token_id=bos)
-        openvino = StatefulLM.perplexity(TorchBehindOpenVINOInterface(model), ids.numpy(), seq_len=SEQ_LEN,
-                                         windows=WINDOWS, bos_token_id=bos)
-        assert openvino == pytest.approx(core, rel=1e-6)
-
-
 def test_profile_records_the_window_protocol(tmp_path, text_file, capsys) -> None:
     from owl_plugin.cli import main
 
@@ -227,28 +196,25 @@ def test_validate_engine_refuses_to_compare_across_window_protocols() -> None:
     assert [(c.name, c.passed) for c in same.checks] == [("agrees/windows", True)]
 
 
-VLLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+OPENVINO_PYTHON = REPO / ".venv-openvino" / "bin" / "python"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="the vLLM venv is missing (make setup-vllm)")
-def test_vllm_scores_the_same_bos_windows_as_transformers(tmp_path, text_file) -> None:
-    """Real engines: a tiny Llama whose tokenizer prepends BOS, validated in transformers and vLLM. Both
-    record BOS windows, and vLLM's perplexity (from prompt_logprobs of its own windows) agrees with
-    transformers' to the fp32 tolerance, which it would not if either scored raw windows."""
-    from conftest import run_cli
+def pruned_bos_checkpoint(folder: Path):
+    """A tiny Llama (head_dim 64: vLLM's CPU attention does not take the tiny model's 16) whose tokenizer
+    prepends BOS, every decoder linear magnitude-pruned to 50% per row, with its profile; the model."""
     from owl_plugin.profile import ModuleSparsity, SparsityProfile
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path / "bos"
     word_tokenizer(prepends_bos=True).save_pretrained(folder)
-    torch.manual_seed(5)  # head_dim 64: vLLM's CPU attention does not take the tiny model's 16
+    torch.manual_seed(5)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, vocab_size=512,
                                          max_position_embeddings=512)).eval()
     modules = {}
-    with torch.no_grad():  # magnitude-prune every decoder linear to 50% per row
+    with torch.no_grad():
         for name, linear in model.named_modules():
             if name.startswith("model.layers.") and isinstance(linear, torch.nn.Linear):
                 weight = linear.weight
@@ -256,20 +222,53 @@ def test_vllm_scores_the_same_bos_windows_as_transformers(tmp_path, text_file) -
                 modules[name] = ModuleSparsity(0.5, weight.numel(), name.rsplit(".", 2)[0])
     model.save_pretrained(folder)
     SparsityProfile(method="magnitude", target=0.5, modules=modules).save(folder)
+    return model
+
+
+def validate_bos_windows(tmp_path: Path, text_file: Path, engine: str, venv: Path) -> float:
+    """``owl validate`` of pruned_bos_checkpoint in transformers and ``engine``: both record BOS windows, the
+    engine's windows agree with transformers'; the engine's report and the reference perplexity (the core's
+    BOS windows on the same torch model)."""
+    from conftest import run_cli
+
+    folder = tmp_path / "bos"
+    model = pruned_bos_checkpoint(folder)
     report_dir = tmp_path / "report"
-    result = run_cli("validate", str(folder), "--engines", "transformers,vllm", "--report", str(report_dir),
+    result = run_cli("validate", str(folder), "--engines", f"transformers,{engine}", "--report", str(report_dir),
                      "--text", str(text_file), "--ppl-windows", "4", "--seq-len", "64", "--max-new-tokens", "4",
-                     "--prompts", "w1 w2 w3", "--venv", f"vllm={VLLM_PYTHON.parent.parent}", timeout=1200)
+                     "--prompts", "w1 w2 w3", "--venv", f"{engine}={venv}", timeout=1200)
     report = json.loads((report_dir / "report.json").read_text())
     engines = {e["engine"]: e for e in report["engines"]}
-    assert set(engines) == {"transformers", "vllm"}, result.stderr[-3000:]
-    for name in ("transformers", "vllm"):
+    assert set(engines) == {"transformers", engine}, result.stderr[-3000:]
+    for name in ("transformers", engine):
         windows = engines[name]["notes"]["windows"]
         assert windows["bos"] and windows["bos_token_id"] == BOS_ID, (name, windows)
-    checks = {c["name"]: c for c in engines["vllm"]["checks"]}
+    checks = {c["name"]: c for c in engines[engine]["checks"]}
     assert checks["agrees/windows"]["passed"], checks["agrees/windows"]
-    assert checks["agrees/perplexity-pruned"]["passed"], checks["agrees/perplexity-pruned"]
-    ids = word_tokenizer(prepends_bos=True)(text_file.read_text(), add_special_tokens=False).input_ids
-    expected = reference_ppl(model, ids, seq_len=64, windows=4, bos=BOS_ID)
-    assert engines["vllm"]["ppl"]["pruned"] == pytest.approx(expected, rel=5e-3)
     assert report["settings"]["bos"] == "auto"
+    ids = word_tokenizer(prepends_bos=True)(text_file.read_text(), add_special_tokens=False).input_ids
+    expected, raw = (reference_ppl(model, ids, seq_len=64, windows=4, bos=bos) for bos in (BOS_ID, None))
+    assert abs(raw - expected) / expected > 1e-2  # raw windows would be told apart
+    return engines[engine], expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="the vLLM venv is missing (make setup-vllm)")
+def test_vllm_scores_the_same_bos_windows_as_transformers(tmp_path, text_file) -> None:
+    """Real engines: vLLM's perplexity (from prompt_logprobs of its own windows) agrees with transformers' to the
+    fp32 tolerance, which it would not if either scored raw windows."""
+    vllm, expected = validate_bos_windows(tmp_path, text_file, "vllm", VLLM_PYTHON.parent.parent)
+    checks = {c["name"]: c for c in vllm["checks"]}
+    assert checks["agrees/perplexity-pruned"]["passed"], checks["agrees/perplexity-pruned"]
+    assert vllm["ppl"]["pruned"] == pytest.approx(expected, rel=5e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OPENVINO_PYTHON.exists(), reason="the OpenVINO venv is missing (make setup-openvino)")
+def test_openvino_scores_the_same_bos_windows_as_transformers(tmp_path, text_file) -> None:
+    """Real engines: the OpenVINO runner (integrations/openvino/engine.py, StatefulLM.perplexity over its own
+    windows of the exported IR) scores BOS windows like the core: its fp32 IR's perplexity is the torch model's."""
+    openvino, expected = validate_bos_windows(tmp_path, text_file, "openvino", OPENVINO_PYTHON.parent.parent)
+    checks = {c["name"]: c for c in openvino["checks"]}
+    assert checks["agrees/perplexity"]["passed"], checks["agrees/perplexity"]
+    assert openvino["ppl"]["pruned"] == pytest.approx(expected, rel=1e-3)
