@@ -45,7 +45,7 @@ from owl_plugin.kernels import (
     sparse_linear,
 )
 from owl_plugin.kernels.build import load_extension
-from owl_plugin.kernels.dispatch import SparseKernelUnavailable, cpu_supported_isas, selected_isa
+from owl_plugin.kernels.dispatch import ISAS, SparseKernelUnavailable, cpu_supported_isas, selected_isa
 
 COMPILED = ("avx512_bf16", "avx512_vbmi2", "avx512", "avx2", "portable")
 SHAPES = [(1, 1), (3, 31), (7, 33), (64, 96), (130, 257)]  # (out, in)
@@ -355,6 +355,37 @@ def test_bad_activations_are_refused_by_name() -> None:
         sparse_linear(torch.zeros(2, 40), packed, torch.zeros(8))
     with pytest.raises(SparseInputError, match="PackedLinear"):
         sparse_linear(torch.zeros(2, 40), torch.zeros(9, 40))  # type: ignore[arg-type]
+
+
+def test_raw_ops_refuse_a_path_the_cpu_lacks_and_strided_pieces() -> None:
+    """The raw ops take their path from the caller: one this CPU cannot execute raises (instead of SIGILL), as do
+    strided packed pieces, which the kernels would index as contiguous (an out-of-bounds read)."""
+    isa_or_skip("portable")
+    packed = pack_dense(sparse_weight(9, 40, 0.5, torch.float32))
+    masks, values, offsets = packed.ordered()
+    x = torch.zeros(2, 40)
+    tile = torch.empty(9, 40)
+    for bad in (-1, 5):
+        with pytest.raises(RuntimeError, match=f"isa={bad} is not a compiled path"):
+            torch.ops.owl_ext.sparse_gemm(x, masks, values, offsets, 9, 40, bad)
+    supported = cpu_supported_isas()
+    for isa in (name for name in COMPILED if name not in supported):  # on CPUs without AVX-512 (make test: qemu)
+        with pytest.raises(RuntimeError, match=f"isa={ISAS[isa]} needs CPU features this CPU lacks"):
+            torch.ops.owl_ext.sparse_gemm(x, masks, values, offsets, 9, 40, ISAS[isa])
+        with pytest.raises(RuntimeError, match="needs CPU features this CPU lacks"):
+            torch.ops.owl_ext.decompress_rows_into(masks, values, offsets, 0, 9, tile, ISAS[isa])
+    if "avx512" not in supported:
+        with pytest.raises(RuntimeError, match="isa=2 needs CPU features this CPU lacks"):
+            torch.ops.owl_ext.sparse_gemm_pairs(torch.zeros(40, 40), masks, values, offsets, 9, 40)
+    strided = torch.stack([offsets, torch.full_like(offsets, 10**12)], 1)[:, 0]
+    with pytest.raises(RuntimeError, match="row_offsets must be contiguous int64"):
+        torch.ops.owl_ext.decompress_rows_into(masks, values, strided, 0, 9, tile, ISAS["portable"])
+    with pytest.raises(RuntimeError, match="masks must be contiguous int32"):
+        torch.ops.owl_ext.decompress_rows_into(masks.T.contiguous().T, values, offsets, 0, 9, tile, 0)
+    with pytest.raises(RuntimeError, match="bad range, scratch tile or dtype"):
+        torch.ops.owl_ext.decompress_rows_into(masks, values, offsets, 0, 9, tile.view(torch.int32), 0)
+    torch.ops.owl_ext.decompress_rows_into(masks, values, offsets, 0, 9, tile, ISAS["portable"])
+    assert torch.equal(tile, decompress_rows(packed))
 
 
 def test_forcing_a_path_the_cpu_lacks_or_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -310,9 +310,14 @@ __attribute__((target("avx512f"))) void store_block_fp32(const float (*acc)[MB],
 
 }  // namespace
 
-// sparse_linear.cpp: shapes, dtypes and padding of x and the packed tensors
+// sparse_linear.cpp: shapes, dtypes and padding of x and the packed tensors; the CPU has path `isa`
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& row_offsets, int64_t out_f, int64_t in_f);
+void check_isa(int64_t isa);
+
+// x blocks kept between calls up to this size; a larger scratch (a long prefill) is freed after its call, so one
+// 8k-token prompt does not hold ~0.2 GB per thread for the life of the process (its page faults cost ~1% of it)
+constexpr int64_t KEEP_SCRATCH_BYTES = 32 << 20;
 
 // y [M, out] = x [M, in] @ W^T, W packed: bf16 (pairs; needs AVX-512 VBMI2 + BF16, isa 4) or fp32 (columns; needs
 // AVX-512F). The caller (sparse_linear.cpp) only sends it there.
@@ -321,6 +326,7 @@ at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const
   check_inputs(x, masks, values, row_offsets, out_f, in_f);
   const bool fp32 = x.scalar_type() == at::kFloat;
   TORCH_CHECK(fp32 || x.scalar_type() == at::kBFloat16, "sparse_gemm_pairs: x and values must be bfloat16 or float32");
+  check_isa(fp32 ? 2 : 4);  // fp32: AVX-512F; bf16: AVX-512 VBMI2 + BF16
   const int64_t nblk = masks.size(1);
   const int64_t M = x.size(0);
   const int64_t nmb = (M + MB - 1) / MB;
@@ -364,5 +370,6 @@ at::Tensor sparse_gemm_pairs(const at::Tensor& x, const at::Tensor& masks, const
       }
     }
   });
+  if (scratch.numel() * 4 > KEEP_SCRATCH_BYTES) scratch = at::Tensor();
   return y;
 }

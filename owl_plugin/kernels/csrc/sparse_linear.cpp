@@ -353,6 +353,10 @@ template <int NR, int NB> void g2_h(const uint32_t* a, int64_t b, const uint16_t
 
 }  // namespace
 
+// raises unless this CPU has what path `isa` (0 portable .. 4 avx512_bf16, resolve_isa's numbers) executes: the raw
+// ops take the path from their caller, and a path the CPU lacks would die of SIGILL, not raise
+void check_isa(int64_t isa);
+
 // shapes, dtypes and padding of x and the packed tensors (also used by sparse_gemm_pairs.cpp)
 void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& row_offsets, int64_t out_f, int64_t in_f) {
@@ -372,6 +376,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& masks, const at::Tensor
 at::Tensor sparse_gemm(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& values,
                        const at::Tensor& row_offsets, int64_t out_f, int64_t in_f, int64_t isa) {
   check_inputs(x, masks, values, row_offsets, out_f, in_f);
+  check_isa(isa);
   const int64_t B = x.size(0);
   const int64_t nblk = masks.size(1);
   const int64_t xs = nblk * BLOCK;
@@ -566,15 +571,19 @@ __attribute__((target("avx2,fma"))) void decompress_row_avx2_32(const uint32_t* 
 // dense rows W[r0:r1] written into out [r1-r0, in] (a reusable scratch tile), values' dtype
 void decompress_rows_into(const at::Tensor& masks, const at::Tensor& values, const at::Tensor& row_offsets,
                           int64_t r0, int64_t r1, at::Tensor out, int64_t isa) {
+  TORCH_CHECK(masks.scalar_type() == at::kInt && masks.dim() == 2 && masks.is_contiguous() && out.dim() == 2,
+              "decompress_rows_into: masks must be contiguous int32 [out, ceil(in/32)], out a 2-D tile");
+  check_isa(isa);
   const int64_t nblk = masks.size(1);
   const int64_t in_f = out.size(1);
   TORCH_CHECK(r0 >= 0 && r1 <= masks.size(0) && r0 <= r1 && out.size(0) >= r1 - r0 && out.is_contiguous() &&
-                  in_f <= nblk * BLOCK && in_f > (nblk - 1) * BLOCK && out.element_size() == values.element_size() &&
-                  (values.element_size() == 2 || values.element_size() == 4) && values.is_contiguous(),
+                  in_f <= nblk * BLOCK && in_f > (nblk - 1) * BLOCK && out.scalar_type() == values.scalar_type() &&
+                  (values.element_size() == 2 || values.element_size() == 4) && values.dim() == 1 &&
+                  values.is_contiguous(),
               "decompress_rows_into: bad range, scratch tile or dtype");
   TORCH_CHECK(row_offsets.scalar_type() == at::kLong && row_offsets.numel() == masks.size(0) + 1 &&
-                  values.numel() >= row_offsets[masks.size(0)].item<int64_t>() + BLOCK,
-              "decompress_rows_into: row_offsets must be int64 [out+1] and values hold nnz + 32 padding");
+                  row_offsets.is_contiguous() && values.numel() >= row_offsets[masks.size(0)].item<int64_t>() + BLOCK,
+              "decompress_rows_into: row_offsets must be contiguous int64 [out+1] and values hold nnz + 32 padding");
   const uint32_t* M = reinterpret_cast<const uint32_t*>(masks.data_ptr<int32_t>());
   const int64_t* O = row_offsets.data_ptr<int64_t>();
   const bool half = values.element_size() == 2;
@@ -610,6 +619,14 @@ int64_t cpu_features() {
   if (vbmi2) f |= 8;
   if (vbmi2 && __builtin_cpu_supports("avx512bf16")) f |= 4;
   return f;
+}
+
+void check_isa(int64_t isa) {
+  static const int64_t feats = cpu_features();
+  static constexpr int64_t NEED[5] = {0, 1, 2, 8, 4};  // cpu_features() bits of portable, avx2, avx512, vbmi2, bf16
+  TORCH_CHECK(isa >= 0 && isa <= 4, "isa=", isa, " is not a compiled path (0 portable .. 4 avx512_bf16)");
+  TORCH_CHECK((feats & NEED[isa]) == NEED[isa], "isa=", isa, " needs CPU features this CPU lacks (cpu_features ",
+              feats, ")");
 }
 
 // ---------------------------------------------------------------- the whole op in C++ (no Python per call)
