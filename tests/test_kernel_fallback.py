@@ -51,9 +51,15 @@ def test_avx512_paths_pack_without_measuring(monkeypatch: pytest.MonkeyPatch) ->
         pytest.skip(f"this CPU has no AVX-512 VBMI2+BF16 path (supported: {cpu_supported_isas()})")
     monkeypatch.setenv("OWL_SPARSE_FALLBACK", "measure")
     monkeypatch.delenv("OWL_SPARSE_ISA", raising=False)
-    w = _weight()
-    assert fallback.keep_dense(w, pack_dense(w)) is None
+    for dtype in fallback.KERNEL_DTYPES:
+        w = _weight(dtype=dtype)
+        assert fallback.keep_dense(w, pack_dense(w)) is None
     assert fallback.fallback_decisions() == []  # measured 1.5-2.7x there: nothing to decide
+    w = _weight(dtype=torch.float16)  # no kernel takes float16 (the tiled path runs): measured on AVX-512 too
+    decision = fallback.keep_dense(w, pack_dense(w))
+    (measured,) = fallback.fallback_decisions()
+    assert measured["dtype"] == "float16" and measured["isa"] == "avx512_bf16"
+    assert (decision is not None) == (measured["speedup"] < fallback.min_speedup())
 
 
 @pytest.mark.parametrize("mode", ["measure", "never"])

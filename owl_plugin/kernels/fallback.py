@@ -38,6 +38,7 @@ MIN_SPEEDUP = 0.95  # default floor: sparse must run at ≥ 0.95× of dense, els
 ROUNDS = 7
 FLUSH_BYTES = 64 << 20  # written before each timed call: more than the last-level cache of these CPUs
 _DECISIONS: dict[tuple, dict] = {}
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the dtypes the sparse and pair kernels take
 
 
 def fallback_mode() -> str:
@@ -99,14 +100,16 @@ def keep_dense(weight: torch.Tensor | None, packed: PackedLinear) -> dict | None
     """The measurement that says this layer should stay dense, or None to use the sparse kernel.
 
     Measures (once per path, shape, dtype and density to 0.05) only where the sparse path can lose: on the
-    AVX2, portable and pure-torch paths, or everywhere with ``OWL_SPARSE_FALLBACK=always``. ``weight`` is the
+    AVX2, portable and pure-torch paths, for float16 weights on every path (no kernel takes them: they run
+    decompress-then-dense), or everywhere with ``OWL_SPARSE_FALLBACK=always``. ``weight`` is the
     dense weight, or None to rebuild it from ``packed`` if a measurement needs it.
     """
     from owl_plugin.kernels.dispatch import selected_isa
 
     mode = fallback_mode()
     isa = selected_isa()
-    if mode == "never" or (mode == "measure" and isa.startswith("avx512")):
+    has_kernel = packed.dtype in KERNEL_DTYPES  # float16 runs only the tiled path: it can lose on any CPU
+    if mode == "never" or (mode == "measure" and isa.startswith("avx512") and has_kernel):
         return None
     density = packed.nnz / max(1, packed.out_features * packed.in_features)
     key = (isa, packed.out_features, packed.in_features, packed.dtype, round(density * 20) / 20)
