@@ -266,6 +266,25 @@ def decode_logits(model, tokens: list[int], prompt_len: int) -> torch.Tensor:
     return torch.stack(logits).float()
 
 
+def test_a_loaded_compact_model_converts_with_to(checkpoints, monkeypatch) -> None:
+    """``model.to(torch.bfloat16)`` converts the packed weights the kernels read, not only the buffers beside them:
+    the converted model runs on bf16 kernels, equals the dense model converted the same way, and saves bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
+
+    monkeypatch.delenv("OWL_SPARSE_DENSE", raising=False)
+    sparse = AutoModelForCausalLM.from_pretrained(checkpoints["fp32-compact"]).to(torch.bfloat16)
+    dense = AutoModelForCausalLM.from_pretrained(checkpoints["fp32-source"]).to(torch.bfloat16)
+    layer = sparse.get_submodule(MODULE)
+    assert isinstance(layer, OwlSparseLinear) and layer.dtype == torch.bfloat16
+    assert layer.packed.tensors["values"] is layer.packed_values and layer.packed_masks.dtype == torch.int32
+    ids = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).logits, dense(ids).logits, atol=5e-2, rtol=5e-2)
+    assert_state_equal(sparse.state_dict(), dense.state_dict())
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_compact_load_runs_on_the_sparse_kernels_and_holds_no_dense_weight(checkpoints, dtype, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM

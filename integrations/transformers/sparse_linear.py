@@ -48,6 +48,17 @@ class OwlSparseLinear(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.packed.dtype
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """``model.to(dtype)`` / ``.half()`` / ``.bfloat16()`` convert the buffers; the packed layout the kernel
+        reads is rebuilt from them (without this it kept the old tensors: a dtype error in forward, and both
+        copies resident)."""
+        from dataclasses import replace
+
+        module = super()._apply(fn, recurse)
+        tensors = {name: getattr(self, f"packed_{name}") for name in self._packed_names}
+        self.packed = replace(self.packed, tensors=tensors, dtype=tensors["values"].dtype)
+        return module
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from owl_plugin.kernels import sparse_linear
 
