@@ -266,6 +266,24 @@ def decode_logits(model, tokens: list[int], prompt_len: int) -> torch.Tensor:
     return torch.stack(logits).float()
 
 
+def test_automodel_loads_the_base_model_of_a_compact_causal_lm(checkpoints, monkeypatch) -> None:
+    """``AutoModel`` (as sentence-transformers loads) builds the base model, whose module names lack the causal
+    LM's ``model.`` prefix that compressed_modules spells: its linears are packed all the same."""
+    from transformers import AutoModel
+
+    from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
+
+    monkeypatch.delenv("OWL_SPARSE_DENSE", raising=False)
+    sparse = AutoModel.from_pretrained(checkpoints["fp32-compact"])
+    dense = AutoModel.from_pretrained(checkpoints["fp32-source"])
+    assert type(sparse).__name__ == "LlamaModel" and MODULE.startswith("model.")
+    swapped = [name for name, module in sparse.named_modules() if isinstance(module, OwlSparseLinear)]
+    assert len(swapped) == 4 * 7 and MODULE.removeprefix("model.") in swapped
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).last_hidden_state, dense(ids).last_hidden_state, atol=1e-4, rtol=1e-4)
+
+
 def test_a_loaded_compact_model_converts_with_to(checkpoints, monkeypatch) -> None:
     """``model.to(torch.bfloat16)`` converts the packed weights the kernels read, not only the buffers beside them:
     the converted model runs on bf16 kernels, equals the dense model converted the same way, and saves bf16."""

@@ -35,7 +35,12 @@ from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 from owl_plugin.integrations.transformers.decompress_op import OwlSparseDecompress
 from owl_plugin.integrations.transformers.moe import expert_conversions, merged_into_fused_experts, restore_conversions
 from owl_plugin.integrations.transformers.sparse_linear import OwlSparseLinear
-from owl_plugin.integrations.transformers.validation import check_files_inside, checkpoint_folder, validate_checkpoint
+from owl_plugin.integrations.transformers.validation import (
+    check_files_inside,
+    checkpoint_folder,
+    module_name,
+    validate_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +105,8 @@ class OwlSparseHfQuantizer(HfQuantizer):
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
         packed = getattr(self, "_packed", {})
         if not dense_requested():  # MoE experts merged into fused 3-D parameters stay dense
-            swap_in_sparse_linears(model, [m for m in self.quantization_config.compressed_modules
-                                           if not merged_into_fused_experts(model, m)], packed)
+            modules = [module_name(model, m) for m in self.quantization_config.compressed_modules]
+            swap_in_sparse_linears(model, [m for m in modules if not merged_into_fused_experts(model, m)], packed)
         unswapped = [name for name in packed if isinstance(model.get_submodule(name), torch.nn.Linear)]
         for name in unswapped:  # packed while loading but kept dense by the swap: its weight back from the packing
             from owl_plugin.kernels import decompress_rows

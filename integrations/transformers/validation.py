@@ -34,10 +34,27 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
            "BOOL": torch.bool}
 
 
+def name_candidates(model: torch.nn.Module, name: str) -> tuple[str, ...]:
+    """``name`` as a checkpoint spells it, then as ``model`` may: a causal LM's checkpoint (``model.layers.0...``)
+    loaded into its base model (``AutoModel``: ``layers.0...``), or the reverse, differ by the base-model prefix."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    return (name, name.removeprefix(prefix), prefix + name)
+
+
+def module_name(model: torch.nn.Module, name: str) -> str:
+    """The first of :func:`name_candidates` that is a module of ``model`` (``name`` itself when none is)."""
+    for candidate in name_candidates(model, name):
+        try:
+            model.get_submodule(candidate)
+            return candidate
+        except AttributeError:
+            continue
+    return name
+
+
 def _parameter_shape(model: torch.nn.Module, name: str) -> tuple[int, ...] | None:
     """Shape of ``name`` in ``model``, also when the checkpoint and the model differ by the base-model prefix."""
-    prefix = f"{getattr(model, 'base_model_prefix', '')}."
-    for candidate in (name, name.removeprefix(prefix), prefix + name):
+    for candidate in name_candidates(model, name):
         try:
             return tuple(model.get_parameter(candidate).shape)
         except AttributeError:
