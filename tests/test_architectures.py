@@ -266,6 +266,11 @@ def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys) -> 
     assert "mlp.experts.gate_up_proj" in " ".join(loaded)  # fused in memory
     model.save_pretrained(tmp_path / "resaved")
     assert set(_checkpoint(tmp_path / "resaved")) == set(_checkpoint(pruned))
+    # loaded in another dtype than stored (fp32 here): the fused experts too, as the dense checkpoint loads
+    half = AutoModelForCausalLM.from_pretrained(compact, dtype=torch.bfloat16).state_dict()
+    half_reference = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.bfloat16).state_dict()
+    assert {str(t.dtype) for t in half.values()} == {"torch.bfloat16"}, arch
+    assert not [name for name, tensor in half_reference.items() if not same_bits(half[name], tensor)], arch
 
 
 def test_experts_with_biases_are_refused_by_name(tmp_path, tokenizer, capsys) -> None:

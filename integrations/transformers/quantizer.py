@@ -65,6 +65,10 @@ class OwlSparseHfQuantizer(HfQuantizer):
             validate_checkpoint(checkpoint_files, self.quantization_config.compressed_modules, model)
             if folder is not None:  # completeness, dense twins, per-tensor SHA-256 (OWL_VERIFY_CHECKSUMS=0: no hashing)
                 CheckpointFolder(folder).close()
+        # the dtype transformers built each parameter in (the requested dtype, or float32 where the model keeps it):
+        # with a pre-quantized config it loads renamed tensors (Mixtral's block_sparse_moe.gate → mlp.gate, fused
+        # experts) in the checkpoint's dtype instead, so the loaded model can mix dtypes and fail in forward
+        self._built_dtypes = {name: p.dtype for name, p in model.named_parameters() if p.is_floating_point()}
         return model
 
     def get_weight_conversions(self) -> list[WeightConverter]:
@@ -114,6 +118,7 @@ class OwlSparseHfQuantizer(HfQuantizer):
             linear = model.get_submodule(name)
             linear.weight = torch.nn.Parameter(decompress_rows(packed[name]), requires_grad=False)
         packed.clear()
+        restore_built_dtypes(model, getattr(self, "_built_dtypes", {}))
         return_freed_heap()  # the checks' and packing's transients
         return model
 
@@ -125,6 +130,20 @@ class OwlSparseHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         """Only with dense weights (``OWL_SPARSE_DENSE=1``): packed weights have no gradient."""
         return dense_requested()
+
+
+def restore_built_dtypes(model: torch.nn.Module, built: dict[str, torch.dtype]) -> list[str]:
+    """Cast every floating parameter that loaded in another dtype than ``model`` was built with back to that one,
+    as a dense checkpoint loads; returns their names. (Packed linears are already in the model's dtype.)"""
+    cast = []
+    for name, param in model.named_parameters():
+        dtype = built.get(name)
+        if dtype is not None and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)  # in place: a tied parameter stays tied
+            cast.append(name)
+    if cast:
+        logger.debug("owl_sparse: cast %d parameters loaded in the checkpoint's dtype: %s", len(cast), cast[:8])
+    return cast
 
 
 def swap_in_sparse_linears(model: torch.nn.Module, modules: list[str], packed: dict | None = None) -> int:
