@@ -138,7 +138,9 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
                 f"{'/'.join(PIECES.values())} are not in the checkpoint; {_FIX}")
         for name in PIECES.values():
             delattr(layer, name)
-        packed = None if dense_requested() else _pack(layer.weight.data, self.prefix)
+        # vLLM marks the linears whose weight something else reads directly (MLA's kv_b_proj) to keep them dense
+        keep_dense = dense_requested() or getattr(layer, "_cpu_skip_gemm_dispatch", False)
+        packed = None if keep_dense else _pack(layer.weight.data, self.prefix)
         if packed is None:
             super().process_weights_after_loading(layer)
             return
