@@ -242,8 +242,8 @@ def _copy_side_files(source: Path, staging: Path, *, skip: set[str], include: Se
             continue
         if name in skip:
             continue
-        if (is_known_side_file(name) or name in include) and not path.is_symlink():
-            shutil.copy2(path, staging / name)
+        if is_known_side_file(name) or (name in include and not path.is_symlink()):
+            shutil.copy2(path, staging / name)  # a link's content (the Hub cache links snapshots into blobs/)
         else:
             skipped.append(name)
     return skipped

@@ -56,6 +56,31 @@ def test_export_copies_only_known_side_files_and_lists_the_rest(source, tmp_path
            "wandb-key" in out
 
 
+def test_export_from_a_hub_cache_snapshot_copies_the_linked_side_files(tmp_path) -> None:
+    """The Hub cache keeps a snapshot's files as symbolic links into blobs/: the known side files (tokenizer,
+    profile, ...) are copied as their content, as regular files; unknown ones stay behind as in any folder."""
+    snapshot = tiny_llama(tmp_path / "models--org--tiny" / "snapshots" / "abc123", dtype=torch.bfloat16)
+    blobs = tmp_path / "models--org--tiny" / "blobs"
+    blobs.mkdir()
+    linked = [p for p in sorted(snapshot.iterdir()) if p.is_file() and p.name != "config.json"]
+    linked.append(snapshot / "credentials.env")
+    (snapshot / "credentials.env").write_text("secret\n")
+    for index, path in enumerate(linked):
+        blob = blobs / f"blob{index}"
+        path.rename(blob)
+        path.symlink_to(Path("..", "..", "blobs", blob.name))
+    assert (snapshot / "tokenizer_config.json").is_symlink() and (snapshot / "model.safetensors").is_symlink()
+    result = export_checkpoint(snapshot, tmp_path / "out", format="compact")
+    out = tmp_path / "out"
+    for name in ("tokenizer_config.json", "generation_config.json", "recipe.yaml"):
+        assert (out / name).is_file() and not (out / name).is_symlink(), name
+        assert (out / name).read_bytes() == (snapshot / name).read_bytes(), name
+    assert "credentials.env" in result.skipped and not (out / "credentials.env").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+
+
 @pytest.mark.parametrize(("name", "message"), [
     ("missing.txt", "--include 'missing.txt': {source}/missing.txt is not a regular file in the source folder"),
     ("../secrets.env", "--include '../secrets.env' is not a file name; name one file of {source} (no folders)"),
