@@ -44,8 +44,8 @@ class OWLConfig:
     def __post_init__(self) -> None:
         lo, hi = check_bounds(self.bounds)
         object.__setattr__(self, "bounds", (lo, hi))
-        if not self.m > 0:
-            raise ValueError(f"OWL m={self.m!r} must be > 0 (the outlier threshold multiple; paper: 5)")
+        if not (isinstance(self.m, (int, float)) and math.isfinite(self.m) and self.m > 0):
+            raise ValueError(f"OWL m={self.m!r} must be a finite number > 0 (the outlier threshold multiple; paper: 5)")
         if not (0 <= self.lam <= (hi - lo) / 2):
             raise ValueError(
                 f"OWL lam={self.lam!r} is out of range: need 0 <= lam <= {(hi - lo) / 2:g} "
@@ -75,7 +75,8 @@ class AlphaConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DLPConfig:
-    """DLP (ICML 2025, arXiv 2505.23807): the median Wanda score ranks units; ratios span [S − band, S + band]."""
+    """DLP (ICML 2025, arXiv 2505.23807): the median Wanda score ranks units; ratios span 2·band (not centred on S
+    when the scores are skewed), parameter-weighted mean S."""
 
     method: Literal["dlp"] = "dlp"
     band: float = 0.08

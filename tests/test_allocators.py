@@ -40,6 +40,9 @@ def test_outlier_ratio_one_of_ten():
     assert outlier_ratio([scores], 5.0) == pytest.approx(10.0, abs=1e-12)
     # M=8 -> threshold 32 > 31 -> nothing is an outlier
     assert outlier_ratio([scores], 8.0) == 0.0
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"M={bad!r} must be a finite number > 0"):
+            outlier_ratio([scores], bad)
 
 
 def test_outlier_ratio_pools_all_tensors_of_a_unit():

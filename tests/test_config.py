@@ -23,6 +23,7 @@ from owl_plugin.text import calibration_batches, load_text
         (lambda: OWLConfig(m=0.0), "m=0.0"),
         (lambda: OWLConfig(m=-2.0), "m=-2.0"),
         (lambda: OWLConfig(m=math.nan), "m=nan"),
+        (lambda: OWLConfig(m=math.inf), "m=inf"),  # every unit would count no outlier: a silent uniform
         (lambda: AlphaConfig(epsilon=-0.1), "epsilon=-0.1"),
         (lambda: AlphaConfig(epsilon=1.0), "epsilon=1.0"),
         (lambda: AlphaConfig(xmin="max"), "xmin='max'"),

@@ -17,6 +17,7 @@ Layers with more *outliers* in their Wanda scores keep more weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -49,8 +50,8 @@ def outlier_ratio(scores: Iterable[torch.Tensor], m: float) -> float:
     scores = list(scores)
     if not scores:
         raise ValueError("outlier_ratio needs at least one score tensor")
-    if m <= 0:
-        raise ValueError(f"M={m!r} must be > 0 (OWL uses M=5)")
+    if not (math.isfinite(m) and m > 0):
+        raise ValueError(f"M={m!r} must be a finite number > 0 (OWL uses M=5)")
     total = sum(float(s.double().sum()) for s in scores)
     count = sum(s.numel() for s in scores)
     threshold = m * total / count
