@@ -51,8 +51,13 @@ def esd(weight: torch.Tensor) -> np.ndarray:
 
 
 def _hill(log_eigs: np.ndarray, i: int) -> float:
+    """α = 1 + n / Σ_{j≥i} ln(λ_j / λ_i) over the n = N − i eigenvalues from λ_i; inf for a flat tail (the sum is
+    zero up to rounding: no power law, and a finite but huge α would flatten every other unit's ratio)."""
     n = log_eigs.size - i
-    return 1.0 + n / (log_eigs[i:].sum() - n * log_eigs[i])
+    spread = log_eigs[i:].sum() - n * log_eigs[i]
+    if not spread > n * 1e-12 * max(1.0, float(np.abs(log_eigs[i:]).max())):
+        return float("inf")
+    return 1.0 + n / spread
 
 
 def _ks_distance(eigs: np.ndarray, i: int, alpha: float) -> float:
@@ -75,10 +80,10 @@ def fit_power_law(eigs: np.ndarray, *, xmin: XminRule = "peak", bins: int = 100)
         raise ValueError(f"need at least two eigenvalues, got shape {eigs.shape}")
     if not np.all(eigs[:-1] <= eigs[1:]):
         raise ValueError("eigenvalues must be sorted ascending")
-    if eigs[0] <= 0:
+    if eigs[0] <= eigs[-1] * eigs.size * np.finfo(np.float64).eps:  # zero up to the SVD's rounding
         raise ValueError(
-            f"smallest eigenvalue is {eigs[0]!r}; the Hill estimator needs positive eigenvalues "
-            "(a rank-deficient matrix, e.g. an already pruned one, cannot be fitted)"
+            f"smallest eigenvalue is {float(eigs[0])!r} (largest {float(eigs[-1])!r}); the Hill estimator needs "
+            "positive eigenvalues (a rank-deficient matrix, e.g. an already pruned one, cannot be fitted)"
         )
     if xmin not in XMIN_RULES:
         raise ValueError(f"xmin={xmin!r} is not a known rule; choose one of {XMIN_RULES}")
@@ -86,9 +91,15 @@ def fit_power_law(eigs: np.ndarray, *, xmin: XminRule = "peak", bins: int = 100)
     if xmin == "median":
         i = eigs.size // 2
         alpha = _hill(log_eigs, i)
+        if not np.isfinite(alpha):
+            raise ValueError(f"the eigenvalues from the median {float(eigs[i])!r} up are all equal (up to "
+                             "rounding): no power-law tail to fit (an orthogonal or scaled-identity matrix?)")
         return PowerLawFit(float(alpha), float(eigs[i]), _ks_distance(eigs, i, alpha), eigs.size - i)
 
     log10_eigs = np.log10(eigs)
+    if np.ptp(log10_eigs) <= 1e-9:
+        raise ValueError(f"all eigenvalues equal {float(eigs[0])!r} (up to rounding): no power-law tail to fit (an "
+                         "orthogonal or scaled-identity matrix?)")
     counts, edges = np.histogram(log10_eigs, bins=bins, range=(log10_eigs.min(), log10_eigs.max()))
     peak = 10.0 ** edges[int(np.argmax(counts))]
     lower, upper = np.log10(0.95 * peak), 1.5 * peak  # the reference's (quirky) window
@@ -99,7 +110,7 @@ def fit_power_law(eigs: np.ndarray, *, xmin: XminRule = "peak", bins: int = 100)
         if eigs[i] > upper:
             break
         alpha = _hill(log_eigs, i)
-        if alpha <= 1:
+        if not 1 < alpha < np.inf:
             continue
         distance = _ks_distance(eigs, i, alpha)
         if distance < best.ks_distance:

@@ -79,6 +79,22 @@ def test_fit_rejects_bad_input():
         fit_power_law(np.array([1.0, 2.0, 3.0]), xmin="max")
 
 
+@pytest.mark.parametrize("xmin", ["median", "peak"])
+def test_fit_refuses_spectra_without_a_tail_or_with_numerical_zeros(xmin):
+    """A flat spectrum (orthogonal W) has no tail: α was inf, or ~1e15 (which then flattened every other unit's
+    ratio), or numpy's 'Too many bins'. A rank-deficient W has eigenvalues that are zero up to rounding (~1e-30),
+    which the exact-zero check let through to α ≈ 1.03."""
+    generator = torch.Generator().manual_seed(0)
+    orthogonal = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=generator))[0]
+    for weight in (torch.eye(8), 0.7 * orthogonal):
+        with pytest.raises(ValueError, match="no power-law tail to fit"):
+            fit_power_law(esd(weight), xmin=xmin)
+    rank4 = torch.randn(16, 4, dtype=torch.float64, generator=generator) @ torch.randn(4, 16, dtype=torch.float64,
+                                                                                       generator=generator)
+    with pytest.raises(ValueError, match="rank-deficient"):
+        fit_power_law(esd(rank4), xmin=xmin)
+
+
 def test_hill_alpha_of_a_weight_equals_fit_of_its_spectrum():
     generator = torch.Generator().manual_seed(2)
     weight = torch.randn(48, 96, generator=generator) @ torch.diag(torch.linspace(0.1, 3.0, 96))
