@@ -330,8 +330,17 @@ def resolve_base_model(
 
 # -- rendering -------------------------------------------------------------------------------------
 def _yaml_scalar(value: str) -> str:
-    return value if _PLAIN_YAML.match(value) and value not in ("true", "false", "null", "yes", "no") \
-        else json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+    """``value`` plain where YAML reads it back as that same string, else double-quoted (a JSON string is a valid
+    YAML double-quoted scalar): ``on``, ``NO``, ``1.0`` or ``0x1f`` would be read as a bool or a number."""
+    import yaml
+
+    if _PLAIN_YAML.match(value):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value)
 
 
 def front_matter(metadata: Mapping[str, str | Sequence[str]]) -> str:

@@ -223,7 +223,11 @@ def publish(staging: Path, target: str | os.PathLike, *, overwrite: bool = False
     else:
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
         os.rename(target, old / target.name)
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except BaseException:  # put the previous output back: the next run would delete it as a stale leftover
+            os.rename(old / target.name, target)
+            raise
         shutil.rmtree(old)
     kill_point("renamed")
     _fsync_dir(target.parent)

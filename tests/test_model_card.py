@@ -27,6 +27,7 @@ from owl_plugin.model_card import (
     DEFAULT_MODEL_GGUF_NAME,
     Results,
     folder_card,
+    front_matter,
     split_front_matter,
 )
 from owl_plugin.profile import ModuleSparsity, SparsityProfile
@@ -57,6 +58,20 @@ def _card(folder: Path) -> tuple[ModelCard, dict, str]:
     metadata, body = split_front_matter((folder / "README.md").read_text())
     assert metadata == yaml.safe_load((folder / "README.md").read_text().split("---")[1])
     return card, card.data.to_dict(), body
+
+
+def test_front_matter_values_read_back_as_the_strings_written() -> None:
+    """YAML 1.1 reads on/off/yes/no in any case as booleans and 1.0 / 0x1f / 1e3 as numbers: such values are
+    quoted, so the Hub reads a licence, language or tag back as the string written."""
+    import yaml
+
+    values = ["on", "Off", "NO", "Yes", "true", "null", "~", "1.0", "0x1f", "1e3", "2024", "apache-2.0", "en",
+              "owl-plugin", "base_model:org/name"]
+    metadata = {"license": "on", "language": ["NO", "en"], "tags": values}
+    text = front_matter(metadata)
+    assert text.startswith("---\n") and text.rstrip().endswith("---")
+    assert yaml.safe_load(text.strip().strip("-")) == metadata
+    assert "license: on\n" not in text and "- apache-2.0\n" in text  # quoted only where needed
 
 
 def test_dense_export_card_inherits_the_source_card_and_shows_the_profile(source, tmp_path, caplog) -> None:
