@@ -92,6 +92,23 @@ def check_safetensors_file(path: str | os.PathLike) -> dict[str, Any]:
     return tensors
 
 
+_INDEX_FIX = "the index and its shards disagree (an edited or mixed-up copy?); copy the checkpoint again"
+
+
+def _check_index_agrees(index: Path, files: dict[str, Path], held: dict[Path, set[str]]) -> None:
+    """Every tensor the index lists is in the shard it names, and every tensor of those shards is listed (one
+    left out of the index would be dropped without a word by whoever reads the index)."""
+    absent = [name for name, shard in files.items() if name not in held[shard]]
+    if absent:
+        raise CorruptCheckpointError(f"{index.name} lists {absent[0]!r} in {files[absent[0]]}, which does not hold "
+                                     f"it ({len(absent)} such tensors: {absent[:3]}); {_INDEX_FIX}")
+    stored = {name: shard for shard in sorted(held, reverse=True) for name in held[shard]}  # first shard wins
+    unlisted = sorted(set(stored) - set(files), key=natural_key)
+    if unlisted:
+        raise CorruptCheckpointError(f"{stored[unlisted[0]]} holds {unlisted[0]!r}, which {index.name} does not "
+                                     f"list ({len(unlisted)} such tensors: {unlisted[:3]}); {_INDEX_FIX}")
+
+
 def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
     """Tensor name → shard path, from the sharded index or the single file (or the config's explicit file)."""
     explicit = None if has_guard(config) else config.get(GUARD_KEY)
@@ -106,12 +123,14 @@ def _weight_files(folder: Path, config: dict[str, Any]) -> dict[str, Path]:
                 raise ValueError(f"{path} has no weight_map; the checkpoint index is corrupt")
             files = {name: member_path(folder, file, listed_in=f"{path} weight_map[{name!r}]")
                      for name, file in weight_map.items()}
+            held: dict[Path, set[str]] = {}  # shard → the tensors its header holds
             for shard in sorted(set(files.values())):
                 if not shard.is_file():
                     listed = [name for name, file in files.items() if file == shard]
                     raise CorruptCheckpointError(f"{shard} is missing; {path.name} lists it for {len(listed)} "
                                                  f"tensors, e.g. {listed[:3]}; {_FILE_FIX}")
-                check_safetensors_file(shard)
+                held[shard] = set(check_safetensors_file(shard))
+            _check_index_agrees(path, files, held)
         else:
             check_safetensors_file(path)
             with safe_open(path, framework="pt") as handle:

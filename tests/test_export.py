@@ -104,6 +104,31 @@ def test_compact_source_exports_back_to_dense(sources, tmp_path) -> None:
     assert "quantization_config" not in _config(tmp_path / "dense")
 
 
+def test_a_sharded_source_whose_index_disagrees_with_its_shards_is_refused(sources, tmp_path) -> None:
+    """A tensor a shard holds but the index leaves out was dropped from the export without a word (verification
+    compared against the same index); an index naming the wrong shard gave safetensors' bare 'does not contain'."""
+    from owl_plugin.checkpoint import CorruptCheckpointError
+
+    sharded = tmp_path / "sharded"
+    export_checkpoint(sources["fp32"], sharded, format="dense", max_shard_bytes=150_000)
+    index_path = sharded / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    left_out = dict(index, weight_map={k: v for k, v in index["weight_map"].items() if k != "model.norm.weight"})
+    index_path.write_text(json.dumps(left_out))
+    with pytest.raises(CorruptCheckpointError, match=r"holds 'model.norm.weight', which model.safetensors.index"
+                                                     r".json does not list \(1 such tensors"):
+        export_checkpoint(sharded, tmp_path / "out", format="compact")
+    held = index["weight_map"]["model.norm.weight"]
+    elsewhere = next(shard for shard in shards if shard != held)
+    index_path.write_text(json.dumps(dict(index, weight_map={**index["weight_map"], "model.norm.weight": elsewhere})))
+    with pytest.raises(CorruptCheckpointError, match=f"lists 'model.norm.weight' in .*{elsewhere}, which does not "
+                                                     "hold it"):
+        export_checkpoint(sharded, tmp_path / "out", format="compact")
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_what_it_cannot_export(sources, tmp_path) -> None:
     unpruned = tiny_llama(tmp_path / "unpruned", dtype=torch.float32, sparsity=0.0)
     with pytest.raises(ValueError, match="unpruned holds no pruned weights .* prune it first"):
