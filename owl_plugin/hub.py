@@ -200,11 +200,21 @@ def _explain(error: BaseException, repo_id: str, action: str) -> HubError:
 
 
 def _local_files(folder: Path) -> list[Path]:
-    """Every file to publish: the folder's files and subfolders, hidden entries (``.cache``, staging) skipped."""
+    """Every file to publish: the folder's files and subfolders, hidden entries (``.cache``, staging) skipped.
+
+    Raises:
+        ValueError: a symbolic link that leads out of the folder (its target would be uploaded), naming both.
+    """
     files = []
+    inside = folder.resolve()
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            target = path.resolve()
+            if path.is_symlink() and not target.is_relative_to(inside):
+                raise ValueError(f"refusing to push {folder}: {relative.as_posix()} is a link to {target}, outside "
+                                 "the folder, which would be uploaded; replace it by a copy or remove it "
+                                 "(nothing was uploaded)")
             files.append(path)
     return files
 

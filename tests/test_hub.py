@@ -107,6 +107,23 @@ def test_push_refuses_files_that_look_like_secrets_before_any_request(export, tm
         == before
 
 
+def test_push_refuses_a_link_out_of_the_folder_before_any_request(export, tmp_path) -> None:
+    """A symbolic link in the folder to a file elsewhere (``notes.txt -> /etc/hostname``) would upload that file."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for path in export.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    outside = tmp_path / "private-notes.txt"
+    outside.write_text("not for the Hub\n")
+    (folder / "notes.txt").symlink_to(outside)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"  # a request would fail with ConnectError (exit 3), not 2
+    result = _owl("push", str(folder), REPO, hf_home=tmp_path / "hf-home", HF_TOKEN="hf_not_a_real_token",
+                  HF_ENDPOINT=endpoint)
+    assert result.returncode == 2, result.stderr
+    assert f"notes.txt is a link to {outside}, outside the folder" in result.stderr
+    assert "ConnectError" not in result.stderr
+
+
 def test_push_lists_the_files_and_creates_private_repos_unless_public(export, tmp_path) -> None:
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     for flags, visibility in (((), "private"), (("--public",), "PUBLIC")):
