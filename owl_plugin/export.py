@@ -225,6 +225,8 @@ def check_includes(source: Path, include: Sequence[str]) -> list[str]:
         path = source / name
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"--include {name!r} is not a file name; name one file of {source} (no folders)")
+        if name.startswith("."):
+            raise ValueError(f"--include {name!r} is a hidden file; an export never copies hidden files")
         if path.is_symlink() or not path.is_file():
             raise ValueError(f"--include {name!r}: {path} is not a regular file in the source folder")
         if name == CONFIG_NAME or name.endswith(_WEIGHT_SUFFIXES):

@@ -85,6 +85,7 @@ def test_export_from_a_hub_cache_snapshot_copies_the_linked_side_files(tmp_path)
     ("missing.txt", "--include 'missing.txt': {source}/missing.txt is not a regular file in the source folder"),
     ("../secrets.env", "--include '../secrets.env' is not a file name; name one file of {source} (no folders)"),
     ("/etc/passwd", "--include '/etc/passwd' is not a file name"),
+    (".env", "--include '.env' is a hidden file; an export never copies hidden files"),
     ("model.safetensors", "--include 'model.safetensors' is a config or weight file"),
 ])
 def test_bad_include_is_refused_before_any_output(source, tmp_path, capsys, name, message) -> None:
