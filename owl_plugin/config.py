@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ class OWLConfig:
     def __post_init__(self) -> None:
         lo, hi = check_bounds(self.bounds)
         object.__setattr__(self, "bounds", (lo, hi))
-        if not (isinstance(self.m, (int, float)) and math.isfinite(self.m) and self.m > 0):
+        if not (isinstance(self.m, numbers.Real) and math.isfinite(self.m) and self.m > 0):
             raise ValueError(f"OWL m={self.m!r} must be a finite number > 0 (the outlier threshold multiple; paper: 5)")
         if not (0 <= self.lam <= (hi - lo) / 2):
             raise ValueError(
