@@ -38,7 +38,6 @@ MIN_SPEEDUP = 0.95  # default floor: sparse must run at ≥ 0.95× of dense, els
 ROUNDS = 7
 FLUSH_BYTES = 64 << 20  # written before each timed call: more than the last-level cache of these CPUs
 _DECISIONS: dict[tuple, dict] = {}
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the dtypes the sparse and pair kernels take
 
 
 def fallback_mode() -> str:
@@ -104,11 +103,11 @@ def keep_dense(weight: torch.Tensor | None, packed: PackedLinear) -> dict | None
     decompress-then-dense), or everywhere with ``OWL_SPARSE_FALLBACK=always``. ``weight`` is the
     dense weight, or None to rebuild it from ``packed`` if a measurement needs it.
     """
-    from owl_plugin.kernels.dispatch import selected_isa
+    from owl_plugin.kernels.dispatch import runs_sparse_kernel, selected_isa
 
     mode = fallback_mode()
     isa = selected_isa()
-    has_kernel = packed.dtype in KERNEL_DTYPES  # float16 runs only the tiled path: it can lose on any CPU
+    has_kernel = runs_sparse_kernel(1, isa, packed.dtype)  # float16: no kernel, only the tiled path (can lose anywhere)
     if mode == "never" or (mode == "measure" and isa.startswith("avx512") and has_kernel):
         return None
     density = packed.nnz / max(1, packed.out_features * packed.in_features)

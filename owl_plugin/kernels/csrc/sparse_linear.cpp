@@ -621,11 +621,13 @@ int64_t cpu_features() {
   return f;
 }
 
+// cpu_features() bits each path needs, by isa number: portable, avx2, avx512, avx512_vbmi2, avx512_bf16
+constexpr int64_t ISA_NEEDS[5] = {0, 1, 2, 8, 4};
+
 void check_isa(int64_t isa) {
   static const int64_t feats = cpu_features();
-  static constexpr int64_t NEED[5] = {0, 1, 2, 8, 4};  // cpu_features() bits of portable, avx2, avx512, vbmi2, bf16
   TORCH_CHECK(isa >= 0 && isa <= 4, "isa=", isa, " is not a compiled path (0 portable .. 4 avx512_bf16)");
-  TORCH_CHECK((feats & NEED[isa]) == NEED[isa], "isa=", isa, " needs CPU features this CPU lacks (cpu_features ",
+  TORCH_CHECK((feats & ISA_NEEDS[isa]) == ISA_NEEDS[isa], "isa=", isa, " needs CPU features this CPU lacks (cpu_features ",
               feats, ")");
 }
 
@@ -638,15 +640,15 @@ int64_t resolve_isa() {
   for (const char* c = forced ? forced : ""; *c; ++c)
     if (!std::isspace(static_cast<unsigned char>(*c))) name += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
   if (!name.empty()) {
-    int64_t isa = -1, need = 0;
-    if (name == "avx512_bf16") { isa = 4; need = 4; }
-    else if (name == "avx512_vbmi2") { isa = 3; need = 8; }
-    else if (name == "avx512") { isa = 2; need = 2; }
-    else if (name == "avx2") { isa = 1; need = 1; }
-    else if (name == "portable") { isa = 0; need = 0; }
+    int64_t isa = -1;
+    if (name == "avx512_bf16") isa = 4;
+    else if (name == "avx512_vbmi2") isa = 3;
+    else if (name == "avx512") isa = 2;
+    else if (name == "avx2") isa = 1;
+    else if (name == "portable") isa = 0;
     TORCH_CHECK(isa >= 0, "OWL_SPARSE_ISA='", name, "' is not a compiled path; allowed: avx512_bf16, avx512_vbmi2, avx512, "
                 "avx2, portable (or torch, handled in Python)");
-    TORCH_CHECK((feats & need) == need, "OWL_SPARSE_ISA='", name, "' but this CPU lacks it");
+    TORCH_CHECK((feats & ISA_NEEDS[isa]) == ISA_NEEDS[isa], "OWL_SPARSE_ISA='", name, "' but this CPU lacks it");
     return isa;
   }
   return (feats & 4) ? 4 : (feats & 8) ? 3 : (feats & 2) ? 2 : (feats & 1) ? 1 : 0;
