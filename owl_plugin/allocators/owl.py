@@ -3,7 +3,12 @@
 Layers with more *outliers* in their Wanda scores keep more weights.
 
 1. Wanda score of weight W_ij (§3, Eq. 1 of Wanda, used by OWL §4):
-       A_ij = |W_ij| · ‖X_j‖,  ‖X_j‖ = sqrt(mean_t x_tj²)   (any constant factor cancels below)
+       A_ij = |W_ij| · ‖X_j‖,  ‖X_j‖ = sqrt(mean_t x_tj²)
+   Wanda's norm is the sum form sqrt(Σ_t x_tj²) = √T · ours; a factor shared by all scores of a
+   unit cancels in step 2, so for dense blocks (every linear sees the same T tokens) the two agree.
+   MoE experts see different token counts T_e: the mean form keeps an expert's scores from growing
+   with √T_e (how often it was routed) when its block's experts are pooled into one unit. That is
+   our choice for MoE; the papers study dense models.
 2. Layer-wise Outlier Distribution (OWL §4.1, "LOD"): the share, in percent, of all
    scores of a unit (all linears of a decoder block, or one linear) above M × their mean:
        D_l = 100 · #{A_ij > M · mean(A)} / #A
