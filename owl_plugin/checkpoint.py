@@ -10,6 +10,7 @@ what is stored.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -240,6 +241,15 @@ class CheckpointFolder:
             return self.raw_info(name)
         dtype, _ = self.raw_info(parts["values"])
         return dtype, tuple(int(d) for d in self.read_raw(parts["shape"]).tolist())
+
+    def count_zeros(self, name: str) -> tuple[int, int]:
+        """(zero entries, entries) of a dense tensor: a compressed one from its headers (entries minus
+        stored values), a dense one by reading it."""
+        parts = self._parts.get(name)
+        numel = math.prod(self.dense_info(name)[1])
+        if parts is not None:
+            return numel - math.prod(self.raw_info(parts["values"])[1]), numel
+        return int(numel - torch.count_nonzero(self.read_raw(name))), numel
 
     def weights_nbytes(self) -> int:
         """Total size of the shard files on disk."""

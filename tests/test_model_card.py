@@ -53,6 +53,13 @@ def _profile(method: str) -> SparsityProfile:
                            scores=scores)
 
 
+def _zeros_share(folder: Path, profile: SparsityProfile) -> float:
+    """Share of zeros in the profile's weights of a (small) dense folder, counted here."""
+    state = stored_tensors(folder)
+    weights = [state[f"{module}.weight"] for module in profile.modules]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
 def _card(folder: Path) -> tuple[ModelCard, dict, str]:
     card = ModelCard.load(folder / "README.md")  # huggingface_hub's own parser
     metadata, body = split_front_matter((folder / "README.md").read_text())
@@ -94,6 +101,11 @@ def test_dense_export_card_inherits_the_source_card_and_shows_the_profile(source
     assert (out / "sparsity_profile.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "| model.layers.3 | 0.7000 | 5 |" in body  # per-block ratio and the outlier ratio it came from
     assert "| target sparsity | 0.7000 |" in body and "| parameters | m=5.0, lam=0.08 |" in body
+    assert "| allocated (parameter-weighted mean) | 0.7000 |" in body
+    counted = _zeros_share(source, _profile("owl"))
+    assert abs(counted - 0.7) < 0.01 and f"{counted:.4f}" != "0.7000"  # per-row rounding: told apart from 0.7
+    assert f"| zeros in the weights (counted) | {counted:.4f} over all 28 pruned weights |" in body
+    assert "fewer zeros" not in body
     assert "WandaPruningModifier: {sparsity: 0.7}" in body  # the recipe, verbatim
     assert 'AutoModelForCausalLM.from_pretrained("./out")' in body
     assert 'llm = LLM(model="./out")' in body and "python -m vllm.entrypoints.openai.api_server --model ./out" in body
@@ -128,6 +140,8 @@ def test_compact_export_card_with_results_and_repo_id(source, tmp_path) -> None:
     assert "hf download my-org/tiny-alpha-70 --local-dir compact/" in body  # OpenVINO: dense first
     assert "The base model is not recorded" in body and "Unknown: the source folder carries no license" in body
     assert "`model.safetensors`" in body and "`sparsity_profile.png`" in body
+    # counted from the compact headers: the same share as the dense weights it was made from
+    assert f"| zeros in the weights (counted) | {_zeros_share(source, _profile('alpha')):.4f} over all 28 " in body
 
 
 def test_default_model_and_cache_paths_give_the_base_model(source, tmp_path) -> None:
@@ -200,3 +214,16 @@ def test_unpruned_model_gets_an_honest_card(tmp_path) -> None:
     assert data["tags"] == ["owl-plugin"]  # neither pruned nor sparse
     assert "No pruned weights were found" in body and "![" not in body
     assert not (tmp_path / "out" / "sparsity_profile.json").exists()
+
+
+def test_card_of_weights_exported_before_pruning_says_they_hold_fewer_zeros(tmp_path, caplog) -> None:
+    """A profile whose weights were never pruned: the card counts the zeros and calls the shortfall out."""
+    unpruned = tiny_llama(tmp_path / "unpruned", dtype=torch.float32, sparsity=0.0)
+    with caplog.at_level(logging.WARNING, logger="owl_plugin.export"):
+        export_checkpoint(unpruned, tmp_path / "out", format="dense", profile=_profile("owl"))
+    assert "28 of 28 profile modules hold fewer zeros than the profile says" in caplog.text
+    _, _, body = _card(tmp_path / "out")
+    assert "| allocated (parameter-weighted mean) | 0.7000 |" in body
+    assert "| zeros in the weights (counted) | 0.0000 over all 28 pruned weights |" in body
+    assert ("> **The weights hold fewer zeros (0.0000) than the profile allocates (0.7000)**: was the model "
+            "pruned before export?") in body
