@@ -238,3 +238,49 @@ def test_vllm_keeps_vllms_dense_layers_where_the_kernel_measured_slower(vllm_rep
     assert "stay dense: the sparse kernel ran at" in result.stderr
     dense = vllm_report["runs"][0]
     assert [o["token_ids"] for o in run["outputs"]] == [o["token_ids"] for o in dense["outputs"]]
+
+
+def write_lora_adapter(folder: Path, base: Path, *, rank: int = 8, seed: int = 0) -> Path:
+    """A PEFT LoRA adapter with random A and B (B is zero in a fresh PEFT adapter: it would change nothing)
+    on q_proj and v_proj (one fused qkv_proj in vLLM) and down_proj (a row-parallel linear)."""
+    config = json.loads((base / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    kv = config["num_key_value_heads"] * hidden // config["num_attention_heads"]
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.v_proj": (kv, hidden), "mlp.down_proj": (hidden, inter)}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for name, (out_features, in_features) in shapes.items():
+            prefix = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * 0.05
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.05
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "bias": "none",
+        "target_modules": ["q_proj", "v_proj", "down_proj"], "base_model_name_or_path": str(base)}))
+    return folder
+
+
+def test_vllm_serves_a_lora_adapter_over_the_compact_checkpoint(vllm_report: dict, checkpoints: dict) -> None:
+    """``enable_lora``: vLLM's LoRA wrappers take the packed layers (which hold no dense ``weight``), the
+    adapter's greedy tokens over the compact base equal those over the dense base, and the base still
+    runs on the sparse kernels."""
+    adapter = write_lora_adapter(checkpoints["root"] / "adapter", checkpoints["dense"])
+    out = checkpoints["root"] / "lora.json"
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env.setdefault("VLLM_CACHE_ROOT", str(checkpoints["root"] / "vllm-cache"))
+    command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--model", str(checkpoints["dense"]),
+               "--compare", str(checkpoints["compact"]), "--lora", str(adapter), "--atol", str(LOGPROB_ATOL),
+               "--max-tokens", str(MAX_TOKENS), "--json", str(out), "--prompts", *PROMPTS]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.is_file(), result.stderr[-5000:]
+    report = json.loads(out.read_text())
+    assert not report["failures"], report["failures"]
+    dense, compact = report["runs"]
+    assert report["comparison"]["identical"] is True, report["comparison"]
+    assert compact["quantization"] == "owl_sparse"
+    assert compact["sparse"]["packed_layers"] == vllm_report["runs"][1]["sparse"]["packed_layers"], compact["sparse"]
+    without = [o["token_ids"] for o in vllm_report["runs"][0]["outputs"]]
+    assert [o["token_ids"] for o in dense["outputs"]] != without  # the adapter was applied

@@ -1,7 +1,7 @@
 """Load checkpoints with vLLM, generate greedily and report tokens and log-probabilities as JSON.
 
     python -m owl_plugin.integrations.vllm.check --model DIR [--compare DIR] [--expect-failure DIR ...]
-        [--pair DIR DIR ...] --prompts "text" ["text" ...] [--max-tokens 16] [--json out.json]
+        [--pair DIR DIR ...] [--lora ADAPTER] --prompts "text" ["text" ...] [--max-tokens 16] [--json out.json]
 
 Runs inside the vLLM venv; the validation suite calls it as a subprocess. Each model folder is
 loaded with ``vllm.LLM`` (dtype float32 by default, eager mode), in turn, in this one process:
@@ -15,6 +15,9 @@ loads and compares more pairs in the same process (one vLLM import for many mode
 per architecture); each lands in ``pairs``. ``--tensor-parallel-size 2`` shards every model over two
 worker processes (vLLM's ``mp`` executor, one CPU core each unless ``VLLM_CPU_OMP_THREADS_BIND`` says
 otherwise); each rank packs its own shard, and ``sparse_ranks`` holds every rank's kernel report.
+``--lora ADAPTER`` (a PEFT LoRA folder) starts every engine with LoRA enabled and generates through the
+adapter, over whichever base each checkpoint is (on a compact one: the sparse kernels); its
+``prompt_logprobs`` are then empty (vLLM 0.32's CPU LoRA fails computing them).
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set), so a failed load
 raises its own error here rather than "engine core initialization failed".
@@ -102,8 +105,12 @@ def _engine(model: str, args: argparse.Namespace):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", thread_binding(args.tensor_parallel_size))
         parallel = {"tensor_parallel_size": args.tensor_parallel_size, "distributed_executor_backend": "mp",
                     "worker_extension_cls": f"{__name__}.SparseReportExtension"}
+    lora = {}
+    if args.lora:
+        rank = json.loads((Path(args.lora) / "adapter_config.json").read_text())["r"]
+        lora = {"enable_lora": True, "max_lora_rank": max(8, int(rank)), "max_loras": 1}
     return LLM(model=model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len,
-               seed=args.seed, max_num_seqs=max(1, len(args.prompts)), **parallel)
+               seed=args.seed, max_num_seqs=max(1, len(args.prompts)), **parallel, **lora)
 
 
 def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -114,8 +121,16 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     llm = _engine(model, args)
     loaded = time.perf_counter()
     try:
-        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, prompt_logprobs=0, logprobs=0, seed=0)
-        results = llm.generate(list(args.prompts), params, use_tqdm=False)
+        # vLLM 0.32's CPU LoRA fails computing prompt log-probabilities (a batch-size mismatch in its
+        # logits LoRA), so with --lora they are not asked for (and come out empty)
+        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=0, seed=0,
+                                prompt_logprobs=None if args.lora else 0)
+        adapter = None
+        if args.lora:
+            from vllm.lora.request import LoRARequest
+
+            adapter = LoRARequest("adapter", 1, str(Path(args.lora).absolute()))
+        results = llm.generate(list(args.prompts), params, use_tqdm=False, lora_request=adapter)
         outputs = []
         for prompt, result in zip(args.prompts, results, strict=True):
             completion = result.outputs[0]
@@ -226,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                         help="shard each model over N worker processes (default 1: in-process)")
+    parser.add_argument("--lora", default=None, metavar="ADAPTER",
+                        help="a PEFT LoRA adapter folder: enable LoRA and generate through it")
     parser.add_argument("--compile", action="store_true",
                         help="let vLLM compile (slower start-up; default: enforce_eager)")
     args = parser.parse_args(argv)
@@ -243,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "vllm_version": vllm.__version__, "prompts": list(args.prompts),
         "settings": {"dtype": args.dtype, "max_tokens": args.max_tokens, "enforce_eager": not args.compile,
-                     "tensor_parallel_size": args.tensor_parallel_size,
+                     "tensor_parallel_size": args.tensor_parallel_size, "lora": args.lora,
                      "max_model_len": args.max_model_len, "seed": args.seed},
         "runs": [], "failures": [],
     }

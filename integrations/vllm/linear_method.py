@@ -18,7 +18,9 @@ layout, registers the packed tensors as buffers ``owl_packed_<name>`` and delete
 implementation, so vLLM's torch.compile traces it). ``OWL_SPARSE_DENSE=1`` in the environment keeps
 the old behaviour (dense weight, vLLM's own dense GEMM), as does a dtype or CPU the kernels do not
 support (logged once), and a layer shape where the kernel measured slower than dense at batch 1 on a
-CPU without AVX-512 (``owl_plugin/kernels/fallback.py``, logged once per shape).
+CPU without AVX-512 (``owl_plugin/kernels/fallback.py``, logged once per shape). With ``--enable-lora``
+vLLM's LoRA wrappers take the packed layers too: they compute the base output through :meth:`apply`
+(on the sparse kernels) and add the adapter's.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ class OwlSparseLinearMethod(UnquantizedLinearMethod):
             layer.register_buffer(f"{PACKED_PREFIX}{name}", tensor, persistent=False)
         layer.owl_packed = packed  # plain attribute: the op's arguments, same tensors as the buffers
         del layer.weight  # the dense copy is not kept
+        if _lora_enabled():  # vLLM's LoRA wrapper finds the device of a layer without `weight` by this name
+            layer.weight_packed = packed.tensors["masks"]  # (vllm/lora/layers/utils.py); its base goes to apply()
         self.packed = True
         from owl_plugin.kernels.heap import return_freed_heap
 
@@ -176,6 +180,13 @@ def does_not_fit(name: str, dense: torch.Tensor, prefix: str, error: Exception) 
     return CompactFormatError(
         f"{name}: the decompressed {list(dense.shape)} weight does not fit vLLM's layer {prefix} "
         f"({error or type(error).__name__}); the checkpoint does not belong to this config.json, {_FIX}")
+
+
+def _lora_enabled() -> bool:
+    """Whether the engine being built serves LoRA adapters (``--enable-lora``)."""
+    from vllm.config import get_current_vllm_config
+
+    return get_current_vllm_config().lora_config is not None
 
 
 @functools.cache
