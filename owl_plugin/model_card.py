@@ -3,7 +3,9 @@
 Pure text generation from the folder's own files: ``config.json`` (dense or compact),
 ``sparsity_profile.json`` (method, target, per-block ratios), ``recipe.yaml`` (how it was
 pruned), ``sparsity_profile.png`` (the per-layer plot, drawn here if missing) and an optional
-``results.json`` (perplexity / speed table, schema below). The YAML front matter carries the
+``results.json`` (perplexity / speed table, schema below), and the weights: the zeros of the
+profile's weights are counted (a compact folder's from its headers, a dense one's by reading them) and
+shown beside the profile's allocated mean. The YAML front matter carries the
 Hub metadata: ``base_model``, ``license`` (inherited from the base model), ``library_name:
 transformers``, ``pipeline_tag: text-generation`` and the tags ``pruned``, ``sparse``, the
 allocation (``owl`` for OWL, arXiv 2310.05175; ``alphapruning`` for AlphaPruning, arXiv
@@ -389,7 +391,7 @@ def _params_text(params: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Counted:
-    """Zeros counted in the stored weights of a profile's modules (what the card reports as achieved).
+    """Zeros counted in the stored weights of a profile's modules (the card's "zeros in the weights" row).
 
     Attributes:
         zeros, numel: zero entries and entries over the counted weights.
