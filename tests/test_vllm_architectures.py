@@ -6,6 +6,7 @@ Gemma 3, Phi-3, and the MoE families Qwen3-MoE and Mixtral): ``owl prune`` (OWL 
 pair (``check.py --pair``, fp32, eager) and compares greedy tokens and log-probabilities. The compact
 model must run its linears on the sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up,
 down; in MoE blocks qkv and o, while the experts are decompressed into vLLM's own fused-MoE layer).
+With ``OWL_SPARSE_MOE=1`` the MoE pairs run once more, their experts packed too.
 A tiny DeepSeek-V2 (multi-head latent attention), magnitude-pruned and exported, rides in the same
 vLLM process: its kv_b_proj, whose weight vLLM's MLA reads directly, must stay dense in memory.
 Measured: ~1 min of pruning and export plus ~3-4 min for the vLLM process.
@@ -34,6 +35,7 @@ from owl_plugin.formats.compact_config import compressed_modules
 MAX_TOKENS = 8
 LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
 MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer, dense in memory
+MOE_EXPERTS = 4  # per block in both MoE models of test_architectures; OWL_SPARSE_MOE=1 packs w13 and w2 of each
 ARCHITECTURES = [*DENSE, *MOE]
 BLOCKS = 2
 TIMEOUT = 1800
@@ -61,10 +63,10 @@ def pairs(tmp_path_factory, tokenizer) -> dict[str, tuple[Path, Path]]:
     return made
 
 
-def run_check(root: Path, pairs: list[tuple[Path, Path]], *extra: str) -> dict:
-    """``check.py --pair`` for every pair in one vLLM process; its JSON report."""
+def run_check(root: Path, pairs: list[tuple[Path, Path]], *extra: str, env: dict[str, str] | None = None) -> dict:
+    """``check.py --pair`` for every pair in one vLLM process (``env``: extra variables); its JSON report."""
     out = root / "report.json"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(root / "vllm-cache"))
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(root / "vllm-cache"), **(env or {}))
     command = [str(VLLM_PYTHON), "-m", "owl_plugin.integrations.vllm.check", "--max-tokens", str(MAX_TOKENS),
                "--max-model-len", "128", "--atol", str(LOGPROB_ATOL), "--json", str(out), *extra,
                *(arg for pruned, compact in pairs for arg in ("--pair", str(pruned), str(compact)))]
@@ -127,6 +129,24 @@ def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -
     assert sparse["packed_layers"] == per_block * BLOCKS, (arch, sparse)
     assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
     assert pair["reference"]["sparse"] == {"packed_layers": 0}
+
+
+def test_vllm_packs_the_experts_with_owl_sparse_moe(pairs, report, tmp_path) -> None:
+    """``OWL_SPARSE_MOE=1``: every expert matrix is packed too (gate/up and down of each of the 4 experts per
+    block, beside qkv and o), vLLM's dense expert weights are gone, and the greedy tokens still equal the
+    pruned dense model's and those of the default run (experts dense)."""
+    moe = {arch: pairs[arch] for arch in MOE}
+    packed = run_check(tmp_path, list(moe.values()), env={"OWL_SPARSE_MOE": "1"})
+    for arch, (_, compact) in moe.items():
+        pair = next((p for p in packed.get("pairs", []) if p["candidate"]["model"] == str(compact)), None)
+        assert pair is not None, [f["error"][-2000:] for f in packed["failures"]]
+        assert pair["comparison"]["identical"], (arch, pair["comparison"])
+        sparse = pair["candidate"]["sparse"]
+        assert sparse["packed_layers"] == (MOE_LINEARS_PER_BLOCK + 2 * MOE_EXPERTS) * BLOCKS, (arch, sparse)
+        default = next(p for p in report["pairs"] if p["candidate"]["model"] == str(compact))
+        assert sparse["packed_bytes"] > default["candidate"]["sparse"]["packed_bytes"]
+        assert ([o["token_ids"] for o in pair["candidate"]["outputs"]]
+                == [o["token_ids"] for o in default["candidate"]["outputs"]])
 
 
 def test_vllm_keeps_mla_kv_b_proj_dense_and_packs_the_rest(mla_pair, report) -> None:

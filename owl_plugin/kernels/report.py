@@ -24,9 +24,12 @@ def dense_requested() -> bool:
 
 def packed_linears(model: Any) -> list[PackedLinear]:
     """The :class:`PackedLinear` of every module of ``model`` on the sparse kernels (vLLM's ``owl_packed``
-    attribute, transformers' ``OwlSparseLinear.packed``), each once: a wrapper that forwards attribute
+    attribute and the expert matrices of its MoE layers, ``owl_packed_experts``; transformers'
+    ``OwlSparseLinear.packed``), each once: a wrapper that forwards attribute
     reads to the layer it wraps (vLLM's LoRA layers) reaches the same one."""
-    found = {id(p): p for m in model.modules() for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None))
+    found = {id(p): p for m in model.modules()
+             for p in (getattr(m, "owl_packed", None), getattr(m, "packed", None),
+                       *getattr(m, "owl_packed_experts", ()))
              if isinstance(p, PackedLinear)}
     return list(found.values())
 
