@@ -16,7 +16,7 @@ tensor-parallel slicing apply exactly as for a dense checkpoint. After loading i
 listed expert matrix arrived and drops the placeholders.
 
 With ``OWL_SPARSE_MOE=1`` the experts are then packed. This is opt-in: it always saves memory
-(0.37x of the dense bf16 expert bytes at 70%), but it speeds up only large experts. On the EPYC of
+(0.36-0.37x of the dense bf16 expert bytes at 70%), but it speeds up only large experts. On the EPYC of
 examples/results/moe_experts*.md, against vLLM's own CPU experts (a grouped GEMM that streams dense
 bf16 weights fast): Mixtral's 4096x14336 experts 1.26-1.52x at 1-64 tokens, Qwen3-30B-A3B's
 2048x768 experts 0.70x at 1 token and 0.94-1.00x at 4-64 (small matrices, one Python step each).
