@@ -158,6 +158,7 @@ class SparseExperts:
         layer.owl_packed_experts = [*gate_up, *down]  # what the kernel report counts
         for param, dense in (("w13_weight", w13), ("w2_weight", w2)):  # same shape, one element of storage
             replace_parameter(layer, param, dense.new_zeros(1).expand(dense.shape))
+        del w13, w2, dense  # the last references to the dense experts
         from owl_plugin.kernels.heap import return_freed_heap
 
         return_freed_heap()
