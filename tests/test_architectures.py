@@ -243,9 +243,10 @@ def test_moe_prune_reaches_the_target_on_the_saved_checkpoint(moe_dir, recipe, t
     assert same_bits(fused.gate_up_proj[3], torch.cat([gate, up])) and same_bits(fused.down_proj[3], down)
 
 
-def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys) -> None:
+def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys, monkeypatch) -> None:
     """Per-expert compressed tensors are decompressed before transformers fuses the experts; the reloaded model
-    equals the dense pruned one bit for bit and saves back to the family's per-expert layout."""
+    equals the dense pruned one bit for bit and saves back to the family's per-expert layout. Its fused experts are
+    packed (``OWL_SPARSE_MOE=0`` keeps them dense) and compute what the dense ones do."""
     arch, folder = moe_dir
     (tmp_path / "recipe.yaml").write_text(RECIPE_PER_EXPERT % TARGET)
     pruned, compact = tmp_path / "pruned", tmp_path / "compact"
@@ -263,7 +264,7 @@ def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys) -> 
     assert set(loaded) == set(reference), arch
     different = [name for name, tensor in reference.items() if not same_bits(loaded[name], tensor)]
     assert not different, (arch, different[:5])
-    assert "mlp.experts.gate_up_proj" in " ".join(loaded)  # fused in memory
+    assert "mlp.experts.gate_up_proj" in " ".join(loaded)  # the fused layout's names (packed in memory)
     model.save_pretrained(tmp_path / "resaved")
     assert set(_checkpoint(tmp_path / "resaved")) == set(_checkpoint(pruned))
     # loaded in another dtype than stored (fp32 here): the fused experts too, as the dense checkpoint loads
@@ -271,6 +272,16 @@ def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys) -> 
     half_reference = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.bfloat16).state_dict()
     assert {str(t.dtype) for t in half.values()} == {"torch.bfloat16"}, arch
     assert not [name for name, tensor in half_reference.items() if not same_bits(half[name], tensor)], arch
+    monkeypatch.setenv("OWL_SPARSE_MOE", "0")
+    unpacked = AutoModelForCausalLM.from_pretrained(compact, dtype=torch.float32)
+    fused = [name for name, module in unpacked.named_modules() if isinstance(getattr(module, "gate_up_proj", None),
+                                                                              torch.nn.Parameter)]
+    assert fused and all(type(model.get_submodule(name)).__name__ == "OwlSparseExperts" for name in fused), arch
+    assert not [name for name, _ in model.named_parameters() if name.endswith(("gate_up_proj", "down_proj"))]
+    tokens = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = unpacked(tokens).logits, model(tokens).logits
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), arch
 
 
 def test_experts_with_biases_are_refused_by_name(tmp_path, tokenizer, capsys) -> None:

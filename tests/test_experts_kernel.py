@@ -93,3 +93,21 @@ def test_bad_routing_and_expert_lists_are_named() -> None:
         PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down[:4]])
     with pytest.raises(ValueError, match="mix dtypes"):
         PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w.to(torch.bfloat16)) for w in down])
+
+
+def test_owl_sparse_moe_switch_defaults_per_engine_and_names_a_bad_value(monkeypatch) -> None:
+    from owl_plugin.kernels.report import sparse_moe_requested
+
+    monkeypatch.delenv("OWL_SPARSE_MOE", raising=False)
+    monkeypatch.delenv("OWL_SPARSE_DENSE", raising=False)
+    assert sparse_moe_requested(default=True) and not sparse_moe_requested(default=False)
+    monkeypatch.setenv("OWL_SPARSE_MOE", "1")
+    assert sparse_moe_requested(default=False)
+    monkeypatch.setenv("OWL_SPARSE_MOE", "0")
+    assert not sparse_moe_requested(default=True)
+    monkeypatch.setenv("OWL_SPARSE_MOE", "1")
+    monkeypatch.setenv("OWL_SPARSE_DENSE", "1")  # everything dense wins
+    assert not sparse_moe_requested(default=True)
+    monkeypatch.setenv("OWL_SPARSE_MOE", "maybe")
+    with pytest.raises(ValueError, match="OWL_SPARSE_MOE='maybe'"):
+        sparse_moe_requested(default=True)

@@ -28,7 +28,7 @@ from transformers.quantizers.base import HfQuantizer
 
 from owl_plugin.checkpoint import CheckpointFolder
 from owl_plugin.kernels.heap import return_freed_heap
-from owl_plugin.kernels.report import dense_requested
+from owl_plugin.kernels.report import dense_requested, sparse_moe_requested
 from owl_plugin.formats.compact import BITMASK_SUFFIX, SHAPE_SUFFIX, VALUES_SUFFIX, WEIGHT_SUFFIX
 from owl_plugin.formats.compact_config import GUARD_KEY, has_guard
 
@@ -108,7 +108,7 @@ class OwlSparseHfQuantizer(HfQuantizer):
         ]
         logger.info("loaded %d owl_sparse weights", len(self.quantization_config.compressed_modules))
         packed = getattr(self, "_packed", {})
-        if not dense_requested():  # MoE experts merged into fused 3-D parameters stay dense
+        if not dense_requested():  # MoE experts merged into fused 3-D parameters: packed below
             modules = [module_name(model, m) for m in self.quantization_config.compressed_modules]
             swap_in_sparse_linears(model, [m for m in modules if not merged_into_fused_experts(model, m)], packed)
         unswapped = [name for name in packed if isinstance(model.get_submodule(name), torch.nn.Linear)]
@@ -119,6 +119,11 @@ class OwlSparseHfQuantizer(HfQuantizer):
             linear.weight = torch.nn.Parameter(decompress_rows(packed[name]), requires_grad=False)
         packed.clear()
         restore_built_dtypes(model, getattr(self, "_built_dtypes", {}))
+        if sparse_moe_requested(default=True):  # fused MoE experts too (OWL_SPARSE_MOE=0 keeps them dense)
+            from owl_plugin.integrations.transformers.sparse_experts import swap_in_sparse_experts
+
+            swapped = swap_in_sparse_experts(model)
+            logger.info("owl_sparse: packed the experts of %d MoE layers", len(swapped))
         return_freed_heap()  # the checks' and packing's transients
         return model
 

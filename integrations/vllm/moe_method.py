@@ -15,11 +15,12 @@ loader (same expert id and shard id), so vLLM's gate/up stacking, expert placeme
 tensor-parallel slicing apply exactly as for a dense checkpoint. After loading it checks that every
 listed expert matrix arrived and drops the placeholders.
 
-With ``OWL_SPARSE_MOE=1`` the experts are then packed. This is opt-in: it always saves memory
+With ``OWL_SPARSE_MOE=1`` the experts are then packed. In vLLM this is opt-in (transformers packs them
+by default: its own dense experts are slower than the packed ones in every measured case): it saves memory
 (0.36-0.37x of the dense bf16 expert bytes at 70%), but it speeds up only large experts. On the EPYC of
 examples/results/moe_experts*.md, against vLLM's own CPU experts (a grouped GEMM that streams dense
-bf16 weights fast): Mixtral's 4096x14336 experts 1.26-1.52x at 1-64 tokens, Qwen3-30B-A3B's
-2048x768 experts 0.70x at 1 token and 0.94-1.00x at 4-64 (small matrices, one Python step each).
+bf16 weights fast): Mixtral's 4096x14336 experts 1.24-1.49x at 1-64 tokens, Qwen3-30B-A3B's
+2048x768 experts 0.67x at 1 token and 0.91-0.96x at 4-64 (small matrices, one Python step each).
 vLLM's MoE kernel is modular (router, token preparation, shared experts and final reduction are
 separate pieces); the piece that runs the experts is swapped for :class:`SparseExperts`, a subclass
 of the CPU experts class vLLM chose. Once vLLM has laid out ``w13_weight`` ``[E, 2I, H]`` and
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +46,9 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from owl_plugin.formats.compact import CompactFormatError, decompress
 from owl_plugin.integrations.vllm.linear_method import _FIX, PIECES, _pack, does_not_fit, incomplete_pieces
-from owl_plugin.kernels.report import dense_requested
+from owl_plugin.kernels.report import sparse_moe_requested
 
 logger = logging.getLogger(__name__)
-SPARSE_MOE_ENV = "OWL_SPARSE_MOE"  # "1": keep the experts packed (less memory, slower decode)
 FUSED = ("w13", "w2")  # vLLM's expert parameters: gate+up stacked, and down
 
 
@@ -186,8 +185,8 @@ def sparse_experts_class(experts_cls: type | None, moe: Any) -> type | None:
         from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
     except ImportError:  # another vLLM layout: the experts stay dense
         return experts_cls
-    if (os.environ.get(SPARSE_MOE_ENV, "0") != "1" or experts_cls is None
-            or not issubclass(experts_cls, CPUUnquantizedExperts) or dense_requested()
-            or moe.activation != MoEActivation.SILU or moe.has_bias):
+    if (not sparse_moe_requested(default=False) or experts_cls is None
+            or not issubclass(experts_cls, CPUUnquantizedExperts) or moe.activation != MoEActivation.SILU
+            or moe.has_bias):
         return experts_cls
     return type(f"OwlSparse{experts_cls.__name__}", (SparseExperts, experts_cls), {})

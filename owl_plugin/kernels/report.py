@@ -8,6 +8,7 @@ from typing import Any
 from owl_plugin.kernels.pack import PackedLinear
 
 DENSE_ENV = "OWL_SPARSE_DENSE"  # "1": the loaders keep dense layers (no sparse kernels)
+SPARSE_MOE_ENV = "OWL_SPARSE_MOE"  # "1" / "0": pack MoE experts or not; unset: each engine's default
 
 
 def dense_requested() -> bool:
@@ -20,6 +21,22 @@ def dense_requested() -> bool:
     if value not in {"0", "1", "", "false", "true"}:
         raise ValueError(f"{DENSE_ENV}={value!r}: use 1 (dense weights) or 0 (sparse kernels, the default)")
     return value in {"1", "true"}
+
+
+def sparse_moe_requested(*, default: bool) -> bool:
+    """Whether a loader packs fused MoE experts: ``OWL_SPARSE_MOE=1`` yes, ``0`` no, unset (or ``auto``) the
+    engine's ``default`` (transformers packs them: faster than its dense experts in every measured case; vLLM
+    does not: its CPU experts are faster for small experts). Never with ``OWL_SPARSE_DENSE=1``.
+
+    Raises:
+        ValueError: any other value than 0/1/true/false/auto, naming it.
+    """
+    value = os.environ.get(SPARSE_MOE_ENV, "").strip().lower()
+    if value not in {"", "auto", "0", "1", "false", "true"}:
+        raise ValueError(f"{SPARSE_MOE_ENV}={value!r}: use 1 (pack MoE experts), 0 (keep them dense) or auto")
+    if dense_requested():
+        return False
+    return default if value in {"", "auto"} else value in {"1", "true"}
 
 
 def packed_linears(model: Any) -> list[PackedLinear]:
