@@ -30,9 +30,13 @@ def _silu_classes() -> tuple[type, ...]:
 
 def packable_experts(module: nn.Module) -> bool:
     """True for a fused-experts module this class can replace: 3-D ``gate_up_proj`` / ``down_proj``
-    parameters, SiLU-gated, no expert biases."""
+    parameters, gate rows then up rows (not interleaved, not transposed), SiLU-gated, no expert biases
+    (the flags transformers' ``use_experts_implementation`` sets, where present)."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
-    return (isinstance(gate_up, nn.Parameter) and isinstance(down, nn.Parameter) and gate_up.dim() == 3
+    layout = (getattr(module, "is_concatenated", True), getattr(module, "is_transposed", False),
+              getattr(module, "has_gate", True), getattr(module, "has_bias", False))
+    return (layout == (True, False, True, False)
+            and isinstance(gate_up, nn.Parameter) and isinstance(down, nn.Parameter) and gate_up.dim() == 3
             and down.dim() == 3 and gate_up.shape[0] == down.shape[0] and gate_up.shape[1] == 2 * down.shape[2]
             and isinstance(getattr(module, "act_fn", None), _silu_classes())
             and getattr(module, "gate_up_proj_bias", None) is None and getattr(module, "down_proj_bias", None) is None)
