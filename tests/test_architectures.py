@@ -299,3 +299,18 @@ def test_experts_with_biases_are_refused_by_name(tmp_path, tokenizer, capsys) ->
     assert "GptOssForCausalLM is not supported" in errors[0] and "experts with biases" in errors[0]
     assert "model.layers.N.mlp.experts.gate_up_proj" in errors[0]
     assert not (tmp_path / "p").exists()
+
+
+def test_only_pruned_fused_experts_are_packed(tokenizer, tmp_path) -> None:
+    """A profile may leave the experts dense: fused experts without zeros stay transformers' own module."""
+    from owl_plugin.integrations.transformers.sparse_experts import swap_in_sparse_experts
+
+    model = AutoModelForCausalLM.from_pretrained(build(tmp_path / "moe", "qwen3_moe", len(tokenizer)),
+                                                 dtype=torch.float32)
+    assert swap_in_sparse_experts(model) == []  # random weights: no zeros
+    experts = model.model.layers[1].mlp.experts
+    with torch.no_grad():
+        for weight in (experts.gate_up_proj, experts.down_proj):
+            weight.mul_(torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) >= 0.5)
+    assert swap_in_sparse_experts(model) == ["model.layers.1.mlp.experts"]
+    assert type(model.model.layers[1].mlp.experts).__name__ == "OwlSparseExperts"

@@ -3,8 +3,8 @@
 transformers 5 keeps the experts of a Qwen3-MoE / Mixtral block in one module with 3-D parameters,
 ``gate_up_proj`` ``[E, 2I, H]`` (gate rows first) and ``down_proj`` ``[E, H, I]``, called as
 ``experts(hidden_states, top_k_index, top_k_weights)``. After loading a compact checkpoint the quantizer
-swaps each such module with a SiLU activation and no biases for an :class:`OwlSparseExperts` (unless
-``OWL_SPARSE_MOE=0`` or ``OWL_SPARSE_DENSE=1``): every expert matrix is packed with
+swaps each such module with a SiLU activation, no biases and pruned weights for an
+:class:`OwlSparseExperts` (unless ``OWL_SPARSE_MOE=0`` or ``OWL_SPARSE_DENSE=1``): every expert matrix is packed with
 ``owl_plugin.kernels.pack_dense`` and the dense parameters are dropped; ``forward`` runs
 :func:`owl_plugin.kernels.experts.routed_experts`. Packed experts ran 1.25-2.70x faster than
 transformers' own ``grouped_mm`` experts at 1-64 tokens (examples/results/moe_experts*.md, bf16, 70%)
@@ -101,15 +101,27 @@ class OwlSparseExperts(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"{prefix or 'OwlSparseExperts'}: loading a state dict into packed sparse experts is not "
-                           "supported; load the checkpoint with from_pretrained (or unset OWL_SPARSE_MOE)")
+                           "supported; load the checkpoint with from_pretrained (or set OWL_SPARSE_MOE=0)")
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, packed={self.packed.nbytes()} bytes"
 
 
+MIN_ZERO_SHARE = 1 / 16  # below it packing stores more than bf16 dense: 2(1 - s) + 1/8 > 2 bytes per weight
+
+
+def zero_share(module: nn.Module) -> float:
+    """Share of zeros in a fused-experts module's ``gate_up_proj`` and ``down_proj``."""
+    weights = (module.gate_up_proj, module.down_proj)
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
 def swap_in_sparse_experts(model: nn.Module) -> list[str]:
-    """Replace every packable fused-experts module of ``model`` by an :class:`OwlSparseExperts`; their names."""
-    names = [name for name, module in model.named_modules() if name and packable_experts(module)]
+    """Replace every packable fused-experts module of ``model`` that was pruned (at least
+    ``MIN_ZERO_SHARE`` zeros: a profile may leave the experts dense) by an :class:`OwlSparseExperts`;
+    returns their names."""
+    names = [name for name, module in model.named_modules()
+             if name and packable_experts(module) and zero_share(module) >= MIN_ZERO_SHARE]
     for name in names:
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf,
