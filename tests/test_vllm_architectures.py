@@ -34,7 +34,7 @@ from owl_plugin.formats.compact_config import compressed_modules
 
 MAX_TOKENS = 8
 LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
-MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer, dense in memory
+MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer (dense by default)
 MOE_EXPERTS = 4  # per block in both MoE models of test_architectures; OWL_SPARSE_MOE=1 packs w13 and w2 of each
 ARCHITECTURES = [*DENSE, *MOE]
 BLOCKS = 2

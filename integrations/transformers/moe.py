@@ -9,8 +9,8 @@ expert converters (as transformers' own compressed-tensors quantizer does for it
 the dense sources are anchored with ``$`` (so they no longer swallow the compact parts), the three
 parts of every source join the same bucket, and :class:`OwlSparseDecompressExperts` runs first,
 turning each expert's parts into its dense matrix, before the merge. The fused parameters come out
-bit-identical to loading the dense checkpoint; they stay dense in memory (the sparse kernels take
-``nn.Linear`` layers, and fused experts are not).
+bit-identical to loading the dense checkpoint; then the quantizer packs them for the sparse kernels
+(:mod:`owl_plugin.integrations.transformers.sparse_experts`, unless ``OWL_SPARSE_MOE=0``).
 
 After loading, :func:`restore_conversions` puts the original converters back so that
 ``save_pretrained`` writes the ordinary per-expert dense layout.
