@@ -38,7 +38,14 @@ from owl_plugin.checkpoint import CONFIG_NAME, CheckpointFolder
 from owl_plugin.export_config import FORMATS, check_source_config, output_config
 from owl_plugin.formats.compact import compress, compressed_keys
 from owl_plugin.formats.integrity import CHECKSUMS_KEY, checksums_entry
-from owl_plugin.model_card import SHORT_TOLERANCE, Results, check_license, check_repo_id, write_model_card
+from owl_plugin.model_card import (
+    SHORT_TOLERANCE,
+    Counted,
+    Results,
+    check_license,
+    check_repo_id,
+    write_model_card,
+)
 from owl_plugin.profile import PROFILE_FILENAME, ModuleSparsity, SparsityProfile
 from owl_plugin.pruned_modules import block_of, candidate_modules, decoder_prefix
 from owl_plugin.shards import DEFAULT_MAX_SHARD_BYTES, ShardWriter
@@ -183,6 +190,18 @@ def _warn_unpruned(profile: SparsityProfile | None, pruned: Mapping[str, tuple[i
         logger.warning("%d of %d profile modules hold fewer zeros than the profile says (e.g. %s: %.4f, profile "
                        "%.4f); was the model pruned before export?", len(short), len(profile.modules), module,
                        found, wanted)
+
+
+def _counted(profile: SparsityProfile | None, pruned: Mapping[str, tuple[int, int]],
+             info: Mapping[str, tuple[str, tuple[int, ...]]]) -> Counted | None:
+    """The model card's zero count from the counts just taken while writing (the card would read the weights
+    again); modules without zeros are not in ``pruned``."""
+    if profile is None:
+        return None
+    stored = [m for m in profile.modules if f"{m}.weight" in info]
+    numel = {m: math.prod(info[f"{m}.weight"][1]) for m in stored}
+    zeros = sum(pruned.get(m, (0, 0))[0] for m in stored)
+    return Counted(zeros, sum(numel.values()), len(stored)) if stored else None
 
 
 def _measured_profile(pruned: Mapping[str, tuple[int, int]], names: list[str], config: Mapping) -> SparsityProfile:
@@ -375,12 +394,15 @@ def export_checkpoint(
             skipped = _copy_side_files(folder, staging, skip={PROFILE_FILENAME} if explicit else set(),
                                        include=include)
             measured = chosen is None and bool(written.pruned)
+            shown = chosen
             if explicit:
                 chosen.save(staging / PROFILE_FILENAME)
             elif measured:  # SPEC.md wants one in a compact folder; the model card shows it for both formats
-                _measured_profile(written.pruned, names, source.config).save(staging / PROFILE_FILENAME)
+                shown = _measured_profile(written.pruned, names, source.config)
+                shown.save(staging / PROFILE_FILENAME)
             write_model_card(staging, name=target.name, repo_id=repo_id, base_model=base_model, license=license,
-                             results=results, source=folder, replot=explicit or measured)
+                             results=results, source=folder, replot=explicit or measured,
+                             counted=_counted(shown, written.pruned, info))
             checksums = _verify(source, staging, written, format=format, pause=pause)
             output_bytes = sum((staging / name).stat().st_size for name in checksums)
             publish(staging, target, overwrite=overwrite)

@@ -630,6 +630,7 @@ def folder_card(
     base_model: str | None = None,
     license: str | None = None,
     source: str | os.PathLike | None = None,
+    counted: Counted | None = None,
 ) -> tuple[str, BaseModel, bool]:
     """The card text for a folder as it is now, without writing anything.
 
@@ -654,7 +655,8 @@ def folder_card(
     files = [(p.name, p.stat().st_size) for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name != README_NAME]
     title = repo_id.split("/")[1] if repo_id else (name or folder.name)
-    counted = count_zeros(folder, profile) if profile is not None else None
+    if counted is None and profile is not None:
+        counted = count_zeros(folder, profile)
     text = render_model_card(title=title, ref=repo_id or f"./{name or folder.name}", format=format, base=base,
                              profile=profile, recipe=recipe, plot=plot, results=results, files=files,
                              counted=counted)
@@ -671,6 +673,7 @@ def write_model_card(
     results: Results | Mapping[str, Any] | Sequence[Mapping[str, Scalar]] | None = None,
     source: str | os.PathLike | None = None,
     replot: bool = False,
+    counted: Counted | None = None,
 ) -> Path:
     """Write ``folder/README.md`` from the folder's files (drawing the plot and writing results.json first).
 
@@ -683,6 +686,8 @@ def write_model_card(
         results: measurements to show; written to ``results.json``. Default: the folder's ``results.json``.
         source: the folder the export was read from (recognises the default model and cache paths).
         replot: redraw ``sparsity_profile.png`` even if the folder has one.
+        counted: the zeros of the profile's weights when the caller has counted them (an export, while
+            writing); default: counted from the folder (:func:`count_zeros`).
 
     Returns:
         The README path.
@@ -699,7 +704,7 @@ def write_model_card(
 
         plot_profiles(SparsityProfile.load(folder / PROFILE_FILENAME), folder / PLOT_NAME)
     text, base, ours = folder_card(folder, name=name, repo_id=repo_id, base_model=base_model, license=license,
-                                   source=source)
+                                   source=source, counted=counted)
     if (folder / README_NAME).is_file() and not ours:
         logger.info("replacing the source's README.md with an owl-plugin model card (kept: base model %s, "
                     "license %s)", base.repo_id, base.license)
