@@ -46,9 +46,15 @@ def _routing(tokens: int, k: int, seed: int = 1) -> tuple[torch.Tensor, torch.Te
     return torch.rand(tokens, k, generator=generator), ids.to(torch.int32)
 
 
+# "": the C++ loop (csrc/routed_experts.cpp) on the best path; "torch": the pure-torch twin of that loop
+LOOPS = ["", "torch"]
+
+
 @pytest.mark.parametrize("tokens", [1, 3, 17])
 @pytest.mark.parametrize("apply_weights", [True, False])
-def test_routed_experts_equal_the_dense_sum_fp32(tokens, apply_weights) -> None:
+@pytest.mark.parametrize("isa", LOOPS)
+def test_routed_experts_equal_the_dense_sum_fp32(tokens, apply_weights, isa, monkeypatch) -> None:
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     gate_up, down = _experts(torch.float32)
     experts = PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down])
     x = torch.randn(tokens, HIDDEN)
@@ -59,7 +65,9 @@ def test_routed_experts_equal_the_dense_sum_fp32(tokens, apply_weights) -> None:
     assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-def test_routed_experts_bf16_within_rounding() -> None:
+@pytest.mark.parametrize("isa", LOOPS)
+def test_routed_experts_bf16_within_rounding(isa, monkeypatch) -> None:
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     gate_up, down = _experts(torch.bfloat16)
     experts = PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down])
     x = torch.randn(6, HIDDEN).to(torch.bfloat16)
@@ -80,7 +88,9 @@ def test_routed_experts_trace_as_one_op_under_torch_compile() -> None:
     assert torch.equal(compiled(x, weights, ids), routed_experts(x, weights, ids, experts) * 2)
 
 
-def test_bad_routing_and_expert_lists_are_named() -> None:
+@pytest.mark.parametrize("isa", LOOPS)
+def test_bad_routing_and_expert_lists_are_named(isa, monkeypatch) -> None:
+    monkeypatch.setenv("OWL_SPARSE_ISA", isa)
     gate_up, down = _experts(torch.float32)
     experts = PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down])
     x = torch.randn(2, HIDDEN)
@@ -89,6 +99,11 @@ def test_bad_routing_and_expert_lists_are_named() -> None:
         routed_experts(x, weights, torch.full_like(ids, EXPERTS), experts)
     with pytest.raises(ValueError, match=r"topk_ids \(2, 2\) and topk_weights \(2, 1\)"):
         routed_experts(x, weights[:, :1], ids, experts)
+    wrong_dtype = rf"x must be contiguous \[tokens, {HIDDEN}\] torch.float32, got \(2, {HIDDEN}\) torch.bfloat16"
+    with pytest.raises(ValueError, match=wrong_dtype):
+        routed_experts(x.to(torch.bfloat16), weights, ids, experts)
+    with pytest.raises(ValueError, match=r"\(not contiguous\)"):
+        routed_experts(torch.randn(HIDDEN, 2).t(), weights, ids, experts)
     with pytest.raises(ValueError, match="5 gate/up matrices but 4 down matrices"):
         PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down[:4]])
     with pytest.raises(ValueError, match="mix dtypes"):

@@ -65,6 +65,11 @@ def _register_fakes() -> None:
     def _(x, masks, values, row_offsets, out_features, in_features, isa):
         return x.new_empty((x.shape[0], out_features))
 
+    @torch.library.register_fake("owl_ext::routed_experts")
+    def _(x, topk_weights, topk_ids, tensors, shapes, apply_weights, max_batch, max_batch_bf16, max_batch_fp32,
+          pairs_min_batch, tile_bytes):
+        return x.new_empty((x.shape[0], shapes[len(shapes) // 2]))
+
 
 def load_extension(*, verbose: bool = False) -> ModuleType | None:
     """The compiled extension (building it if needed), or ``None`` if it cannot be built."""
