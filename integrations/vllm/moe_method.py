@@ -15,12 +15,11 @@ loader (same expert id and shard id), so vLLM's gate/up stacking, expert placeme
 tensor-parallel slicing apply exactly as for a dense checkpoint. After loading it checks that every
 listed expert matrix arrived and drops the placeholders.
 
-With ``OWL_SPARSE_MOE=1`` the experts are then packed. In vLLM this is opt-in (transformers packs them
-by default: its own dense experts are slower than the packed ones in every measured case): it saves memory
-(0.36-0.37x of the dense bf16 expert bytes at 70%), but it speeds up only large experts. On the EPYC of
-examples/results/moe_experts*.md, against vLLM's own CPU experts (a grouped GEMM that streams dense
-bf16 weights fast): Mixtral's 4096x14336 experts 1.24-1.49x at 1-64 tokens, Qwen3-30B-A3B's
-2048x768 experts 0.67x at 1 token and 0.91-0.96x at 4-64 (small matrices, one Python step each).
+The experts are then packed (``OWL_SPARSE_MOE=0`` keeps them dense): 0.36-0.37x of
+the dense bf16 expert bytes at 70%, and faster than vLLM's own CPU experts (a grouped GEMM on prepacked dense
+bf16) in examples/results/moe_experts*.md (EPYC, 2 threads, one layer, 1-64 tokens): Mixtral's 4096x14336
+experts 1.04-1.64x, Qwen3-30B-A3B's 2048x768 experts 1.20-1.54x. (Before the per-expert loop moved into C++,
+csrc/routed_experts.cpp, small experts lost: 0.67x at 1 token, 0.91-0.96x at 4-64; packing was opt-in then.)
 vLLM's MoE kernel is modular (router, token preparation, shared experts and final reduction are
 separate pieces); the piece that runs the experts is swapped for :class:`SparseExperts`, a subclass
 of the CPU experts class vLLM chose. Once vLLM has laid out ``w13_weight`` ``[E, 2I, H]`` and
@@ -185,7 +184,7 @@ def sparse_experts_class(experts_cls: type | None, moe: Any) -> type | None:
         from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
     except ImportError:  # another vLLM layout: the experts stay dense
         return experts_cls
-    if (not sparse_moe_requested(default=False) or experts_cls is None
+    if (not sparse_moe_requested(default=True) or experts_cls is None
             or not issubclass(experts_cls, CPUUnquantizedExperts) or moe.activation != MoEActivation.SILU
             or moe.has_bias):
         return experts_cls

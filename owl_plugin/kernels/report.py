@@ -25,8 +25,8 @@ def dense_requested() -> bool:
 
 def sparse_moe_requested(*, default: bool) -> bool:
     """Whether a loader packs fused MoE experts: ``OWL_SPARSE_MOE=1`` yes, ``0`` no, unset (or ``auto``) the
-    engine's ``default`` (transformers packs them: faster than its dense experts in every measured case; vLLM
-    does not: its CPU experts are faster for small experts). Never with ``OWL_SPARSE_DENSE=1``.
+    engine's ``default`` (both engines pack them: faster than their own dense experts in every measured case,
+    examples/results/moe_experts*.md). Never with ``OWL_SPARSE_DENSE=1``.
 
     Raises:
         ValueError: any other value than 0/1/true/false/auto, naming it.
