@@ -126,3 +126,16 @@ def test_owl_sparse_moe_switch_defaults_per_engine_and_names_a_bad_value(monkeyp
     monkeypatch.setenv("OWL_SPARSE_MOE", "maybe")
     with pytest.raises(ValueError, match="OWL_SPARSE_MOE='maybe'"):
         sparse_moe_requested(default=True)
+
+
+def test_zero_share_counts_the_experts_zeros_against_the_packing_rule() -> None:
+    """Both loaders pack a layer's experts only from MIN_ZERO_SHARE zeros (a profile may leave them dense)."""
+    from owl_plugin.kernels.experts import MIN_ZERO_SHARE
+
+    gate_up, down = _experts(torch.float32)
+    pruned = PackedExperts([pack_dense(w) for w in gate_up], [pack_dense(w) for w in down])
+    zeros = sum(int((w == 0).sum()) for w in (*gate_up, *down)) / sum(w.numel() for w in (*gate_up, *down))
+    assert pruned.zero_share() == pytest.approx(zeros, abs=1e-12) and 0.6 < zeros < 0.8
+    unpruned = [[pack_dense(torch.randn_like(w)) for w in matrices] for matrices in (gate_up, down)]
+    dense = PackedExperts(*unpruned)
+    assert dense.zero_share() < MIN_ZERO_SHARE < pruned.zero_share()

@@ -6,7 +6,7 @@ transformers 5 keeps the experts of a Qwen3-MoE / Mixtral block in one module wi
 swaps each such module with a SiLU activation, no biases and pruned weights for an
 :class:`OwlSparseExperts` (unless ``OWL_SPARSE_MOE=0`` or ``OWL_SPARSE_DENSE=1``): every expert matrix is packed with
 ``owl_plugin.kernels.pack_dense`` and the dense parameters are dropped; ``forward`` runs
-:func:`owl_plugin.kernels.experts.routed_experts`. Packed experts ran 1.25-2.70x faster than
+:func:`owl_plugin.kernels.experts.routed_experts`. Packed experts ran 1.30-3.03x faster than
 transformers' own ``grouped_mm`` experts at 1-64 tokens (examples/results/moe_experts*.md, bf16, 70%)
 and hold 0.36-0.37x of their bytes. Saving writes the dense 3-D parameters again (unpacked exactly),
 so ``save_pretrained`` gives an ordinary dense checkpoint.
@@ -14,7 +14,6 @@ so ``save_pretrained`` gives an ordinary dense checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -73,13 +72,9 @@ class OwlSparseExperts(nn.Module):
 
         module = super()._apply(fn, recurse)
         tensors = iter(getattr(self, f"packed_{i}") for i in range(len(self.packed.tensors)))
-
-        def rebuilt(matrix):  # noqa: ANN001, ANN202
-            parts = {name: next(tensors) for name in TENSOR_ORDER}
-            return replace(matrix, tensors=parts, dtype=parts["values"].dtype)
-
-        gate_up = [rebuilt(m) for m in self.packed.gate_up]
-        self.packed = PackedExperts(gate_up, [rebuilt(m) for m in self.packed.down])
+        gate_up = [m.with_tensors({name: next(tensors) for name in TENSOR_ORDER}) for m in self.packed.gate_up]
+        down = [m.with_tensors({name: next(tensors) for name in TENSOR_ORDER}) for m in self.packed.down]
+        self.packed = PackedExperts(gate_up, down)
         return module
 
     @property
@@ -107,9 +102,6 @@ class OwlSparseExperts(nn.Module):
         return f"num_experts={self.num_experts}, packed={self.packed.nbytes()} bytes"
 
 
-MIN_ZERO_SHARE = 1 / 16  # below it packing stores more than bf16 dense: 2(1 - s) + 1/8 > 2 bytes per weight
-
-
 def zero_share(module: nn.Module) -> float:
     """Share of zeros in a fused-experts module's ``gate_up_proj`` and ``down_proj``."""
     weights = (module.gate_up_proj, module.down_proj)
@@ -118,8 +110,11 @@ def zero_share(module: nn.Module) -> float:
 
 def swap_in_sparse_experts(model: nn.Module) -> list[str]:
     """Replace every packable fused-experts module of ``model`` that was pruned (at least
-    ``MIN_ZERO_SHARE`` zeros: a profile may leave the experts dense) by an :class:`OwlSparseExperts`;
+    ``owl_plugin.kernels.experts.MIN_ZERO_SHARE`` zeros: a profile may leave the experts dense) by an
+    :class:`OwlSparseExperts`;
     returns their names."""
+    from owl_plugin.kernels.experts import MIN_ZERO_SHARE
+
     names = [name for name, module in model.named_modules()
              if name and packable_experts(module) and zero_share(module) >= MIN_ZERO_SHARE]
     for name in names:

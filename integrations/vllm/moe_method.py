@@ -135,7 +135,8 @@ class SparseExperts:
     """Mixed in before one of vLLM's CPU experts classes: packs the experts, then runs them sparse.
 
     Falls back to the class it extends (dense, vLLM's grouped GEMM) for a layer whose experts could
-    not all be packed.
+    not all be packed or hold fewer than ``MIN_ZERO_SHARE`` zeros (owl_plugin.kernels.experts; the rule
+    transformers' loader applies too).
     """
 
     packed_experts: Any = None  # owl_plugin.kernels.experts.PackedExperts once packed
@@ -150,9 +151,16 @@ class SparseExperts:
         if any(p is None for p in (*gate_up, *down)):
             super().process_weights_after_loading(layer)  # type: ignore[misc]
             return
-        from owl_plugin.kernels.experts import PackedExperts
+        from owl_plugin.kernels.experts import MIN_ZERO_SHARE, PackedExperts
 
-        self.packed_experts = PackedExperts(gate_up, down)
+        packed = PackedExperts(gate_up, down)
+        if packed.zero_share() < MIN_ZERO_SHARE:  # a profile may leave the experts dense: packed is larger
+            logger.info("owl_sparse: %s keeps its experts dense (%.1f%% zeros < %.1f%%)", name,
+                        100 * packed.zero_share(), 100 * MIN_ZERO_SHARE)
+            del packed, gate_up, down
+            super().process_weights_after_loading(layer)  # type: ignore[misc]
+            return
+        self.packed_experts = packed
         layer.owl_packed_experts = [*gate_up, *down]  # what the kernel report counts
         for param, dense in (("w13_weight", w13), ("w2_weight", w2)):  # same shape, one element of storage
             replace_parameter(layer, param, dense.new_zeros(1).expand(dense.shape))

@@ -31,6 +31,12 @@ from owl_plugin.kernels import dispatch
 from owl_plugin.kernels.pack import TENSOR_ORDER, PackedLinear
 
 
+# Both loaders pack a layer's fused experts only with at least this share of zeros (a profile may leave the experts
+# dense): below it the layout holds more bytes than dense bf16 (2(1 - s) + 1/8 > 2 per weight) and the kernels
+# read them all.
+MIN_ZERO_SHARE = 1 / 16
+
+
 @dataclass(frozen=True)
 class PackedExperts:
     """The packed matrices of one MoE layer's experts, and the flat form the op takes.
@@ -60,6 +66,11 @@ class PackedExperts:
     def nbytes(self) -> int:
         """Bytes held by the packed tensors."""
         return sum(m.nbytes() for m in (*self.gate_up, *self.down))
+
+    def zero_share(self) -> float:
+        """Share of zeros among all the experts' weights (from the stored non-zero counts)."""
+        matrices = (*self.gate_up, *self.down)
+        return 1 - sum(m.nnz for m in matrices) / sum(m.out_features * m.in_features for m in matrices)
 
 
 def routed_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, experts: PackedExperts,
