@@ -282,6 +282,13 @@ def test_moe_compact_export_reloads_bit_identical(moe_dir, tmp_path, capsys, mon
     with torch.no_grad():
         expected, got = unpacked(tokens).logits, model(tokens).logits
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), arch
+    # .to(dtype) converts the packed experts the kernels read too (rebuilt from the converted buffers)
+    model.to(torch.bfloat16)
+    unpacked.to(torch.bfloat16)
+    assert {m.dtype for m in model.get_submodule(fused[0]).owl_packed_experts} == {torch.bfloat16}, arch
+    with torch.no_grad():
+        expected, got = unpacked(tokens).logits.float(), model(tokens).logits.float()
+    assert ((got - expected).norm() / expected.norm()).item() < 2e-2, arch
 
 
 def test_experts_with_biases_are_refused_by_name(tmp_path, tokenizer, capsys) -> None:

@@ -52,11 +52,8 @@ class OwlSparseLinear(nn.Module):
         """``model.to(dtype)`` / ``.half()`` / ``.bfloat16()`` convert the buffers; the packed layout the kernel
         reads is rebuilt from them (without this it kept the old tensors: a dtype error in forward, and both
         copies resident)."""
-        from dataclasses import replace
-
         module = super()._apply(fn, recurse)
-        tensors = {name: getattr(self, f"packed_{name}") for name in self._packed_names}
-        self.packed = replace(self.packed, tensors=tensors, dtype=tensors["values"].dtype)
+        self.packed = self.packed.with_tensors({name: getattr(self, f"packed_{name}") for name in self._packed_names})
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ running sums are independent chains.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -66,6 +66,10 @@ class PackedLinear:
     def ordered(self) -> tuple[torch.Tensor, ...]:
         """The tensors in ``TENSOR_ORDER`` (the raw op's positional order)."""
         return tuple(self.tensors[k] for k in TENSOR_ORDER)
+
+    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> PackedLinear:
+        """The same matrix over other copies of its tensors (a module's buffers after ``.to(dtype)``)."""
+        return replace(self, tensors=dict(tensors), dtype=tensors["values"].dtype)
 
 
 def _pack_from_mask(mask: torch.Tensor, values: torch.Tensor) -> PackedLinear:
