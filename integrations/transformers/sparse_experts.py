@@ -111,8 +111,7 @@ def zero_share(module: nn.Module) -> float:
 def swap_in_sparse_experts(model: nn.Module) -> list[str]:
     """Replace every packable fused-experts module of ``model`` that was pruned (at least
     ``owl_plugin.kernels.experts.MIN_ZERO_SHARE`` zeros: a profile may leave the experts dense) by an
-    :class:`OwlSparseExperts`;
-    returns their names."""
+    :class:`OwlSparseExperts`; returns their names."""
     from owl_plugin.kernels.experts import MIN_ZERO_SHARE
 
     names = [name for name, module in model.named_modules()

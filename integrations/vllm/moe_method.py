@@ -15,11 +15,12 @@ loader (same expert id and shard id), so vLLM's gate/up stacking, expert placeme
 tensor-parallel slicing apply exactly as for a dense checkpoint. After loading it checks that every
 listed expert matrix arrived and drops the placeholders.
 
-The experts are then packed (``OWL_SPARSE_MOE=0`` keeps them dense): 0.36-0.37x of
-the dense bf16 expert bytes at 70%, and faster than vLLM's own CPU experts (a grouped GEMM on prepacked dense
-bf16) in examples/results/moe_experts*.md (EPYC, 2 threads, one layer, 1-64 tokens): Mixtral's 4096x14336
-experts 1.04-1.64x, Qwen3-30B-A3B's 2048x768 experts 1.12-1.54x (two runs). (Before the per-expert loop moved into C++,
-csrc/routed_experts.cpp, small experts lost: 0.67x at 1 token, 0.91-0.96x at 4-64; packing was opt-in then.)
+The experts are then packed (``OWL_SPARSE_MOE=0`` keeps them dense): 0.36-0.37x of the dense bf16
+expert bytes at 70%, and faster than vLLM's own CPU experts (a grouped GEMM on prepacked dense bf16) in
+examples/results/moe_experts*.md (EPYC, 2 threads, one layer, 1-64 tokens): Mixtral's 4096x14336 experts
+1.04-1.64x, Qwen3-30B-A3B's 2048x768 experts 1.12-1.54x (two runs). Before the per-expert loop moved into
+C++ (csrc/routed_experts.cpp) small experts lost (0.67x at 1 token, 0.91-0.96x at 4-64) and packing was
+opt-in here.
 vLLM's MoE kernel is modular (router, token preparation, shared experts and final reduction are
 separate pieces); the piece that runs the experts is swapped for :class:`SparseExperts`, a subclass
 of the CPU experts class vLLM chose. Once vLLM has laid out ``w13_weight`` ``[E, 2I, H]`` and
