@@ -1,9 +1,9 @@
-"""Build (JIT, once per torch version and source hash) and load the C++ extension.
+"""Build (JIT, once per torch install and source hash) and load the C++ extension.
 
 ``torch.utils.cpp_extension.load`` compiles ``csrc/*.cpp`` against whichever torch imports this
-module (the main venv and vLLM's venv may differ), into
-``$OWL_PLUGIN_CACHE/kernels/torch<version>-<source hash>``. ``python -m owl_plugin.kernels build``
-does it ahead of time (the Makefile's set-up runs it). Without a compiler or ninja the loader
+module (the main venv and vLLM's venv each have their own), into
+``$OWL_PLUGIN_CACHE/kernels/torch<version>-<install>-<source hash>``. ``python -m owl_plugin.kernels
+build`` does it ahead of time (the Makefile's set-up runs it for both venvs). Without a compiler or ninja the loader
 returns ``None`` with a logged warning and the op runs its pure-torch twin.
 """
 
@@ -44,9 +44,13 @@ def _flags() -> tuple[list[str], list[str]]:
 
 
 def build_dir() -> Path:
-    """Cache folder for this torch version and source hash."""
+    """Cache folder for this torch install (version and location) and source hash.
+
+    The location matters: two venvs with the same torch version wrote their own include paths into one
+    folder's build.ninja, so ninja rebuilt the extension (~45 s) each time the other venv loaded it."""
     root = Path(os.environ.get("OWL_PLUGIN_CACHE", Path.home() / ".cache" / "owl_plugin"))
-    tag = f"torch{torch.__version__.replace('+', '_')}-{source_hash()}"
+    where = hashlib.sha256(str(Path(torch.__file__).resolve().parent).encode()).hexdigest()[:6]
+    tag = f"torch{torch.__version__.replace('+', '_')}-{where}-{source_hash()}"
     return root / "kernels" / tag
 
 
