@@ -102,22 +102,19 @@ class OwlSparseExperts(nn.Module):
         return f"num_experts={self.num_experts}, packed={self.packed.nbytes()} bytes"
 
 
-def zero_share(module: nn.Module) -> float:
-    """Share of zeros in a fused-experts module's ``gate_up_proj`` and ``down_proj``."""
-    weights = (module.gate_up_proj, module.down_proj)
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-
-
 def swap_in_sparse_experts(model: nn.Module) -> list[str]:
     """Replace every packable fused-experts module of ``model`` that was pruned (at least
-    ``owl_plugin.kernels.experts.MIN_ZERO_SHARE`` zeros: a profile may leave the experts dense) by an
-    :class:`OwlSparseExperts`; returns their names."""
+    ``owl_plugin.kernels.experts.MIN_ZERO_SHARE`` zeros, counted on the packing as vLLM's loader does: a profile
+    may leave the experts dense) by an :class:`OwlSparseExperts`; returns their names."""
     from owl_plugin.kernels.experts import MIN_ZERO_SHARE
 
-    names = [name for name, module in model.named_modules()
-             if name and packable_experts(module) and zero_share(module) >= MIN_ZERO_SHARE]
-    for name in names:
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf,
-                OwlSparseExperts.from_experts(model.get_submodule(name)))
+    names = []
+    for name, module in list(model.named_modules()):
+        if not name or not packable_experts(module):
+            continue
+        sparse = OwlSparseExperts.from_experts(module)
+        if sparse.packed.zero_share() >= MIN_ZERO_SHARE:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, sparse)
+            names.append(name)
     return names
